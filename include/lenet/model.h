@@ -1,0 +1,149 @@
+/**
+ * @file model.h
+ * @brief A sequential model: layers in order, one parameter arena, forward and backward passes.
+ *
+ * Thread safety: a model may be used by one thread at a time, except lenet_model_predict(), which only reads
+ * the model and may run on one shared model from many threads at once (as long as no thread trains it).
+ */
+#ifndef LENET_MODEL_H
+#define LENET_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "lenet/export.h"
+#include "lenet/layer.h"
+#include "lenet/status.h"
+#include "lenet/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** An opaque sequential model (PyTorch nn.Sequential). */
+typedef struct lenet_model lenet_model;
+
+/** Weight initialisation schemes for lenet_model_init(). */
+typedef enum lenet_init {
+    /** PyTorch's default: weights and biases uniform in +-1/sqrt(fan_in) (kaiming_uniform with a = sqrt(5)). */
+    LENET_INIT_PYTORCH = 0,
+    /** Weights xavier-uniform, +-sqrt(6 / (fan_in + fan_out)); biases keep the PyTorch default (as d2l does). */
+    LENET_INIT_XAVIER_UNIFORM,
+    /** LeCun et al. 1998: every weight and bias uniform in +-2.4 / fan_in. */
+    LENET_INIT_LECUN
+} lenet_init;
+
+/** Creates an empty model.  Free it with lenet_model_free().  NULL on allocation failure. */
+LENET_API lenet_model *lenet_model_create(void);
+
+/** Frees the model, its layers, parameters and buffers.  Harmless on NULL. */
+LENET_API void lenet_model_free(lenet_model *m);
+
+/**
+ * Appends a layer.  Always takes ownership of @p l, also when it fails (the layer is then freed).
+ * A NULL layer returns the error of the constructor that produced it (its message is kept).
+ * @return LENET_OK; LENET_EINVAL for NULL; LENET_ESTATE once the model is built; LENET_ENOMEM.
+ */
+LENET_API lenet_status lenet_model_add(lenet_model *m, lenet_layer *l);
+
+/** Returns the number of layers, 0 for NULL. */
+LENET_API size_t lenet_model_layer_count(const lenet_model *m);
+
+/** Returns layer @p i (borrowed, owned by the model), or NULL if out of range. */
+LENET_API const lenet_layer *lenet_model_layer(const lenet_model *m, size_t i);
+
+/**
+ * Infers every layer's input size from a per-sample input of (channels, height, width), allocates the
+ * parameters (one contiguous arena) and initialises them with LENET_INIT_PYTORCH from seed 0.
+ * A model is built once; building again with the same shape is a no-op, with another shape LENET_ESTATE.
+ * @return LENET_OK; LENET_EINVAL (NULL, sizes < 1, no layers); LENET_ESHAPE naming the layer and sizes
+ *         when a layer does not fit its input; LENET_ENOMEM.  On failure the model stays unbuilt.
+ */
+LENET_API lenet_status lenet_model_build(lenet_model *m, int channels, int height, int width);
+
+/** Returns true once lenet_model_build() (or the first forward or summary) has succeeded. */
+LENET_API bool lenet_model_is_built(const lenet_model *m);
+
+/**
+ * (Re)initialises all parameters with @p scheme from @p seed; the same seed gives the same weights on
+ * every machine.  Gradients are zeroed.
+ * @return LENET_OK; LENET_EINVAL; LENET_ESTATE if the model is not built.
+ */
+LENET_API lenet_status lenet_model_init(lenet_model *m, lenet_init scheme, uint64_t seed);
+
+/**
+ * Prints each layer's output shape for an input of (batch, channels, height, width), exactly as a PyTorch
+ * loop `for layer in net: X = layer(X); print(layer.__class__.__name__, 'output shape: \t', X.shape)`:
+ * "Conv2d output shape: \t torch.Size([1, 6, 28, 28])".  Builds the model from that input if it is not built;
+ * a built model may be summarised for any input size its layers accept.  Nothing is printed on error.
+ * @return LENET_OK; LENET_EINVAL; LENET_ESHAPE naming the layer that does not fit; LENET_EIO if writing fails.
+ */
+LENET_API lenet_status lenet_model_summary(lenet_model *m, int batch, int channels, int height, int width,
+                                           FILE *out);
+
+/**
+ * Prints a table of the layers with output shape, parameter count and connection count, and the totals
+ * (61,706 parameters for the d2l LeNet).  The model must be built.
+ * @return LENET_OK; LENET_EINVAL; LENET_ESTATE if not built; LENET_EIO if writing fails.
+ */
+LENET_API lenet_status lenet_model_print(const lenet_model *m, FILE *out);
+
+/** Returns the number of parameter tensors (2 per Conv2d/Linear), 0 if unbuilt or NULL. */
+LENET_API size_t lenet_model_param_count(const lenet_model *m);
+
+/** Returns the total number of trainable scalars (61,706 for the d2l LeNet), 0 if unbuilt or NULL. */
+LENET_API size_t lenet_model_param_numel(const lenet_model *m);
+
+/**
+ * Returns parameter tensor @p i, numbered as PyTorch's state_dict() of the same nn.Sequential.
+ * Borrowed: valid until the model is freed; writable, to set weights.  NULL if out of range.
+ */
+LENET_API lenet_tensor *lenet_model_param(lenet_model *m, size_t i);
+
+/** Returns the gradient of parameter @p i, same shape.  Borrowed as lenet_model_param(). */
+LENET_API lenet_tensor *lenet_model_grad(lenet_model *m, size_t i);
+
+/** Returns the state_dict name of parameter @p i ("0.weight", "0.bias", "3.weight", ...), or NULL. */
+LENET_API const char *lenet_model_param_name(const lenet_model *m, size_t i);
+
+/**
+ * Runs the forward pass on a batch @p x of shape (N, C, H, W) and keeps the activations for backward.
+ * Builds the model from x's shape on first use.
+ * @param y receives the output (N, ...), borrowed: valid until the next forward or until the model is freed.
+ * @return LENET_OK; LENET_EINVAL for NULL; LENET_ESHAPE if x does not match the built input shape.
+ */
+LENET_API lenet_status lenet_model_forward(lenet_model *m, const lenet_tensor *x, const lenet_tensor **y);
+
+/**
+ * Back-propagates @p dy (the loss gradient w.r.t. the last forward's output, same shape) and adds the
+ * parameter gradients into the model's gradients (call lenet_model_zero_grad() between steps).
+ * @return LENET_OK; LENET_EINVAL; LENET_ESTATE without a preceding forward; LENET_ESHAPE if dy's shape differs.
+ */
+LENET_API lenet_status lenet_model_backward(lenet_model *m, const lenet_tensor *dy);
+
+/** Sets all gradients to zero.  @return LENET_OK, LENET_EINVAL for NULL. */
+LENET_API lenet_status lenet_model_zero_grad(lenet_model *m);
+
+/**
+ * Computes the outputs for @p x into @p y without changing the model: it allocates its own scratch, so any
+ * number of threads may call it at once on one shared, built model (none may train it meanwhile).
+ * @param y a tensor of the output shape (N, ...) owned by the caller.
+ * @return LENET_OK; LENET_EINVAL; LENET_ESTATE if not built; LENET_ESHAPE; LENET_ENOMEM.
+ */
+LENET_API lenet_status lenet_model_predict(const lenet_model *m, const lenet_tensor *x, lenet_tensor *y);
+
+/**
+ * Classifies a batch: for each sample the index of the largest output in @p classes (may be NULL) and the
+ * softmax of the outputs in @p probs (N * outputs floats, may be NULL).  Thread-safe as lenet_model_predict().
+ * @return as lenet_model_predict().
+ */
+LENET_API lenet_status lenet_model_classify(const lenet_model *m, const lenet_tensor *x, int32_t *classes,
+                                            float *probs);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LENET_MODEL_H */

@@ -1,0 +1,59 @@
+/**
+ * @file train.h
+ * @brief The training loop: one epoch of SGD over an iterator, and evaluation.
+ */
+#ifndef LENET_TRAIN_H
+#define LENET_TRAIN_H
+
+#include <stddef.h>
+
+#include "lenet/data.h"
+#include "lenet/export.h"
+#include "lenet/model.h"
+#include "lenet/optim.h"
+#include "lenet/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/**
+ * Metrics of a pass: mean loss per example, accuracy, wall-clock seconds and examples seen.
+ * The one public struct: plain data owned by the caller; new fields are only ever added at the end.
+ */
+typedef struct lenet_metrics {
+    double loss;      /**< Mean cross-entropy per example. */
+    double accuracy;  /**< Fraction of examples whose largest logit is the label. */
+    double seconds;   /**< Wall-clock time of the pass. */
+    size_t examples;  /**< Examples seen. */
+} lenet_metrics;
+
+/**
+ * Called after each batch with the examples done so far, the total of the pass and the running metrics.
+ * @p so_far is borrowed for the duration of the call.
+ */
+typedef void (*lenet_progress_fn)(void *user, size_t done, size_t total, const lenet_metrics *so_far);
+
+/**
+ * Trains one pass: for each batch from @p train, forward, softmax cross-entropy, backward and an optimizer
+ * step.  The pass runs from the iterator's position to its end; an exhausted iterator is first reset
+ * (lenet_iter_reset()), so calling this once per epoch visits a new permutation each time.
+ * @param progress may be NULL; @param out may be NULL.
+ * @return LENET_OK; LENET_EINVAL; LENET_ESHAPE if the batches do not fit the model; LENET_ENUMERIC if the loss
+ *         becomes NaN or infinite (the parameters are left as they were before that step).
+ */
+LENET_API lenet_status lenet_train_epoch(lenet_model *m, lenet_optimizer *o, lenet_iter *train,
+                                         lenet_progress_fn progress, void *user, lenet_metrics *out);
+
+/**
+ * Computes the mean loss and accuracy over a full pass of @p test (reset first if exhausted) without
+ * changing the parameters.
+ * @return as lenet_train_epoch().
+ */
+LENET_API lenet_status lenet_evaluate(lenet_model *m, lenet_iter *test, lenet_metrics *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LENET_TRAIN_H */

@@ -1,0 +1,204 @@
+/* IDX files (LeCun's MNIST format): big-endian header, then bytes.  zlib's gzread reads gzip and raw files
+ * alike, deciding from the bytes, not the name. */
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "data/internal.h"
+
+#define IDX_UBYTE 0x08
+#define MAX_SIDE 4096
+
+static lenet_status read_exact(gzFile f, const char *path, void *buf, size_t size, const char *what)
+{
+    unsigned char *p = buf;
+    while (size > 0) {
+        unsigned chunk = size > (1u << 20) ? (1u << 20) : (unsigned)size;
+        int got = gzread(f, p, chunk);
+        if (got < 0) {
+            int err;
+            const char *msg = gzerror(f, &err);
+            return lenet__fail(LENET_EFORMAT, "%s: corrupt compressed data while reading %s (%s)", path, what, msg);
+        }
+        if (got == 0)
+            return lenet__fail(LENET_EFORMAT, "%s: truncated: the file ends inside the %s", path, what);
+        p += got;
+        size -= (size_t)got;
+    }
+    return LENET_OK;
+}
+
+static uint32_t be32(const unsigned char *b)
+{
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+/* Reads a whole IDX file of unsigned bytes with `want_dims` dimensions into a new buffer. */
+static lenet_status read_idx(const char *path, int want_dims, uint32_t dims[3], uint8_t **data)
+{
+    *data = NULL;
+    gzFile f = gzopen(path, "rb");
+    if (!f)
+        return lenet__fail(LENET_EIO, "%s: cannot open: %s", path, errno ? strerror(errno) : "out of memory");
+    unsigned char header[4 + 4 * 3];
+    uint8_t *buf = NULL;
+    lenet_status st = read_exact(f, path, header, 4, "header");
+    if (st != LENET_OK)
+        goto done;
+    if (header[0] != 0 || header[1] != 0 || header[2] != IDX_UBYTE || header[3] != want_dims) {
+        st = lenet__fail(LENET_EFORMAT, "%s: not an IDX %s file (magic %02x%02x%02x%02x, expected 000008%02x)", path,
+                         want_dims == 3 ? "images" : "labels", header[0], header[1], header[2], header[3], want_dims);
+        goto done;
+    }
+    st = read_exact(f, path, header + 4, 4 * (size_t)want_dims, "header");
+    if (st != LENET_OK)
+        goto done;
+    size_t total = 1;
+    for (int i = 0; i < want_dims; i++) {
+        dims[i] = be32(header + 4 + 4 * i);
+        if (dims[i] == 0 || (i > 0 && dims[i] > MAX_SIDE) || dims[i] > (1u << 30)) {
+            st = lenet__fail(LENET_EFORMAT, "%s: dimension %d has size %u", path, i, dims[i]);
+            goto done;
+        }
+        total *= dims[i];
+    }
+    /* Grow while reading, so a header that promises more than the file holds cannot make us allocate it. */
+    size_t have = 0, cap = 0;
+    while (have < total) {
+        if (have == cap) {
+            size_t next = cap ? cap * 2 : (1u << 16);
+            if (next > total)
+                next = total;
+            uint8_t *grown = lenet__realloc(buf, next);
+            if (!grown) {
+                st = lenet__oom("IDX data");
+                goto done;
+            }
+            buf = grown;
+            cap = next;
+        }
+        st = read_exact(f, path, buf + have, cap - have, want_dims == 3 ? "pixel data" : "label data");
+        if (st != LENET_OK) {
+            lenet__error_prefix("header says %u items: ", dims[0]);
+            goto done;
+        }
+        have = cap;
+    }
+    unsigned char extra;
+    int more = gzread(f, &extra, 1);
+    if (more != 0) {
+        st = lenet__fail(LENET_EFORMAT, "%s: %s after the %u items the header declares", path,
+                         more > 0 ? "unexpected trailing data" : "corrupt compressed data", dims[0]);
+        goto done;
+    }
+    *data = buf;
+    buf = NULL;
+done:
+    lenet__free(buf);
+    gzclose(f);
+    return st;
+}
+
+lenet_dataset *lenet_dataset_open_idx(const char *images_path, const char *labels_path)
+{
+    if (!images_path || !labels_path)
+        return lenet__fail_null(LENET_EINVAL, "dataset_open_idx: %s path is NULL", images_path ? "labels" : "images");
+    lenet_dataset *d = lenet__calloc(1, sizeof *d);
+    if (!d)
+        return lenet__oom("dataset"), NULL;
+    uint32_t idims[3], ldims[3];
+    if (read_idx(images_path, 3, idims, &d->pixels) != LENET_OK)
+        goto fail;
+    if (read_idx(labels_path, 1, ldims, &d->labels) != LENET_OK)
+        goto fail;
+    if (idims[0] != ldims[0]) {
+        lenet__fail(LENET_EFORMAT, "%s holds %u images but %s holds %u labels", images_path, idims[0], labels_path,
+                    ldims[0]);
+        goto fail;
+    }
+    d->n = idims[0];
+    d->h = (int)idims[1];
+    d->w = (int)idims[2];
+    d->background = 0.0f;
+    d->foreground = 1.0f;
+    return d;
+fail:
+    lenet_dataset_free(d);
+    return NULL;
+}
+
+size_t lenet_dataset_size(const lenet_dataset *d)
+{
+    return d ? d->n : 0;
+}
+
+void lenet_dataset_free(lenet_dataset *d)
+{
+    if (!d)
+        return;
+    lenet__free(d->pixels);
+    lenet__free(d->labels);
+    lenet__free(d);
+}
+
+lenet_status lenet_dataset_set_padding(lenet_dataset *d, int pad)
+{
+    if (!d)
+        return lenet__fail(LENET_EINVAL, "dataset_set_padding: dataset is NULL");
+    if (pad < 0 || pad > 64)
+        return lenet__fail(LENET_EINVAL, "dataset_set_padding: pad %d outside [0, 64]", pad);
+    d->pad = pad;
+    return LENET_OK;
+}
+
+lenet_status lenet_dataset_set_range(lenet_dataset *d, float background, float foreground)
+{
+    if (!d)
+        return lenet__fail(LENET_EINVAL, "dataset_set_range: dataset is NULL");
+    if (!isfinite(background) || !isfinite(foreground))
+        return lenet__fail(LENET_EINVAL, "dataset_set_range: values must be finite");
+    d->background = background;
+    d->foreground = foreground;
+    return LENET_OK;
+}
+
+int lenet_dataset_height(const lenet_dataset *d)
+{
+    return d ? d->h + 2 * d->pad : 0;
+}
+
+int lenet_dataset_width(const lenet_dataset *d)
+{
+    return d ? d->w + 2 * d->pad : 0;
+}
+
+int32_t lenet_dataset_label(const lenet_dataset *d, size_t i)
+{
+    return (d && i < d->n) ? d->labels[i] : -1;
+}
+
+void lenet__dataset_render(const lenet_dataset *d, size_t i, float *out)
+{
+    const int oh = d->h + 2 * d->pad, ow = d->w + 2 * d->pad;
+    const float scale = (d->foreground - d->background) / 255.0f;
+    const uint8_t *src = d->pixels + i * (size_t)d->h * d->w;
+    for (int y = 0; y < oh; y++) {
+        int sy = y - d->pad;
+        for (int x = 0; x < ow; x++) {
+            int sx = x - d->pad;
+            bool inside = sy >= 0 && sy < d->h && sx >= 0 && sx < d->w;
+            out[y * ow + x] = inside ? d->background + scale * src[sy * d->w + sx] : d->background;
+        }
+    }
+}
+
+lenet_status lenet_dataset_image(const lenet_dataset *d, size_t i, float *out)
+{
+    if (!d || !out)
+        return lenet__fail(LENET_EINVAL, "dataset_image: %s is NULL", d ? "output" : "dataset");
+    if (i >= d->n)
+        return lenet__fail(LENET_EINVAL, "dataset_image: index %zu outside [0, %zu)", i, d->n);
+    lenet__dataset_render(d, i, out);
+    return LENET_OK;
+}

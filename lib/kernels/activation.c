@@ -1,0 +1,43 @@
+#include <math.h>
+
+#include "kernels/kernels.h"
+
+/* 1 / (1 + e^-x) overflows nothing: expf(-x) -> inf gives 0, expf(-x) -> 0 gives 1. */
+void lenet__sigmoid_forward(size_t count, const float *x, float *y)
+{
+    for (size_t i = 0; i < count; i++)
+        y[i] = 1.0f / (1.0f + expf(-x[i]));
+}
+
+/* d sigmoid = y (1 - y) */
+void lenet__sigmoid_backward(size_t count, const float *y, const float *dy, float *dx)
+{
+    for (size_t i = 0; i < count; i++)
+        dx[i] = dy[i] * y[i] * (1.0f - y[i]);
+}
+
+void lenet__relu_forward(size_t count, const float *x, float *y)
+{
+    for (size_t i = 0; i < count; i++)
+        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+/* PyTorch's ReLU gradient is 0 at exactly 0 (threshold_backward on the output). */
+void lenet__relu_backward(size_t count, const float *y, const float *dy, float *dx)
+{
+    for (size_t i = 0; i < count; i++)
+        dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+void lenet__tanh_forward(size_t count, const float *x, float *y)
+{
+    for (size_t i = 0; i < count; i++)
+        y[i] = tanhf(x[i]);
+}
+
+/* d tanh = 1 - y^2 */
+void lenet__tanh_backward(size_t count, const float *y, const float *dy, float *dx)
+{
+    for (size_t i = 0; i < count; i++)
+        dx[i] = dy[i] * (1.0f - y[i] * y[i]);
+}

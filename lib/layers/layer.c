@@ -1,0 +1,87 @@
+/* What every layer kind shares: allocation, shape helpers, the public name/free, parameter init. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "layers/layer.h"
+
+void *lenet__layer_alloc(size_t size, const lenet_layer_ops *ops, int n_args, const double *args)
+{
+    lenet_layer *l = lenet__calloc(1, size);
+    if (!l) {
+        lenet__oom(ops->name);
+        return NULL;
+    }
+    l->ops = ops;
+    l->n_args = n_args;
+    for (int i = 0; i < n_args; i++)
+        l->args[i] = args[i];
+    return l;
+}
+
+const char *lenet_layer_name(const lenet_layer *l)
+{
+    return l ? l->ops->name : "";
+}
+
+void lenet_layer_free(lenet_layer *l)
+{
+    if (!l)
+        return;
+    if (l->ops->destroy)
+        l->ops->destroy(l);
+    lenet__free(l);
+}
+
+size_t lenet__shape_size(const lenet_shape *s)
+{
+    size_t n = 1;
+    for (int i = 0; i < s->ndim; i++)
+        n *= (size_t)s->dim[i];
+    return n;
+}
+
+bool lenet__shape_equal(const lenet_shape *a, const lenet_shape *b)
+{
+    if (a->ndim != b->ndim)
+        return false;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->dim[i] != b->dim[i])
+            return false;
+    return true;
+}
+
+void lenet__shape_format(const lenet_shape *s, char *buf, size_t size)
+{
+    lenet__shape_str(s->ndim, s->dim, buf, size);
+}
+
+lenet_status lenet__expect_image(const lenet_layer *l, const lenet_shape *in)
+{
+    if (in->ndim == 3)
+        return LENET_OK;
+    char shape[64];
+    lenet__shape_format(in, shape, sizeof shape);
+    return lenet__fail(LENET_ESHAPE, "%s expects (C, H, W) input per sample, got %s", l->ops->name, shape);
+}
+
+void lenet__fill_uniform(float *p, size_t n, float bound, lenet_rng *rng)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (2.0f * lenet__rng_uniform(rng) - 1.0f) * bound;
+}
+
+void lenet__init_weight_bias(lenet_layer *l, lenet_init scheme, lenet_rng *rng, size_t fan_in, size_t fan_out)
+{
+    /* PyTorch: kaiming_uniform(a=sqrt(5)) on the weight gives bound sqrt(6 / ((1 + 5) * fan_in)) = 1/sqrt(fan_in);
+     * the bias bound is also 1/sqrt(fan_in).  d2l's xavier init replaces only the weights. */
+    float pytorch_bound = 1.0f / sqrtf((float)fan_in);
+    float weight_bound = pytorch_bound, bias_bound = pytorch_bound;
+    if (scheme == LENET_INIT_XAVIER_UNIFORM) {
+        weight_bound = sqrtf(6.0f / (float)(fan_in + fan_out));
+    } else if (scheme == LENET_INIT_LECUN) {
+        weight_bound = bias_bound = 2.4f / (float)fan_in;
+    }
+    lenet__fill_uniform(l->param[0], l->param_numel[0], weight_bound, rng);
+    lenet__fill_uniform(l->param[1], l->param_numel[1], bias_bound, rng);
+}

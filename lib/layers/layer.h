@@ -1,0 +1,92 @@
+/* The layer vtable: every layer kind is one file that fills one lenet_layer_ops table and embeds
+ * struct lenet_layer as the first member of its own state.  The model loops over layers through these ops and
+ * never switches on a layer kind.  Never installed. */
+#ifndef LENET_LAYERS_LAYER_H
+#define LENET_LAYERS_LAYER_H
+
+#include <stddef.h>
+
+#include "core/internal.h"
+#include "lenet/layer.h"
+#include "lenet/model.h"
+
+/* Per-sample shapes: (C, H, W) for images, (F) after Flatten. */
+#define LENET_MAX_SAMPLE_DIMS 3
+#define LENET_MAX_LAYER_PARAMS 4
+#define LENET_MAX_LAYER_ARGS 8
+
+typedef struct lenet_shape {
+    int ndim;
+    int dim[LENET_MAX_SAMPLE_DIMS];
+} lenet_shape;
+
+/* A parameter tensor a layer asks for at build: its state_dict suffix and its shape. */
+typedef struct lenet_param_spec {
+    const char *suffix; /* "weight", "bias", ... */
+    int ndim;
+    int shape[4];
+    bool trainable; /* false for fixed parameters (the RBF bitmaps): kept in state_dict, never updated */
+} lenet_param_spec;
+
+/* One call's data, for a batch of n samples laid out contiguously. */
+typedef struct lenet_pass {
+    int n;                /* samples */
+    const float *x;       /* input, n * in_size */
+    const float *y;       /* output of forward, n * out_size (backward only) */
+    const float *dy;      /* gradient w.r.t. y (backward only) */
+    float *dx;            /* gradient w.r.t. x, overwritten; NULL when not needed (first layer) */
+    float *const *grads;  /* one buffer per parameter (spec order) to accumulate into (backward only) */
+    float *work;          /* scratch of ops->workspace(l, n) floats, owned by the caller */
+} lenet_pass;
+
+typedef struct lenet_layer_ops {
+    const char *name; /* PyTorch class name */
+    /* Output shape for a per-sample input shape; pure (does not change the layer), sets the error on failure. */
+    lenet_status (*infer_shape)(const lenet_layer *l, const lenet_shape *in, lenet_shape *out);
+    /* Called once at build with the input shape: records sizes, returns the parameters it needs
+     * (at most LENET_MAX_LAYER_PARAMS) in *count.  May be NULL for layers without parameters or sizes. */
+    lenet_status (*setup)(lenet_layer *l, lenet_param_spec *specs, int *count);
+    /* Fills the layer's parameters (l->param) for an init scheme. NULL for layers without parameters. */
+    void (*init)(lenet_layer *l, lenet_init scheme, lenet_rng *rng);
+    /* Floats of scratch forward/backward need for n samples; NULL for none. */
+    size_t (*workspace)(const lenet_layer *l, int n);
+    /* y = f(x). Reads the layer, writes only p->y and p->work, so it may run concurrently on one layer. */
+    void (*forward)(const lenet_layer *l, const lenet_pass *p, float *y);
+    /* Accumulates parameter gradients into p->grads and writes p->dx when it is not NULL. */
+    void (*backward)(const lenet_layer *l, const lenet_pass *p);
+    /* Connections (multiply-adds incl. bias, as LeCun 1998 counts them) per sample; NULL for none. */
+    size_t (*connections)(const lenet_layer *l);
+    /* Frees what the layer allocated besides its struct; NULL if nothing. */
+    void (*destroy)(lenet_layer *l);
+} lenet_layer_ops;
+
+struct lenet_layer {
+    const lenet_layer_ops *ops;
+    /* Constructor arguments, enough to rebuild the layer (checkpoints): ints and floats by position. */
+    int n_args;
+    double args[LENET_MAX_LAYER_ARGS];
+    /* Set by the model at build: */
+    lenet_shape in, out;
+    size_t in_size, out_size; /* per sample */
+    int n_params;
+    float *param[LENET_MAX_LAYER_PARAMS]; /* views into the model's parameter arena */
+    size_t param_numel[LENET_MAX_LAYER_PARAMS];
+};
+
+/* Allocates a layer state of `size` bytes (embedding struct lenet_layer first) with ops and args set.
+ * Returns NULL with LENET_ENOMEM set. */
+void *lenet__layer_alloc(size_t size, const lenet_layer_ops *ops, int n_args, const double *args);
+
+size_t lenet__shape_size(const lenet_shape *s);
+bool lenet__shape_equal(const lenet_shape *a, const lenet_shape *b);
+void lenet__shape_format(const lenet_shape *s, char *buf, size_t size);
+
+/* Fills `n` floats uniformly in [-bound, bound). */
+void lenet__fill_uniform(float *p, size_t n, float bound, lenet_rng *rng);
+/* The weight/bias init shared by Conv2d and Linear (and any layer with one weight and one bias). */
+void lenet__init_weight_bias(lenet_layer *l, lenet_init scheme, lenet_rng *rng, size_t fan_in, size_t fan_out);
+
+/* Helpers for shape errors that name the layer kind and sizes. */
+lenet_status lenet__expect_image(const lenet_layer *l, const lenet_shape *in);
+
+#endif /* LENET_LAYERS_LAYER_H */

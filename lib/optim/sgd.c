@@ -1,0 +1,68 @@
+/* SGD with momentum and weight decay, exactly torch.optim.SGD (dampening 0, nesterov False). */
+#include <math.h>
+#include <string.h>
+
+#include "optim/internal.h"
+
+typedef struct sgd {
+    lenet_optimizer base;
+    float momentum, weight_decay;
+    float *velocity; /* one float per arena slot, allocated at the first step */
+} sgd;
+
+/* For every trainable parameter p with gradient g:
+ *   g = g + wd * p;  b = first step ? g : momentum * b + g;  p = p - lr * b   (b = g without momentum) */
+static lenet_status sgd_step(lenet_optimizer *o)
+{
+    sgd *s = (sgd *)o;
+    lenet_model *m = o->model;
+    if (s->momentum != 0.0f && !s->velocity) {
+        s->velocity = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
+        if (!s->velocity)
+            return lenet__oom("SGD momentum buffer");
+    }
+    const bool first = o->steps == 0;
+    const float lr = o->lr, mu = s->momentum, wd = s->weight_decay;
+    for (size_t t = 0; t < m->n_params; t++) {
+        if (!m->param_trainable[t])
+            continue;
+        size_t off = m->param_offset[t], n = m->param_tensors[t].numel;
+        float *p = m->params + off;
+        const float *g = m->grads + off;
+        float *b = s->velocity ? s->velocity + off : NULL;
+        for (size_t i = 0; i < n; i++) {
+            float d = g[i];
+            if (wd != 0.0f)
+                d += wd * p[i];
+            if (b) {
+                b[i] = first ? d : mu * b[i] + d;
+                d = b[i];
+            }
+            p[i] -= lr * d;
+        }
+    }
+    return LENET_OK;
+}
+
+static void sgd_destroy(lenet_optimizer *o)
+{
+    lenet__free_aligned(((sgd *)o)->velocity);
+}
+
+static const lenet_optimizer_ops sgd_ops = {.name = "SGD", .step = sgd_step, .destroy = sgd_destroy};
+
+lenet_optimizer *lenet_sgd_create(lenet_model *m, float lr, float momentum, float weight_decay)
+{
+    if (!m)
+        return lenet__fail_null(LENET_EINVAL, "sgd_create: model is NULL");
+    if (!(lr >= 0.0f) || !isfinite(lr) || !(momentum >= 0.0f) || !isfinite(momentum) || !(weight_decay >= 0.0f) ||
+        !isfinite(weight_decay))
+        return lenet__fail_null(LENET_EINVAL, "sgd_create: lr %g, momentum %g and weight_decay %g must be finite and >= 0",
+                                (double)lr, (double)momentum, (double)weight_decay);
+    sgd *s = lenet__optimizer_alloc(sizeof *s, &sgd_ops, m, lr);
+    if (!s)
+        return NULL;
+    s->momentum = momentum;
+    s->weight_decay = weight_decay;
+    return &s->base;
+}
