@@ -1,0 +1,539 @@
+/* liblenet against PyTorch 1.13: logits, loss, every gradient, three SGD steps and the shape summary of the same
+ * networks, from fixtures written by tests/fixtures/make_pytorch_fixtures.py (see tests/fixtures/README.md).
+ *
+ * Tolerance: every float is compared as |lenet - torch| / max(|torch|, FLOOR * max|torch over the tensor|) and the
+ * worst over a tensor must stay below TOLERANCE.  The floor stops elements that are tiny next to the rest of their
+ * tensor (gradients that cancel to almost nothing) from turning float32 rounding into large relative errors; such
+ * elements are held to an absolute TOLERANCE * FLOOR * max|torch|.  The references are PyTorch's float64 results
+ * from the same float32 weights and inputs; PyTorch's own float32 results stay within 2.6e-5 of them by this
+ * measure (printed by the script), so TOLERANCE leaves room only for float32 rounding. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#define TOLERANCE 1e-4
+#define FLOOR 1e-2
+#define SGD_LR 0.1f
+#define SGD_MOMENTUM 0.9f
+#define SGD_WEIGHT_DECAY 1e-3f
+#define SGD_STEPS 3
+
+/* ---- the fixture format (make_pytorch_fixtures.py): "LNFX", version 1, count, then per array
+ *      name_length, name, dtype (1 float32, 2 int32), ndim, dims[ndim], data; all little-endian ---- */
+
+enum { FX_FLOAT32 = 1, FX_INT32 = 2, FX_MAX_DIMS = 8 };
+
+typedef struct fx_array {
+    char name[64];
+    int dtype;
+    int ndim;
+    int dims[FX_MAX_DIMS];
+    size_t numel;
+    void *data; /* float or int32_t, host order */
+} fx_array;
+
+typedef struct fixture {
+    char file[64];
+    size_t count;
+    fx_array *arrays;
+} fixture;
+
+/* Reads a whole file into a NUL-terminated heap buffer; aborts the test if it cannot. */
+static unsigned char *read_file(const char *name, size_t *size)
+{
+    const char *path = lenet_test_fixture(name);
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open fixture %s (LENET_TEST_FIXTURES?)", path);
+    unsigned char *buf = NULL;
+    size_t used = 0, cap = 0;
+    for (;;) {
+        if (cap - used < 65536) {
+            cap = cap ? 2 * cap : 65536;
+            buf = realloc(buf, cap + 1);
+            ck_assert_ptr_nonnull(buf);
+        }
+        size_t got = fread(buf + used, 1, cap - used, f);
+        used += got;
+        if (got == 0)
+            break;
+    }
+    ck_assert_msg(!ferror(f), "reading %s failed", path);
+    fclose(f);
+    buf[used] = '\0';
+    *size = used;
+    return buf;
+}
+
+static uint32_t get_u32(const unsigned char *buf, size_t size, size_t *pos, const char *file)
+{
+    ck_assert_msg(*pos <= size && size - *pos >= 4, "%s: truncated at byte %zu", file, *pos);
+    const unsigned char *p = buf + *pos;
+    *pos += 4;
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static fixture *fixture_load(const char *file)
+{
+    size_t size, pos = 0;
+    unsigned char *buf = read_file(file, &size);
+    ck_assert_msg(size >= 12 && memcmp(buf, "LNFX", 4) == 0, "%s: not a fixture (magic)", file);
+    pos = 4;
+    ck_assert_msg(get_u32(buf, size, &pos, file) == 1, "%s: unknown fixture version", file);
+    fixture *fx = calloc(1, sizeof *fx);
+    ck_assert_ptr_nonnull(fx);
+    snprintf(fx->file, sizeof fx->file, "%s", file);
+    fx->count = get_u32(buf, size, &pos, file);
+    ck_assert_msg(fx->count >= 1 && fx->count < 1000, "%s: %zu arrays", file, fx->count);
+    fx->arrays = calloc(fx->count, sizeof *fx->arrays);
+    ck_assert_ptr_nonnull(fx->arrays);
+    for (size_t a = 0; a < fx->count; a++) {
+        fx_array *arr = &fx->arrays[a];
+        uint32_t len = get_u32(buf, size, &pos, file);
+        ck_assert_msg(len >= 1 && len < sizeof arr->name && len <= size - pos, "%s: bad name length %u", file,
+                      (unsigned)len);
+        memcpy(arr->name, buf + pos, len);
+        arr->name[len] = '\0';
+        pos += len;
+        arr->dtype = (int)get_u32(buf, size, &pos, file);
+        ck_assert_msg(arr->dtype == FX_FLOAT32 || arr->dtype == FX_INT32, "%s: %s has dtype %d", file, arr->name,
+                      arr->dtype);
+        arr->ndim = (int)get_u32(buf, size, &pos, file);
+        ck_assert_msg(arr->ndim >= 1 && arr->ndim <= FX_MAX_DIMS, "%s: %s has %d dims", file, arr->name, arr->ndim);
+        arr->numel = 1;
+        for (int d = 0; d < arr->ndim; d++) {
+            arr->dims[d] = (int)get_u32(buf, size, &pos, file);
+            ck_assert_msg(arr->dims[d] >= 1 && arr->dims[d] <= 1 << 20, "%s: %s dim %d", file, arr->name, d);
+            arr->numel *= (size_t)arr->dims[d];
+        }
+        ck_assert_msg(arr->numel <= (size - pos) / 4, "%s: %s is truncated", file, arr->name);
+        arr->data = malloc(arr->numel * 4);
+        ck_assert_ptr_nonnull(arr->data);
+        for (size_t i = 0; i < arr->numel; i++) {
+            uint32_t bits = get_u32(buf, size, &pos, file);
+            memcpy((char *)arr->data + 4 * i, &bits, 4); /* float32 and int32 share the host's byte order */
+        }
+    }
+    ck_assert_msg(pos == size, "%s: %zu bytes after the last array", file, size - pos);
+    free(buf);
+    return fx;
+}
+
+static void fixture_free(fixture *fx)
+{
+    if (!fx)
+        return;
+    for (size_t a = 0; a < fx->count; a++)
+        free(fx->arrays[a].data);
+    free(fx->arrays);
+    free(fx);
+}
+
+/* The array called `name`, or NULL. */
+static const fx_array *fixture_find(const fixture *fx, const char *name)
+{
+    for (size_t a = 0; a < fx->count; a++)
+        if (strcmp(fx->arrays[a].name, name) == 0)
+            return &fx->arrays[a];
+    return NULL;
+}
+
+/* The float32 array called `name`; aborts the test if it is missing. */
+static const fx_array *fixture_floats(const fixture *fx, const char *name)
+{
+    const fx_array *arr = fixture_find(fx, name);
+    ck_assert_msg(arr != NULL, "%s has no array %s", fx->file, name);
+    ck_assert_msg(arr->dtype == FX_FLOAT32, "%s: %s is not float32", fx->file, name);
+    return arr;
+}
+
+/* Asserts that a liblenet tensor has the fixture array's shape. */
+static void assert_same_shape(const lenet_tensor *t, const fx_array *arr, const char *what)
+{
+    char ours[128] = "", theirs[128] = "";
+    for (int d = 0; d < lenet_tensor_ndim(t); d++)
+        snprintf(ours + strlen(ours), sizeof ours - strlen(ours), " %d", lenet_tensor_dim(t, d));
+    for (int d = 0; d < arr->ndim; d++)
+        snprintf(theirs + strlen(theirs), sizeof theirs - strlen(theirs), " %d", arr->dims[d]);
+    ck_assert_msg(strcmp(ours, theirs) == 0, "%s: liblenet shape [%s ] but PyTorch [%s ]", what, ours, theirs);
+}
+
+/* Worst relative error of n values against the reference (see the top of the file), printed and asserted. */
+static double check_close(const char *net, const char *what, const float *ours, const float *ref, size_t n)
+{
+    double max_ref = 0.0;
+    for (size_t i = 0; i < n; i++)
+        max_ref = fmax(max_ref, fabs((double)ref[i]));
+    double denom_floor = fmax(FLOOR * max_ref, 1e-30);
+    double worst = lenet_test_max_rel_err(ours, ref, n, denom_floor);
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        double err = fabs((double)ours[i] - (double)ref[i]) / fmax(fabs((double)ref[i]), denom_floor);
+        if (!(err < worst) || isnan(err)) {
+            at = i;
+            break;
+        }
+    }
+    printf("%-9s %-20s worst relative error %.3g (%zu values, floor %.3g)\n", net, what, worst, n, denom_floor);
+    fflush(stdout);
+    ck_assert_msg(worst <= TOLERANCE, "%s %s: relative error %.3g > %g at element %zu: liblenet %.9g, PyTorch %.9g",
+                  net, what, worst, TOLERANCE, at, (double)ours[at], (double)ref[at]);
+    return worst;
+}
+
+/* ---- the networks of make_pytorch_fixtures.py, through the public API ---- */
+
+static void add_d2l_lenet(lenet_model *m)
+{
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(6, 5, 1, 2)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_avgpool2d(2, 2)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(16, 5, 1, 0)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_avgpool2d(2, 2)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(120)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(84)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(10)));
+}
+
+static void add_modern(lenet_model *m)
+{
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(8, 3, 2, 1)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_relu()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_maxpool2d(3, 2)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(16, 3, 1, 1)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_tanh()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_avgpool2d(3, 2)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(32)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_relu()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(10)));
+}
+
+static void add_rgb(lenet_model *m)
+{
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(4, 5, 2, 2)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_maxpool2d(2, 2)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(6, 3, 1, 1)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_tanh()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_avgpool2d(2, 1)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(7)));
+}
+
+typedef struct network {
+    const char *name; /* pytorch_<name>.bin, pytorch_<name>_summary.txt */
+    void (*add_layers)(lenet_model *m);
+} network;
+
+static const network D2L_LENET = {"d2l_lenet", add_d2l_lenet};
+static const network MODERN = {"modern", add_modern};
+static const network RGB = {"rgb", add_rgb};
+
+/* A network built for the fixture's input, with PyTorch's initial weights, and that input and labels. */
+typedef struct cxt {
+    const network *net;
+    fixture *fx;
+    lenet_model *m;
+    lenet_tensor *x;
+    const int32_t *labels;
+    int batch, classes;
+} cxt;
+
+static void cxt_open(cxt *c, const network *net)
+{
+    char file[96];
+    snprintf(file, sizeof file, "pytorch_%s.bin", net->name);
+    c->net = net;
+    c->fx = fixture_load(file);
+    const fx_array *input = fixture_floats(c->fx, "input");
+    const fx_array *labels = fixture_find(c->fx, "labels");
+    const fx_array *logits = fixture_floats(c->fx, "logits");
+    ck_assert_int_eq(input->ndim, 4);
+    ck_assert_msg(labels && labels->dtype == FX_INT32 && labels->ndim == 1 && labels->dims[0] == input->dims[0],
+                  "%s: labels must be int32 (N)", file);
+    ck_assert_int_eq(logits->ndim, 2);
+    c->batch = input->dims[0];
+    c->classes = logits->dims[1];
+    c->labels = labels->data;
+
+    c->m = lenet_model_create();
+    ck_assert_ptr_nonnull(c->m);
+    net->add_layers(c->m);
+    ck_assert_lenet_ok(lenet_model_build(c->m, input->dims[1], input->dims[2], input->dims[3]));
+
+    c->x = lenet_tensor_create(4, input->dims);
+    ck_assert_ptr_nonnull(c->x);
+    memcpy(lenet_tensor_data(c->x), input->data, input->numel * sizeof(float));
+
+    /* Weights by state_dict name: every liblenet parameter has its PyTorch tensor of the same shape, and
+     * every PyTorch parameter is used once (same count, distinct names). */
+    size_t n_init = 0;
+    for (size_t a = 0; a < c->fx->count; a++)
+        n_init += strncmp(c->fx->arrays[a].name, "init.", 5) == 0;
+    ck_assert_uint_eq(lenet_model_param_count(c->m), n_init);
+    for (size_t i = 0; i < lenet_model_param_count(c->m); i++) {
+        const char *name = lenet_model_param_name(c->m, i);
+        ck_assert_ptr_nonnull(name);
+        for (size_t j = 0; j < i; j++)
+            ck_assert_str_ne(name, lenet_model_param_name(c->m, j));
+        char key[96];
+        snprintf(key, sizeof key, "init.%s", name);
+        const fx_array *w = fixture_floats(c->fx, key);
+        lenet_tensor *p = lenet_model_param(c->m, i);
+        assert_same_shape(p, w, key);
+        assert_same_shape(lenet_model_grad(c->m, i), w, name);
+        memcpy(lenet_tensor_data(p), w->data, w->numel * sizeof(float));
+    }
+}
+
+static void cxt_close(cxt *c)
+{
+    lenet_tensor_free(c->x);
+    lenet_model_free(c->m);
+    fixture_free(c->fx);
+}
+
+/* Forward, loss and (when dlogits is given) backward into zeroed gradients.  Returns the loss. */
+static float forward_backward(cxt *c, const lenet_tensor **logits, lenet_tensor *dlogits)
+{
+    float loss = NAN;
+    ck_assert_lenet_ok(lenet_model_zero_grad(c->m));
+    ck_assert_lenet_ok(lenet_model_forward(c->m, c->x, logits));
+    ck_assert_lenet_ok(lenet_cross_entropy(*logits, c->labels, &loss, dlogits));
+    if (dlogits)
+        ck_assert_lenet_ok(lenet_model_backward(c->m, dlogits));
+    return loss;
+}
+
+static void check_logits_and_loss(const network *net)
+{
+    cxt c;
+    cxt_open(&c, net);
+    const lenet_tensor *logits = NULL;
+    float loss = forward_backward(&c, &logits, NULL);
+    const fx_array *ref_logits = fixture_floats(c.fx, "logits");
+    assert_same_shape(logits, ref_logits, "logits");
+    check_close(net->name, "logits", lenet_tensor_cdata(logits), ref_logits->data, ref_logits->numel);
+    const fx_array *ref_loss = fixture_floats(c.fx, "loss");
+    check_close(net->name, "loss", &loss, ref_loss->data, 1);
+    cxt_close(&c);
+}
+
+static void check_gradients(const network *net)
+{
+    cxt c;
+    cxt_open(&c, net);
+    const lenet_tensor *logits = NULL;
+    lenet_tensor *dlogits = lenet_tensor_create(2, (int[]){c.batch, c.classes});
+    ck_assert_ptr_nonnull(dlogits);
+    forward_backward(&c, &logits, dlogits);
+    for (size_t i = 0; i < lenet_model_param_count(c.m); i++) {
+        char key[96];
+        snprintf(key, sizeof key, "grad.%s", lenet_model_param_name(c.m, i));
+        const fx_array *ref = fixture_floats(c.fx, key);
+        const lenet_tensor *g = lenet_model_grad(c.m, i);
+        assert_same_shape(g, ref, key);
+        check_close(net->name, key, lenet_tensor_cdata(g), ref->data, ref->numel);
+    }
+    lenet_tensor_free(dlogits);
+    cxt_close(&c);
+}
+
+static void check_sgd_steps(const network *net)
+{
+    cxt c;
+    cxt_open(&c, net);
+    const lenet_tensor *logits = NULL;
+    lenet_tensor *dlogits = lenet_tensor_create(2, (int[]){c.batch, c.classes});
+    lenet_optimizer *opt = lenet_sgd_create(c.m, SGD_LR, SGD_MOMENTUM, SGD_WEIGHT_DECAY);
+    ck_assert_ptr_nonnull(dlogits);
+    ck_assert_ptr_nonnull(opt);
+    float losses[SGD_STEPS];
+    for (int step = 0; step < SGD_STEPS; step++) {
+        ck_assert_lenet_ok(lenet_optimizer_zero_grad(opt));
+        losses[step] = forward_backward(&c, &logits, dlogits);
+        ck_assert_lenet_ok(lenet_optimizer_step(opt));
+    }
+    const fx_array *ref_losses = fixture_floats(c.fx, "step_losses");
+    ck_assert_uint_eq(ref_losses->numel, SGD_STEPS);
+    check_close(net->name, "losses of 3 steps", losses, ref_losses->data, SGD_STEPS);
+    /* The updates must have moved the weights: otherwise comparing with PyTorch would prove little. */
+    const fx_array *first_init = fixture_floats(c.fx, "init.0.weight");
+    const float *first = lenet_tensor_cdata(lenet_model_param(c.m, 0));
+    ck_assert_msg(memcmp(first, first_init->data, first_init->numel * sizeof(float)) != 0, "SGD did not move 0.weight");
+    for (size_t i = 0; i < lenet_model_param_count(c.m); i++) {
+        char key[96];
+        snprintf(key, sizeof key, "step3.%s", lenet_model_param_name(c.m, i));
+        const fx_array *ref = fixture_floats(c.fx, key);
+        const lenet_tensor *p = lenet_model_param(c.m, i);
+        assert_same_shape(p, ref, key);
+        check_close(net->name, key, lenet_tensor_cdata(p), ref->data, ref->numel);
+    }
+    lenet_optimizer_free(opt);
+    lenet_tensor_free(dlogits);
+    cxt_close(&c);
+}
+
+/* lenet_model_summary of an unbuilt network for a batch of 1 equals PyTorch's shape loop byte for byte. */
+static void check_summary(const network *net, int channels, int height, int width)
+{
+    char file[96];
+    snprintf(file, sizeof file, "pytorch_%s_summary.txt", net->name);
+    size_t expected_size;
+    unsigned char *expected = read_file(file, &expected_size);
+    ck_assert_uint_gt(expected_size, 0);
+
+    lenet_model *m = lenet_model_create();
+    ck_assert_ptr_nonnull(m);
+    net->add_layers(m);
+    FILE *out = tmpfile();
+    ck_assert_ptr_nonnull(out);
+    ck_assert_lenet_ok(lenet_model_summary(m, 1, channels, height, width, out));
+    long size = ftell(out);
+    ck_assert_int_ge(size, 0);
+    char *got = calloc((size_t)size + 1, 1);
+    ck_assert_ptr_nonnull(got);
+    rewind(out);
+    ck_assert_uint_eq(fread(got, 1, (size_t)size, out), (size_t)size);
+    fclose(out);
+    ck_assert_msg((size_t)size == expected_size && memcmp(got, expected, expected_size) == 0,
+                  "%s: liblenet printed\n%s\nPyTorch printed\n%s", net->name, got, (const char *)expected);
+    free(got);
+    free(expected);
+    lenet_model_free(m);
+}
+
+/* ---- tests ---- */
+
+START_TEST(test_d2l_lenet_logits_and_loss_match_pytorch)
+{
+    check_logits_and_loss(&D2L_LENET);
+}
+END_TEST
+
+START_TEST(test_d2l_lenet_gradients_match_pytorch)
+{
+    check_gradients(&D2L_LENET);
+}
+END_TEST
+
+START_TEST(test_d2l_lenet_three_sgd_steps_match_pytorch)
+{
+    check_sgd_steps(&D2L_LENET);
+}
+END_TEST
+
+START_TEST(test_d2l_lenet_summary_matches_pytorch_shape_loop)
+{
+    check_summary(&D2L_LENET, 1, 28, 28);
+}
+END_TEST
+
+START_TEST(test_modern_logits_and_loss_match_pytorch)
+{
+    check_logits_and_loss(&MODERN);
+}
+END_TEST
+
+START_TEST(test_modern_gradients_match_pytorch)
+{
+    check_gradients(&MODERN);
+}
+END_TEST
+
+START_TEST(test_modern_three_sgd_steps_match_pytorch)
+{
+    check_sgd_steps(&MODERN);
+}
+END_TEST
+
+START_TEST(test_modern_summary_matches_pytorch_shape_loop)
+{
+    check_summary(&MODERN, 1, 32, 32);
+}
+END_TEST
+
+START_TEST(test_rgb_non_square_logits_and_loss_match_pytorch)
+{
+    check_logits_and_loss(&RGB);
+}
+END_TEST
+
+START_TEST(test_rgb_non_square_gradients_match_pytorch)
+{
+    check_gradients(&RGB);
+}
+END_TEST
+
+START_TEST(test_rgb_non_square_three_sgd_steps_match_pytorch)
+{
+    check_sgd_steps(&RGB);
+}
+END_TEST
+
+START_TEST(test_rgb_non_square_summary_matches_pytorch_shape_loop)
+{
+    check_summary(&RGB, 3, 20, 27);
+}
+END_TEST
+
+START_TEST(test_cross_entropy_of_logits_near_1000_matches_pytorch)
+{
+    fixture *fx = fixture_load("pytorch_cross_entropy.bin");
+    const fx_array *z = fixture_floats(fx, "logits");
+    const fx_array *labels = fixture_find(fx, "labels");
+    const fx_array *ref_loss = fixture_floats(fx, "loss");
+    const fx_array *ref_dlogits = fixture_floats(fx, "dlogits");
+    ck_assert_ptr_nonnull(labels);
+    ck_assert_int_eq(labels->dtype, FX_INT32);
+    ck_assert_int_eq(z->ndim, 2);
+    /* The fixture is what its name says: logits beyond what a naive exp() survives, and a large loss. */
+    float zmax = 0.0f;
+    for (size_t i = 0; i < z->numel; i++)
+        zmax = fmaxf(zmax, fabsf(((const float *)z->data)[i]));
+    ck_assert_float_gt(zmax, 900.0f);
+    ck_assert_float_gt(((const float *)ref_loss->data)[0], 100.0f);
+
+    lenet_tensor *logits = lenet_tensor_create(2, z->dims);
+    lenet_tensor *dlogits = lenet_tensor_create(2, z->dims);
+    ck_assert_ptr_nonnull(logits);
+    ck_assert_ptr_nonnull(dlogits);
+    memcpy(lenet_tensor_data(logits), z->data, z->numel * sizeof(float));
+    float loss = NAN;
+    ck_assert_lenet_ok(lenet_cross_entropy(logits, labels->data, &loss, dlogits));
+    check_close("logits1e3", "loss", &loss, ref_loss->data, 1);
+    check_close("logits1e3", "dlogits", lenet_tensor_cdata(dlogits), ref_dlogits->data, ref_dlogits->numel);
+    lenet_tensor_free(logits);
+    lenet_tensor_free(dlogits);
+    fixture_free(fx);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("pytorch");
+    TCase *tc = tcase_create("pytorch");
+    tcase_add_test(tc, test_d2l_lenet_logits_and_loss_match_pytorch);
+    tcase_add_test(tc, test_d2l_lenet_gradients_match_pytorch);
+    tcase_add_test(tc, test_d2l_lenet_three_sgd_steps_match_pytorch);
+    tcase_add_test(tc, test_d2l_lenet_summary_matches_pytorch_shape_loop);
+    tcase_add_test(tc, test_modern_logits_and_loss_match_pytorch);
+    tcase_add_test(tc, test_modern_gradients_match_pytorch);
+    tcase_add_test(tc, test_modern_three_sgd_steps_match_pytorch);
+    tcase_add_test(tc, test_modern_summary_matches_pytorch_shape_loop);
+    tcase_add_test(tc, test_rgb_non_square_logits_and_loss_match_pytorch);
+    tcase_add_test(tc, test_rgb_non_square_gradients_match_pytorch);
+    tcase_add_test(tc, test_rgb_non_square_three_sgd_steps_match_pytorch);
+    tcase_add_test(tc, test_rgb_non_square_summary_matches_pytorch_shape_loop);
+    tcase_add_test(tc, test_cross_entropy_of_logits_near_1000_matches_pytorch);
+    suite_add_tcase(s, tc);
+    return lenet_test_run(s);
+}
