@@ -1,0 +1,23 @@
+/* Shared by the fuzz targets: lenet reads files by path, so each input is written to a private file
+ * (under /dev/shm when it exists, else TMPDIR or /tmp) that lives as long as the process. */
+#ifndef LENET_FUZZ_COMMON_H
+#define LENET_FUZZ_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The entry point every target defines (libFuzzer's name), also called by fuzz/replay.c. */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* Writes `size` bytes to the process's file number `slot` (0..3) and returns its path (static storage),
+ * or NULL if the file cannot be written. */
+const char *fuzz_write_file(int slot, const void *data, size_t size);
+
+/* Makes a raw IDX file in memory: 00 00 08 ndims, the dims big-endian, then `payload` bytes of `fill`.
+ * Returns its size; `out` must hold 4 + 4 * ndims + payload bytes. */
+size_t fuzz_idx(unsigned char *out, int ndims, const uint32_t *dims, size_t payload, unsigned char fill);
+
+/* The item count an IDX header declares if `data` starts like a raw IDX file, else `fallback`. */
+uint32_t fuzz_idx_count(const uint8_t *data, size_t size, uint32_t fallback);
+
+#endif /* LENET_FUZZ_COMMON_H */
