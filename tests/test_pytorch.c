@@ -324,6 +324,12 @@ static void check_logits_and_loss(const network *net)
     check_close(net->name, "logits", lenet_tensor_cdata(logits), ref_logits->data, ref_logits->numel);
     const fx_array *ref_loss = fixture_floats(c.fx, "loss");
     check_close(net->name, "loss", &loss, ref_loss->data, 1);
+    /* The thread-safe inference path (its own scratch) gives the same numbers. */
+    lenet_tensor *predicted = lenet_tensor_create(2, ref_logits->dims);
+    ck_assert_ptr_nonnull(predicted);
+    ck_assert_lenet_ok(lenet_model_predict(c.m, c.x, predicted));
+    check_close(net->name, "predict", lenet_tensor_cdata(predicted), ref_logits->data, ref_logits->numel);
+    lenet_tensor_free(predicted);
     cxt_close(&c);
 }
 
