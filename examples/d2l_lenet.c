@@ -1,0 +1,520 @@
+/* d2l.ai's LeNet on Fashion-MNIST (section "Convolutional Neural Networks (LeNet)", train_ch6) with liblenet:
+ * the same network, initialisation, optimizer and schedule, printed the same way, with the training curves
+ * (--csv, --plot) and the feature maps of the exercise "display the activations of the first and second layer
+ * for sweaters and coats" (--activations).  Uses only the public API of liblenet. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <lenet/lenet.h>
+
+#include "cli.h"
+#ifdef LENET_HAVE_CAIRO
+#include "plot.h"
+#endif
+
+#define PROG "d2l_lenet"
+#define DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
+#define INSTALL_HINT "sudo apt-get install dataset-fashion-mnist (or pass --data DIR)"
+#define D2L_LR 0.9f
+#define MODERN_LR 0.1f
+#define POINTS_PER_EPOCH 5 /* d2l's Animator draws the train metrics 5 times an epoch */
+
+/* Fashion-MNIST's classes, as d2l's get_fashion_mnist_labels. */
+static const char *const class_names[10] = {"t-shirt", "trouser", "pullover", "dress", "coat",
+                                            "sandal",  "shirt",   "sneaker",  "bag",   "ankle boot"};
+
+enum variant { VARIANT_D2L, VARIANT_MODERN };
+
+typedef struct options {
+    int epochs, batch_size, threads;
+    float lr;
+    bool lr_given, quiet;
+    uint64_t seed;
+    enum variant variant;
+    const char *data, *csv, *plot, *activations;
+} options;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: " PROG " [options]\n"
+            "Trains d2l.ai's LeNet on Fashion-MNIST and prints the metrics like d2l's train_ch6.\n"
+            "\n"
+            "  --epochs N         passes over the training set (default 10)\n"
+            "  --lr RATE          SGD learning rate (default %.1f; %.1f for --variant modern)\n"
+            "  --batch-size N     examples per SGD step (default 128)\n"
+            "  --seed N           seed of the Xavier-uniform weights and of the shuffling (default 0)\n"
+            "  --threads N        threads to report (default: OPENBLAS_NUM_THREADS or the processor count)\n"
+            "  --data DIR         Fashion-MNIST IDX files (default " DEFAULT_DATA ")\n"
+            "  --variant NAME     d2l: Sigmoid and AvgPool2d, as d2l (default)\n"
+            "                     modern: ReLU and MaxPool2d\n"
+            "  --csv FILE         write epoch, train loss, train acc, test acc, 5 points an epoch\n"
+            "  --plot FILE        draw those curves into FILE.png or FILE.svg\n"
+            "  --activations DIR  write conv1 and conv2 feature maps of test pullovers and coats to DIR\n"
+            "  --quiet            no progress on stderr\n"
+            "  --help             show this help\n",
+            D2L_LR, MODERN_LR);
+}
+
+/* Parses the command line; returns -1 to exit 0 (--help), 0 to go on, 2 for a bad command line. */
+static int parse_options(int argc, char **argv, options *o)
+{
+    *o = (options){.epochs = 10, .batch_size = 128, .lr = D2L_LR, .data = DEFAULT_DATA};
+    enum { EPOCHS = 256, LR, BATCH, SEED, THREADS, DATA, VARIANT, CSV, PLOT, ACTIVATIONS, QUIET, HELP };
+    static const struct option longopts[] = {
+        {"epochs", required_argument, NULL, EPOCHS},   {"lr", required_argument, NULL, LR},
+        {"batch-size", required_argument, NULL, BATCH}, {"seed", required_argument, NULL, SEED},
+        {"threads", required_argument, NULL, THREADS}, {"data", required_argument, NULL, DATA},
+        {"variant", required_argument, NULL, VARIANT}, {"csv", required_argument, NULL, CSV},
+        {"plot", required_argument, NULL, PLOT},       {"activations", required_argument, NULL, ACTIVATIONS},
+        {"quiet", no_argument, NULL, QUIET},           {"help", no_argument, NULL, HELP},
+        {NULL, 0, NULL, 0},
+    };
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case EPOCHS: bad = cli_parse_int(PROG, "--epochs", optarg, 1, 10000, &o->epochs); break;
+        case LR:
+            bad = cli_parse_float(PROG, "--lr", optarg, 0.0, 1000.0, &o->lr);
+            o->lr_given = true;
+            break;
+        case BATCH: bad = cli_parse_int(PROG, "--batch-size", optarg, 1, 1 << 20, &o->batch_size); break;
+        case SEED: bad = cli_parse_u64(PROG, "--seed", optarg, &o->seed); break;
+        case THREADS: bad = cli_parse_int(PROG, "--threads", optarg, 1, 1024, &o->threads); break;
+        case DATA: o->data = optarg; break;
+        case VARIANT:
+            if (strcmp(optarg, "d2l") == 0)
+                o->variant = VARIANT_D2L;
+            else if (strcmp(optarg, "modern") == 0)
+                o->variant = VARIANT_MODERN;
+            else {
+                fprintf(stderr, PROG ": --variant: '%s' is neither d2l nor modern\n", optarg);
+                bad = -1;
+            }
+            break;
+        case CSV: o->csv = optarg; break;
+        case PLOT: o->plot = optarg; break;
+        case ACTIVATIONS: o->activations = optarg; break;
+        case QUIET: o->quiet = true; break;
+        case HELP: usage(stdout); return -1;
+        default:
+            if (optopt >= EPOCHS && optopt <= HELP)
+                fprintf(stderr, PROG ": %s needs a value\n", argv[optind - 1]);
+            else
+                fprintf(stderr, PROG ": unknown option '%s'\n", argv[optind - 1]);
+            bad = -1;
+            break;
+        }
+        if (bad) {
+            fprintf(stderr, "usage: " PROG " [options]; " PROG " --help lists them\n");
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, PROG ": unexpected argument '%s'\n", argv[optind]);
+        fprintf(stderr, "usage: " PROG " [options]; " PROG " --help lists them\n");
+        return 2;
+    }
+    if (o->variant == VARIANT_MODERN && !o->lr_given)
+        o->lr = MODERN_LR;
+#ifdef LENET_HAVE_CAIRO
+    if (o->plot && !plot_path_supported(o->plot)) {
+        fprintf(stderr, PROG ": --plot %s: the name must end in .png or .svg\n", o->plot);
+        return 2;
+    }
+#else
+    if (o->plot || o->activations) {
+        fprintf(stderr, PROG ": %s needs cairo, and this build has none (install libcairo2-dev and rebuild)\n",
+                o->plot ? "--plot" : "--activations");
+        return 2;
+    }
+#endif
+    return 0;
+}
+
+/* Layer i (0..11) of the d2l network's nn.Sequential, or of its modern variant. */
+static lenet_layer *lenet_layer_at(enum variant v, int i)
+{
+    bool modern = v == VARIANT_MODERN;
+    switch (i) {
+    case 0: return lenet_conv2d(6, 5, 1, 2);
+    case 3: return lenet_conv2d(16, 5, 1, 0);
+    case 2:
+    case 5: return modern ? lenet_maxpool2d(2, 2) : lenet_avgpool2d(2, 2);
+    case 6: return lenet_flatten();
+    case 7: return lenet_linear(120);
+    case 9: return lenet_linear(84);
+    case 11: return lenet_linear(10);
+    default: return modern ? lenet_relu() : lenet_sigmoid(); /* 1, 4, 8, 10 */
+    }
+}
+
+/* The first `layers` layers of the network, built for 1x28x28 images. */
+static lenet_model *build_network(enum variant v, int layers)
+{
+    lenet_model *m = lenet_model_create();
+    if (!m)
+        return NULL;
+    for (int i = 0; i < layers; i++)
+        if (lenet_model_add(m, lenet_layer_at(v, i)) != LENET_OK)
+            goto fail;
+    if (lenet_model_build(m, 1, 28, 28) != LENET_OK)
+        goto fail;
+    return m;
+fail:
+    lenet_model_free(m);
+    return NULL;
+}
+
+/* Training curves: the running train loss and accuracy at the fifths of each epoch and the test accuracy at
+ * each epoch's end, x in epochs (d2l's epoch + (i + 1) / num_batches). */
+typedef struct curves {
+    double *x, *loss, *acc;
+    size_t n;
+    double *test_x, *test_acc;
+    size_t test_n;
+} curves;
+
+static int curves_init(curves *c, int epochs)
+{
+    size_t points = (size_t)epochs * POINTS_PER_EPOCH;
+    *c = (curves){0};
+    c->x = malloc(points * sizeof *c->x);
+    c->loss = malloc(points * sizeof *c->loss);
+    c->acc = malloc(points * sizeof *c->acc);
+    c->test_x = malloc((size_t)epochs * sizeof *c->test_x);
+    c->test_acc = malloc((size_t)epochs * sizeof *c->test_acc);
+    return c->x && c->loss && c->acc && c->test_x && c->test_acc ? 0 : -1;
+}
+
+static void curves_free(curves *c)
+{
+    free(c->x);
+    free(c->loss);
+    free(c->acc);
+    free(c->test_x);
+    free(c->test_acc);
+}
+
+/* What the per-batch callback needs. */
+typedef struct run {
+    cli_progress progress;
+    curves *curves;
+    int epoch, batch_size, next_point;
+    size_t batches, epoch_first_point;
+} run;
+
+static void on_batch(void *user, size_t done, size_t total, const lenet_metrics *so_far)
+{
+    run *r = user;
+    cli_progress_update(&r->progress, done, total, so_far);
+    size_t batch = (done + (size_t)r->batch_size - 1) / (size_t)r->batch_size;
+    if (r->next_point > POINTS_PER_EPOCH || batch * POINTS_PER_EPOCH < (size_t)r->next_point * r->batches)
+        return;
+    while (r->next_point <= POINTS_PER_EPOCH && (size_t)r->next_point * r->batches <= batch * POINTS_PER_EPOCH)
+        r->next_point++;
+    curves *c = r->curves;
+    c->x[c->n] = (r->epoch - 1) + (double)batch / (double)r->batches;
+    c->loss[c->n] = so_far->loss;
+    c->acc[c->n] = so_far->accuracy;
+    c->n++;
+}
+
+/* Appends this epoch's points to the CSV: the test accuracy on the epoch's last point, blank before. */
+static int write_csv_epoch(FILE *csv, const curves *c, size_t first, double test_acc)
+{
+    for (size_t i = first; i < c->n; i++) {
+        fprintf(csv, "%.6g,%.6f,%.6f,", c->x[i], c->loss[i], c->acc[i]);
+        if (i + 1 == c->n)
+            fprintf(csv, "%.6f", test_acc);
+        fputc('\n', csv);
+    }
+    return fflush(csv) == 0 && !ferror(csv) ? 0 : -1;
+}
+
+#ifdef LENET_HAVE_CAIRO
+/* The three curves of d2l's plot, in its styles: train loss '-', train acc 'm--', test acc 'g-.'. */
+static int write_plot(const char *path, const curves *c, const options *o)
+{
+    char title[128];
+    snprintf(title, sizeof title, "LeNet (%s) on Fashion-MNIST, lr %g, batch %d, seed %llu",
+             o->variant == VARIANT_MODERN ? "ReLU, MaxPool2d" : "d2l: Sigmoid, AvgPool2d", (double)o->lr,
+             o->batch_size, (unsigned long long)o->seed);
+    plot_axes axes = {title, "epoch", NULL, 0.0, (double)o->epochs, 0.0, NAN, 640, 440};
+    plot_series series[] = {
+        {"train loss", c->x, c->loss, c->n, 0x1f77b4, PLOT_SOLID},
+        {"train acc", c->x, c->acc, c->n, 0xbf00bf, PLOT_DASHED},
+        {"test acc", c->test_x, c->test_acc, c->test_n, 0x008000, PLOT_DASHDOT},
+    };
+    if (plot_curves(path, &axes, series, sizeof series / sizeof series[0]) != 0) {
+        fprintf(stderr, PROG ": --plot: %s\n", plot_error());
+        return -1;
+    }
+    return 0;
+}
+
+static void min_max(const float *v, size_t n, float *lo, float *hi)
+{
+    *lo = INFINITY, *hi = -INFINITY;
+    for (size_t i = 0; i < n; i++)
+        *lo = fminf(*lo, v[i]), *hi = fmaxf(*hi, v[i]);
+}
+
+/* Copies the parameters of `net` into the prefix model `part` (same numbering, as PyTorch's state_dict). */
+static int copy_prefix_params(lenet_model *part, lenet_model *net)
+{
+    for (size_t i = 0; i < lenet_model_param_count(part); i++)
+        if (strcmp(lenet_model_param_name(part, i), lenet_model_param_name(net, i)) != 0 ||
+            lenet_tensor_copy(lenet_model_param(part, i), lenet_model_param(net, i)) != LENET_OK)
+            return -1;
+    return 0;
+}
+
+enum { SHOWN = 4, IMG = 28, MAPS1 = 6, MAPS2 = 16, SIDE2 = 10 };
+
+/* One canvas per class: a row per test image, with the input, conv1's 6 maps and conv2's 16 maps (after the
+ * activation), each layer's maps scaled together from their minimum (black) to maximum (white). */
+static int write_class_activations(const char *dir, int label, const lenet_dataset *test, lenet_model *net,
+                                   lenet_model *upto1, lenet_model *upto2, const options *o)
+{
+    size_t index[SHOWN], shown = 0;
+    for (size_t i = 0; i < lenet_dataset_size(test) && shown < SHOWN; i++)
+        if (lenet_dataset_label(test, i) == label)
+            index[shown++] = i;
+    if (shown == 0) {
+        fprintf(stderr, PROG ": --activations: the test set has no %s\n", class_names[label]);
+        return -1;
+    }
+    int rc = -1;
+    plot_canvas *canvas = NULL;
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){(int)shown, 1, IMG, IMG});
+    int32_t predicted[SHOWN];
+    const lenet_tensor *maps1, *maps2;
+    char text[160], path[4096];
+    if (!x)
+        goto lib_fail;
+    for (size_t k = 0; k < shown; k++)
+        if (lenet_dataset_image(test, index[k], lenet_tensor_data(x) + k * IMG * IMG) != LENET_OK)
+            goto lib_fail;
+    if (lenet_model_classify(net, x, predicted, NULL) != LENET_OK || lenet_model_forward(upto1, x, &maps1) != LENET_OK ||
+        lenet_model_forward(upto2, x, &maps2) != LENET_OK)
+        goto lib_fail;
+    if (lenet_tensor_dim(maps1, 1) != MAPS1 || lenet_tensor_dim(maps1, 2) != IMG || lenet_tensor_dim(maps2, 1) != MAPS2 ||
+        lenet_tensor_dim(maps2, 2) != SIDE2) {
+        fprintf(stderr, PROG ": --activations: unexpected feature map shapes\n");
+        goto done;
+    }
+
+    const double margin = 16, scale1 = 4, scale2 = 5, gap = 6, group_gap = 26, header = 64, caption = 22;
+    const double big = IMG * scale1, small = SIDE2 * scale2;
+    const double x_maps1 = margin + big + group_gap, x_maps2 = x_maps1 + MAPS1 * (big + gap) - gap + group_gap;
+    const double width = x_maps2 + 8 * (small + gap) - gap + margin, row_h = caption + big + 18;
+    canvas = plot_canvas_create(width, header + (double)shown * row_h);
+    if (!canvas)
+        goto plot_fail;
+    const char *act = o->variant == VARIANT_MODERN ? "ReLU" : "Sigmoid";
+    snprintf(text, sizeof text, "Activations for Fashion-MNIST test %ss (LeNet %s, %d epochs, seed %llu)",
+             class_names[label], o->variant == VARIANT_MODERN ? "modern" : "d2l", o->epochs,
+             (unsigned long long)o->seed);
+    plot_canvas_text(canvas, margin, 24, 15, true, text);
+    plot_canvas_text(canvas, margin, header - 12, 13, false, "input");
+    snprintf(text, sizeof text, "conv1: 6 maps 28x28 after %s", act);
+    plot_canvas_text(canvas, x_maps1, header - 12, 13, false, text);
+    snprintf(text, sizeof text, "conv2: 16 maps 10x10 after %s", act);
+    plot_canvas_text(canvas, x_maps2, header - 12, 13, false, text);
+    for (size_t k = 0; k < shown; k++) {
+        double top = header + (double)k * row_h;
+        snprintf(text, sizeof text, "test image %zu: %s, predicted %s", index[k], class_names[label],
+                 predicted[k] >= 0 && predicted[k] < 10 ? class_names[predicted[k]] : "?");
+        plot_canvas_text(canvas, margin, top + 15, 12, false, text);
+        top += caption;
+        plot_canvas_image(canvas, margin, top, scale1, lenet_tensor_cdata(x) + k * IMG * IMG, IMG, IMG, 0, 1);
+        const float *m1 = lenet_tensor_cdata(maps1) + k * MAPS1 * IMG * IMG;
+        const float *m2 = lenet_tensor_cdata(maps2) + k * MAPS2 * SIDE2 * SIDE2;
+        float lo, hi;
+        min_max(m1, MAPS1 * IMG * IMG, &lo, &hi);
+        for (int c = 0; c < MAPS1; c++)
+            plot_canvas_image(canvas, x_maps1 + c * (big + gap), top, scale1, m1 + c * IMG * IMG, IMG, IMG, lo, hi);
+        min_max(m2, MAPS2 * SIDE2 * SIDE2, &lo, &hi);
+        double top2 = top + (big - (2 * small + gap)) / 2;
+        for (int c = 0; c < MAPS2; c++)
+            plot_canvas_image(canvas, x_maps2 + (c % 8) * (small + gap), top2 + (c / 8) * (small + gap), scale2,
+                              m2 + c * SIDE2 * SIDE2, SIDE2, SIDE2, lo, hi);
+    }
+    snprintf(path, sizeof path, "%s/%s.png", dir, class_names[label]);
+    if (plot_canvas_save(canvas, path) != 0)
+        goto plot_fail;
+    if (!o->quiet)
+        fprintf(stderr, "wrote %s\n", path);
+    rc = 0;
+    goto done;
+lib_fail:
+    fprintf(stderr, PROG ": --activations: %s\n", lenet_last_error());
+    goto done;
+plot_fail:
+    fprintf(stderr, PROG ": --activations: %s\n", plot_error());
+done:
+    plot_canvas_free(canvas);
+    lenet_tensor_free(x);
+    return rc;
+}
+
+/* The feature maps come from models made of the first 2 and first 5 layers (up to conv1's and conv2's
+ * activation) holding copies of the trained weights. */
+static int write_activations(const char *dir, const lenet_dataset *test, lenet_model *net, const options *o)
+{
+    int rc = -1;
+    lenet_model *upto1 = build_network(o->variant, 2), *upto2 = build_network(o->variant, 5);
+    if (!upto1 || !upto2 || copy_prefix_params(upto1, net) != 0 || copy_prefix_params(upto2, net) != 0) {
+        fprintf(stderr, PROG ": --activations: %s\n", lenet_last_error());
+        goto done;
+    }
+    rc = 0;
+    if (write_class_activations(dir, 2, test, net, upto1, upto2, o) != 0) /* pullover: d2l's "sweaters" */
+        rc = -1;
+    if (write_class_activations(dir, 4, test, net, upto1, upto2, o) != 0) /* coat */
+        rc = -1;
+done:
+    lenet_model_free(upto2);
+    lenet_model_free(upto1);
+    return rc;
+}
+#endif /* LENET_HAVE_CAIRO */
+
+static int make_directory(const char *dir)
+{
+    struct stat st;
+    if (mkdir(dir, 0777) != 0 && !(errno == EEXIST && stat(dir, &st) == 0 && S_ISDIR(st.st_mode))) {
+        fprintf(stderr, PROG ": --activations %s: cannot create the directory: %s\n", dir,
+                errno == EEXIST ? "a file of that name exists" : strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    int parsed = parse_options(argc, argv, &o);
+    if (parsed != 0)
+        return parsed < 0 ? 0 : parsed;
+    /* liblenet has no thread-count call yet and OpenBLAS reads OPENBLAS_NUM_THREADS when it is loaded, before
+     * main, so --threads is only reported in the last line. */
+    int threads = o.threads > 0 ? o.threads : cli_default_threads();
+
+    int status = 1;
+    FILE *csv = NULL;
+    lenet_dataset *train = NULL, *test = NULL;
+    lenet_model *net = NULL;
+    lenet_optimizer *sgd = NULL;
+    lenet_iter *train_iter = NULL, *test_iter = NULL;
+    curves c = {0};
+
+    if (curves_init(&c, o.epochs) != 0) {
+        fprintf(stderr, PROG ": out of memory\n");
+        goto done;
+    }
+    if (o.csv && !(csv = fopen(o.csv, "w"))) {
+        fprintf(stderr, PROG ": --csv %s: cannot open: %s\n", o.csv, strerror(errno));
+        goto done;
+    }
+    if (o.activations && make_directory(o.activations) != 0)
+        goto done;
+    if (!(train = cli_open_idx(PROG, o.data, "train", INSTALL_HINT)) ||
+        !(test = cli_open_idx(PROG, o.data, "t10k", INSTALL_HINT)))
+        goto done;
+    if (lenet_dataset_height(train) != 28 || lenet_dataset_width(train) != 28 || lenet_dataset_height(test) != 28 ||
+        lenet_dataset_width(test) != 28) {
+        fprintf(stderr, PROG ": %s: the images are not 28x28, so this is not Fashion-MNIST; install it with: %s\n",
+                o.data, INSTALL_HINT);
+        goto done;
+    }
+    if (!(net = build_network(o.variant, 12)) || lenet_model_init(net, LENET_INIT_XAVIER_UNIFORM, o.seed) != LENET_OK ||
+        !(sgd = lenet_sgd_create(net, o.lr, 0.0f, 0.0f)) ||
+        !(train_iter = lenet_iter_create(train, o.batch_size, true, o.seed)) ||
+        !(test_iter = lenet_iter_create(test, o.batch_size, false, 0))) {
+        fprintf(stderr, PROG ": %s\n", lenet_last_error());
+        goto done;
+    }
+    if (csv && fprintf(csv, "epoch,train_loss,train_acc,test_acc\n") < 0)
+        goto csv_fail;
+
+    run r = {.curves = &c, .batch_size = o.batch_size};
+    cli_progress_init(&r.progress, stderr, o.quiet, o.epochs, o.batch_size);
+    lenet_metrics fit = {0}, eval = {0};
+    double train_seconds = 0;
+    size_t trained = 0;
+    printf("training on cpu\n");
+    fflush(stdout);
+    for (int epoch = 1; epoch <= o.epochs; epoch++) {
+        size_t examples = lenet_dataset_size(train);
+        r.epoch = epoch;
+        r.batches = (examples + (size_t)o.batch_size - 1) / (size_t)o.batch_size;
+        r.next_point = 1;
+        r.epoch_first_point = c.n;
+        cli_progress_begin_epoch(&r.progress, epoch, examples);
+        lenet_status st = lenet_train_epoch(net, sgd, train_iter, on_batch, &r, &fit);
+        cli_progress_end_epoch(&r.progress);
+        if (st == LENET_OK)
+            st = lenet_evaluate(net, test_iter, &eval);
+        if (st != LENET_OK) {
+            fprintf(stderr, PROG ": epoch %d: %s%s\n", epoch, lenet_last_error(),
+                    st == LENET_ENUMERIC ? "; the learning rate is too large for this network, try a smaller --lr" : "");
+            goto done;
+        }
+        train_seconds += fit.seconds;
+        trained += fit.examples;
+        c.test_x[c.test_n] = epoch;
+        c.test_acc[c.test_n++] = eval.accuracy;
+        printf("epoch %d: loss %.3f, train acc %.3f, test acc %.3f\n", epoch, fit.loss, fit.accuracy, eval.accuracy);
+        fflush(stdout);
+        if (csv && write_csv_epoch(csv, &c, r.epoch_first_point, eval.accuracy) != 0)
+            goto csv_fail;
+    }
+    printf("loss %.3f, train acc %.3f, test acc %.3f\n", fit.loss, fit.accuracy, eval.accuracy);
+    printf("%.1f examples/sec on cpu (%d thread%s)\n", train_seconds > 0 ? (double)trained / train_seconds : 0.0,
+           threads, threads == 1 ? "" : "s");
+    fflush(stdout);
+
+    if (csv) {
+        FILE *f = csv;
+        csv = NULL;
+        if (fclose(f) != 0)
+            goto csv_fail;
+    }
+    status = 0;
+#ifdef LENET_HAVE_CAIRO
+    if (o.plot) {
+        if (write_plot(o.plot, &c, &o) != 0)
+            status = 1;
+        else if (!o.quiet)
+            fprintf(stderr, "wrote %s\n", o.plot);
+    }
+    if (o.activations && write_activations(o.activations, test, net, &o) != 0)
+        status = 1;
+#endif
+    goto done;
+csv_fail:
+    fprintf(stderr, PROG ": --csv %s: cannot write: %s\n", o.csv, strerror(errno));
+    status = 1;
+done:
+    if (csv)
+        fclose(csv);
+    lenet_iter_free(test_iter);
+    lenet_iter_free(train_iter);
+    lenet_optimizer_free(sgd);
+    lenet_model_free(net);
+    lenet_dataset_free(test);
+    lenet_dataset_free(train);
+    curves_free(&c);
+    return status;
+}
