@@ -1,6 +1,13 @@
-/* The training loop of d2l's train_ch6: forward, cross-entropy, backward, step, with running metrics. */
+/* The training loop of d2l's train_ch6: forward, cross-entropy, backward, step, with running metrics.
+ *
+ * Numerical faults (issue 8): a step whose loss, gradients or updated parameters hold a NaN or an infinity
+ * returns LENET_ENUMERIC naming the first layer where it appeared, and leaves the parameters as they were before
+ * that step.  The checks cost one scan of the gradient arena and one of the parameter arena per step, plus one
+ * copy of the parameter arena (61,706 floats for the d2l LeNet) taken just before the optimizer runs; the
+ * activations are scanned only when the loss is not finite, to find the layer that produced it. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -30,6 +37,68 @@ static size_t count_correct(const lenet_tensor *logits, const int32_t *labels)
     return correct;
 }
 
+/* True when all n floats are finite: one branch-free pass over the exponent bits, which vectorizes. */
+static bool all_finite(const float *x, size_t n)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &x[i], sizeof bits);
+        bad |= (bits & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad == 0;
+}
+
+/* The first index of a NaN or infinity among n floats (n if none). */
+static size_t first_non_finite(const float *x, size_t n)
+{
+    size_t i = 0;
+    while (i < n && isfinite(x[i]))
+        i++;
+    return i;
+}
+
+static const char *describe_value(float v)
+{
+    return isnan(v) ? "NaN" : "an infinity";
+}
+
+/* The loss of a batch is not finite: walks the activations of the last forward in order and names the first
+ * layer whose output holds a NaN or an infinity (or the input, or the loss itself when every output is finite). */
+static lenet_status report_forward_fault(const lenet_model *m, int batch, const char *who, size_t seen)
+{
+    size_t in_size = lenet__shape_size(&m->in_shape) * (size_t)batch;
+    size_t at = first_non_finite(m->acts[0], in_size);
+    if (at < in_size)
+        return lenet__fail(LENET_ENUMERIC, "%s after %zu examples: the input batch is not finite (%s in sample %zu)",
+                           who, seen, describe_value(m->acts[0][at]), at / (in_size / (size_t)batch));
+    for (size_t i = 0; i < m->n_layers; i++) {
+        const lenet_layer *l = m->layers[i];
+        size_t n = l->out_size * (size_t)batch;
+        at = first_non_finite(m->acts[i + 1], n);
+        if (at < n)
+            return lenet__fail(LENET_ENUMERIC,
+                               "%s after %zu examples: the output of layer %zu (%s) is not finite (%s in sample %zu); "
+                               "the parameters are unchanged",
+                               who, seen, i, l->ops->name, describe_value(m->acts[i + 1][at]), at / l->out_size);
+    }
+    return lenet__fail(LENET_ENUMERIC, "%s after %zu examples: the loss is not finite although every layer's output is; "
+                       "the parameters are unchanged", who, seen);
+}
+
+/* The parameter tensor whose `arena` slice (gradients or parameters) holds a NaN or an infinity, searching tensors
+ * in model order (`backwards`: from the last layer, the order in which back-propagation produces gradients).
+ * Returns n_params if all are finite. */
+static size_t find_non_finite_param(const lenet_model *m, const float *arena, bool backwards)
+{
+    for (size_t k = 0; k < m->n_params; k++) {
+        size_t t = backwards ? m->n_params - 1 - k : k;
+        if (!all_finite(arena + m->param_offset[t], m->param_tensors[t].numel))
+            return t;
+    }
+    return m->n_params;
+}
+
 /* One pass over `it`; with `o` NULL it only evaluates. */
 static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it, lenet_progress_fn progress,
                              void *user, lenet_metrics *out)
@@ -46,6 +115,7 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
     double start = now_seconds(), loss_sum = 0.0;
     size_t seen = 0, correct = 0;
     lenet_tensor *dlogits = NULL;
+    float *saved = NULL; /* the parameters before the current optimizer step */
     lenet_status st;
     lenet_metrics so_far = {0};
     for (;;) {
@@ -80,8 +150,19 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
                 break;
             }
         }
+        if (o && !saved) {
+            saved = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
+            if (!saved) {
+                st = lenet__oom("parameter snapshot");
+                break;
+            }
+        }
         float loss;
         st = lenet_cross_entropy(logits, labels, &loss, o ? dlogits : NULL);
+        if (st == LENET_ENUMERIC) {
+            st = report_forward_fault(m, batch, who, seen);
+            break;
+        }
         if (st != LENET_OK) {
             lenet__error_prefix("%s after %zu examples: ", who, seen);
             break;
@@ -90,9 +171,30 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
         if (o) {
             lenet_model_zero_grad(m);
             lenet__model_backward_raw(m, dlogits->data);
+            if (!all_finite(m->grads, m->arena_numel)) {
+                size_t t = find_non_finite_param(m, m->grads, true);
+                size_t layer = t < m->n_params ? m->param_layer[t] : 0;
+                st = lenet__fail(LENET_ENUMERIC,
+                                 "%s after %zu examples: the gradient of %s in layer %zu (%s) is not finite; "
+                                 "the parameters are unchanged",
+                                 who, seen, t < m->n_params ? m->param_names[t] : "?", layer, m->layers[layer]->ops->name);
+                break;
+            }
+            memcpy(saved, m->params, m->arena_numel * sizeof(float));
             st = lenet_optimizer_step(o);
             if (st != LENET_OK)
                 break;
+            if (!all_finite(m->params, m->arena_numel)) {
+                size_t t = find_non_finite_param(m, m->params, false);
+                size_t layer = t < m->n_params ? m->param_layer[t] : 0;
+                memcpy(m->params, saved, m->arena_numel * sizeof(float));
+                st = lenet__fail(LENET_ENUMERIC,
+                                 "%s after %zu examples: the update made %s in layer %zu (%s) not finite (learning rate "
+                                 "%g too large?); the parameters are restored to their values before this step",
+                                 who, seen, t < m->n_params ? m->param_names[t] : "?", layer,
+                                 m->layers[layer]->ops->name, (double)lenet_optimizer_lr(o));
+                break;
+            }
         }
         loss_sum += (double)loss * batch;
         seen += (size_t)batch;
@@ -101,6 +203,7 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
             progress(user, seen, total, &so_far);
     }
     lenet_tensor_free(dlogits);
+    lenet__free_aligned(saved);
     if (st == LENET_OK && out)
         *out = so_far;
     return st;
