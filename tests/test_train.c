@@ -1,0 +1,609 @@
+/* The training loop and evaluation, on a small separable data set written as IDX files by the test:
+ * 8x8 images whose left half is bright (class 0) or whose right half is bright (class 1). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/internal.h" /* lenet__last_status */
+#include "idxfixture.h"
+#include "testutil.h"
+
+/* Tests of promised behaviour that the library lacks (reported, waiting for a fix) run only with
+ * LENET_TEST_KNOWN_GAPS=1, so the default run stays green meanwhile; without it the run says what it skipped. */
+static bool known_gaps_enabled(void)
+{
+    const char *env = getenv("LENET_TEST_KNOWN_GAPS");
+    if (env && strcmp(env, "1") == 0)
+        return true;
+    fprintf(stderr, "skipped (known gap, LENET_TEST_KNOWN_GAPS=1 runs it): "
+                    "test_a_step_that_overflows_the_parameters_is_rolled_back\n");
+    return false;
+}
+
+enum { SIDE = 8, PLANE = SIDE * SIDE };
+
+static uint32_t lcg_next(uint64_t *state)
+{
+    *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (uint32_t)(*state >> 33);
+}
+
+/* Writes n "bright half" images (labels from the generator unless `labels` is given) and opens them.
+ * `name` keeps the files of several sets apart. */
+static lenet_dataset *halves(const char *name, uint32_t n, uint64_t seed, const uint8_t *labels)
+{
+    uint8_t *pixels = malloc((size_t)n * PLANE), *values = malloc(n);
+    ck_assert_ptr_nonnull(pixels);
+    ck_assert_ptr_nonnull(values);
+    uint64_t state = seed;
+    for (uint32_t i = 0; i < n; i++) {
+        values[i] = labels ? labels[i] : (uint8_t)(lcg_next(&state) & 1);
+        int bright_left = values[i] == 0;
+        for (int y = 0; y < SIDE; y++)
+            for (int x = 0; x < SIDE; x++) {
+                int bright = (x < SIDE / 2) == bright_left;
+                uint32_t r = lcg_next(&state);
+                pixels[(size_t)i * PLANE + y * SIDE + x] = (uint8_t)(bright ? 160 + r % 96 : r % 64);
+            }
+    }
+    idx_bytes images = idx_images(n, SIDE, SIDE, pixels), label_file = idx_labels(n, values);
+    char file[64];
+    snprintf(file, sizeof file, "%s-images.gz", name);
+    const char *images_path = idx_write_bytes(file, &images, true);
+    snprintf(file, sizeof file, "%s-labels", name);
+    const char *labels_path = idx_write_bytes(file, &label_file, false);
+    lenet_dataset *d = lenet_dataset_open_idx(images_path, labels_path);
+    ck_assert_msg(d != NULL, "%s", lenet_last_error());
+    idx_bytes_free(&images);
+    idx_bytes_free(&label_file);
+    free(pixels);
+    free(values);
+    return d;
+}
+
+/* conv(4, k3, p1) relu maxpool(2) flatten linear(classes), built for 1 x side x side, initialised from seed. */
+static lenet_model *tiny_model(int side, int classes, uint64_t seed)
+{
+    lenet_model *m = lenet_model_create();
+    ck_assert_ptr_nonnull(m);
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(4, 3, 1, 1)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_relu()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_maxpool2d(2, 2)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(classes)));
+    if (side > 0) {
+        ck_assert_lenet_ok(lenet_model_build(m, 1, side, side));
+        ck_assert_lenet_ok(lenet_model_init(m, LENET_INIT_PYTORCH, seed));
+    }
+    return m;
+}
+
+/* All parameters, in order, in one new array of lenet_model_param_numel floats. */
+static float *snapshot(lenet_model *m)
+{
+    size_t total = lenet_model_param_numel(m), at = 0;
+    float *copy = malloc((total ? total : 1) * sizeof *copy);
+    ck_assert_ptr_nonnull(copy);
+    for (size_t i = 0; i < lenet_model_param_count(m); i++) {
+        const lenet_tensor *p = lenet_model_param(m, i);
+        memcpy(copy + at, lenet_tensor_cdata(p), lenet_tensor_numel(p) * sizeof *copy);
+        at += lenet_tensor_numel(p);
+    }
+    ck_assert_uint_eq(at, total);
+    return copy;
+}
+
+static void assert_params_equal(lenet_model *m, const float *expected, const char *when)
+{
+    float *now = snapshot(m);
+    size_t total = lenet_model_param_numel(m);
+    for (size_t i = 0; i < total; i++)
+        if (memcmp(&now[i], &expected[i], sizeof(float)) != 0) {
+            double a = now[i], b = expected[i];
+            free(now);
+            ck_abort_msg("%s: parameter scalar %zu is %.9g, expected %.9g", when, i, a, b);
+        }
+    free(now);
+}
+
+static bool all_finite(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return false;
+    return true;
+}
+
+#define MAX_CALLS 64
+
+typedef struct progress_log {
+    int calls;
+    size_t done[MAX_CALLS], total[MAX_CALLS];
+    lenet_metrics so_far[MAX_CALLS];
+    lenet_model *model;  /* if set, the parameters after the last completed step are kept in `last_params` */
+    float *last_params;
+} progress_log;
+
+static void record_progress(void *user, size_t done, size_t total, const lenet_metrics *so_far)
+{
+    progress_log *log = user;
+    ck_assert_int_lt(log->calls, MAX_CALLS);
+    log->done[log->calls] = done;
+    log->total[log->calls] = total;
+    log->so_far[log->calls] = *so_far;
+    log->calls++;
+    if (log->model) {
+        free(log->last_params);
+        log->last_params = snapshot(log->model);
+    }
+}
+
+/* Loss and accuracy computed by hand: lenet_model_predict, lenet_cross_entropy and argmax, one example at a
+ * time; the loss is the mean over the examples. */
+static void manual_metrics(const lenet_model *m, const lenet_dataset *d, int classes, double *loss, double *accuracy)
+{
+    size_t n = lenet_dataset_size(d);
+    int h = lenet_dataset_height(d), w = lenet_dataset_width(d);
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){1, 1, h, w});
+    lenet_tensor *y = lenet_tensor_create(2, (int[]){1, classes});
+    ck_assert_ptr_nonnull(x);
+    ck_assert_ptr_nonnull(y);
+    double sum = 0.0;
+    size_t correct = 0;
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_lenet_ok(lenet_dataset_image(d, i, lenet_tensor_data(x)));
+        ck_assert_lenet_ok(lenet_model_predict(m, x, y));
+        int32_t label = lenet_dataset_label(d, i);
+        float l;
+        ck_assert_lenet_ok(lenet_cross_entropy(y, &label, &l, NULL));
+        sum += l;
+        const float *z = lenet_tensor_cdata(y);
+        int best = 0;
+        for (int k = 1; k < classes; k++)
+            if (z[k] > z[best])
+                best = k;
+        correct += best == label;
+    }
+    *loss = sum / (double)n;
+    *accuracy = (double)correct / (double)n;
+    lenet_tensor_free(x);
+    lenet_tensor_free(y);
+}
+
+static void setup(void)
+{
+    idx_dir_create();
+}
+
+static void teardown(void)
+{
+    idx_dir_remove();
+}
+
+START_TEST(test_a_tiny_model_learns_the_bright_half_to_full_accuracy)
+{
+    lenet_dataset *train = halves("train", 64, 1, NULL), *test = halves("test", 32, 2, NULL);
+    lenet_model *m = tiny_model(SIDE, 2, 3);
+    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.9f, 0.0f);
+    ck_assert_ptr_nonnull(o);
+    lenet_iter *it = lenet_iter_create(train, 8, true, 4), *test_it = lenet_iter_create(test, 10, false, 0);
+    ck_assert_ptr_nonnull(it);
+    ck_assert_ptr_nonnull(test_it);
+    lenet_metrics first = {0}, last = {0};
+    for (int epoch = 0; epoch < 8; epoch++) {
+        lenet_metrics mt = {.loss = -1.0};
+        ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, &mt));
+        ck_assert_uint_eq(mt.examples, 64);
+        ck_assert_msg(mt.seconds > 0.0, "epoch %d took %g s", epoch, mt.seconds);
+        ck_assert_msg(mt.loss >= 0.0 && isfinite(mt.loss), "epoch %d: loss %g", epoch, mt.loss);
+        ck_assert_msg(mt.accuracy >= 0.0 && mt.accuracy <= 1.0, "epoch %d: accuracy %g", epoch, mt.accuracy);
+        if (epoch == 0)
+            first = mt;
+        last = mt;
+    }
+    ck_assert_msg(last.loss < 0.25 * first.loss, "loss went from %g to %g", first.loss, last.loss);
+    ck_assert_msg(last.accuracy == 1.0, "training accuracy %g after 8 epochs", last.accuracy);
+    lenet_metrics ev = {0};
+    ck_assert_lenet_ok(lenet_evaluate(m, test_it, &ev));
+    ck_assert_uint_eq(ev.examples, 32);
+    ck_assert_msg(ev.accuracy == 1.0, "test accuracy %g (loss %g)", ev.accuracy, ev.loss);
+    lenet_iter_free(it);
+    lenet_iter_free(test_it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(train);
+    lenet_dataset_free(test);
+}
+END_TEST
+
+START_TEST(test_epoch_loss_is_the_batch_weighted_mean_and_progress_is_per_batch)
+{
+    /* With lr 0 the parameters stay put, so every batch's loss can be recomputed by hand; batches of 10 over
+     * 64 examples end with a short batch of 4 that a plain mean of batch means would over-weight. */
+    lenet_dataset *d = halves("set", 64, 5, NULL);
+    lenet_model *m = tiny_model(SIDE, 2, 10);
+    lenet_optimizer *o = lenet_sgd_create(m, 0.0f, 0.0f, 0.0f);
+    ck_assert_ptr_nonnull(o);
+    float *before = snapshot(m);
+    lenet_iter *it = lenet_iter_create(d, 10, true, 7), *twin = lenet_iter_create(d, 10, true, 7);
+    ck_assert_ptr_nonnull(it);
+    ck_assert_ptr_nonnull(twin);
+
+    progress_log log = {0};
+    lenet_metrics mt = {0};
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, record_progress, &log, &mt));
+    assert_params_equal(m, before, "after an epoch at lr 0");
+
+    /* The same batches, by hand. */
+    double sum = 0.0, batch_mean_sum = 0.0;
+    size_t seen = 0, correct = 0;
+    int batches = 0;
+    const lenet_tensor *x;
+    const int32_t *labels;
+    int count;
+    while (lenet_iter_next(twin, &x, &labels, &count) == LENET_OK) {
+        const lenet_tensor *y;
+        ck_assert_lenet_ok(lenet_model_forward(m, x, &y));
+        float l;
+        ck_assert_lenet_ok(lenet_cross_entropy(y, labels, &l, NULL));
+        for (int i = 0; i < count; i++) {
+            const float *z = lenet_tensor_cdata(y) + 2 * i;
+            correct += (z[1] > z[0] ? 1 : 0) == labels[i];
+        }
+        sum += (double)l * count;
+        batch_mean_sum += l;
+        seen += (size_t)count;
+        ck_assert_int_lt(batches, log.calls);
+        ck_assert_uint_eq(log.done[batches], seen);
+        ck_assert_uint_eq(log.total[batches], 64);
+        ck_assert_uint_eq(log.so_far[batches].examples, seen);
+        ck_assert_msg(fabs(log.so_far[batches].loss - sum / (double)seen) <= 1e-6 * (sum / (double)seen),
+                      "running loss after %zu examples: %.9g, expected %.9g", seen, log.so_far[batches].loss,
+                      sum / (double)seen);
+        ck_assert_msg(log.so_far[batches].accuracy == (double)correct / (double)seen,
+                      "running accuracy after %zu examples: %g, expected %g", seen, log.so_far[batches].accuracy,
+                      (double)correct / (double)seen);
+        batches++;
+    }
+    ck_assert_int_eq(batches, 7);
+    ck_assert_int_eq(log.calls, 7);
+    double weighted = sum / 64.0, unweighted = batch_mean_sum / 7.0;
+    ck_assert_uint_eq(mt.examples, 64);
+    ck_assert_msg(fabs(mt.loss - weighted) <= 1e-6 * weighted, "epoch loss %.9g, weighted mean %.9g", mt.loss,
+                  weighted);
+    ck_assert_msg(fabs(weighted - unweighted) > 1e-5 * weighted,
+                  "the data set does not tell the weighted from the plain mean (%.9g, %.9g)", weighted, unweighted);
+    ck_assert_msg(correct > 0 && correct < 64, "%zu of 64 right: the accuracy check would be weak", correct);
+    ck_assert_msg(mt.accuracy == (double)correct / 64.0, "accuracy %g, expected %g", mt.accuracy,
+                  (double)correct / 64.0);
+    ck_assert_msg(mt.seconds > 0.0 && mt.seconds >= log.so_far[0].seconds, "seconds %g", mt.seconds);
+    for (int i = 1; i < log.calls; i++) {
+        ck_assert_uint_gt(log.done[i], log.done[i - 1]);
+        ck_assert_msg(log.so_far[i].seconds >= log.so_far[i - 1].seconds, "time went backwards");
+    }
+    free(before);
+    lenet_iter_free(it);
+    lenet_iter_free(twin);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_evaluate_matches_a_manual_pass_and_leaves_the_parameters)
+{
+    lenet_dataset *train = halves("train", 64, 8, NULL), *test = halves("test", 40, 9, NULL);
+    lenet_model *m = tiny_model(SIDE, 2, 10);
+    lenet_optimizer *o = lenet_sgd_create(m, 0.05f, 0.0f, 0.0f);
+    lenet_iter *it = lenet_iter_create(train, 16, true, 11), *test_it = lenet_iter_create(test, 16, true, 12);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_ptr_nonnull(it);
+    ck_assert_ptr_nonnull(test_it);
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, NULL)); /* out and progress may be NULL */
+
+    float *params = snapshot(m);
+    double loss, accuracy;
+    manual_metrics(m, test, 2, &loss, &accuracy);
+    for (int pass = 0; pass < 2; pass++) { /* the second pass starts on the exhausted iterator */
+        lenet_metrics ev = {0};
+        ck_assert_lenet_ok(lenet_evaluate(m, test_it, &ev));
+        assert_params_equal(m, params, "after evaluate");
+        ck_assert_uint_eq(ev.examples, 40);
+        ck_assert_uint_eq(lenet_iter_position(test_it), 40);
+        ck_assert_msg(fabs(ev.loss - loss) <= 1e-5 * loss, "pass %d: loss %.9g, by hand %.9g", pass, ev.loss, loss);
+        ck_assert_msg(ev.accuracy == accuracy, "pass %d: accuracy %g, by hand %g", pass, ev.accuracy, accuracy);
+        ck_assert_msg(ev.seconds > 0.0, "seconds %g", ev.seconds);
+    }
+    /* The training moved the parameters away from the initial ones, and evaluating did not move them back. */
+    lenet_model *fresh = tiny_model(SIDE, 2, 10);
+    float *initial = snapshot(fresh);
+    ck_assert_msg(memcmp(initial, params, lenet_model_param_numel(m) * sizeof(float)) != 0, "training changed nothing");
+    free(initial);
+    lenet_model_free(fresh);
+    free(params);
+    lenet_iter_free(it);
+    lenet_iter_free(test_it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(train);
+    lenet_dataset_free(test);
+}
+END_TEST
+
+START_TEST(test_consecutive_epochs_match_a_manual_loop_that_resets_the_iterator)
+{
+    /* train_epoch twice on one iterator == forward, cross-entropy, zero_grad, backward, step over two passes,
+     * the second after lenet_iter_reset: so the exhausted iterator is reset, and each batch steps once. */
+    lenet_dataset *d = halves("set", 30, 13, NULL);
+    lenet_model *a = tiny_model(SIDE, 2, 14), *b = tiny_model(SIDE, 2, 14);
+    lenet_optimizer *oa = lenet_sgd_create(a, 0.1f, 0.5f, 1e-3f), *ob = lenet_sgd_create(b, 0.1f, 0.5f, 1e-3f);
+    lenet_iter *ia = lenet_iter_create(d, 8, true, 15), *ib = lenet_iter_create(d, 8, true, 15);
+    ck_assert_ptr_nonnull(oa);
+    ck_assert_ptr_nonnull(ob);
+    ck_assert_ptr_nonnull(ia);
+    ck_assert_ptr_nonnull(ib);
+    for (int epoch = 0; epoch < 2; epoch++) {
+        lenet_metrics mt = {0};
+        ck_assert_lenet_ok(lenet_train_epoch(a, oa, ia, NULL, NULL, &mt));
+        ck_assert_uint_eq(mt.examples, 30);
+        ck_assert_uint_eq(lenet_iter_position(ia), 30);
+        if (epoch > 0)
+            ck_assert_lenet_ok(lenet_iter_reset(ib));
+        const lenet_tensor *x;
+        const int32_t *labels;
+        int count;
+        while (lenet_iter_next(ib, &x, &labels, &count) == LENET_OK) {
+            const lenet_tensor *y;
+            ck_assert_lenet_ok(lenet_model_forward(b, x, &y));
+            lenet_tensor *dy = lenet_tensor_create(2, (int[]){count, 2});
+            ck_assert_ptr_nonnull(dy);
+            float l;
+            ck_assert_lenet_ok(lenet_cross_entropy(y, labels, &l, dy));
+            ck_assert_lenet_ok(lenet_optimizer_zero_grad(ob));
+            ck_assert_lenet_ok(lenet_model_backward(b, dy));
+            ck_assert_lenet_ok(lenet_optimizer_step(ob));
+            lenet_tensor_free(dy);
+        }
+        float *pa = snapshot(a), *pb = snapshot(b);
+        size_t n = lenet_model_param_numel(a);
+        double err = lenet_test_max_rel_err(pa, pb, n, 1e-3);
+        free(pa);
+        free(pb);
+        ck_assert_msg(err <= 1e-5, "epoch %d: train_epoch and the manual loop differ by %g (relative)", epoch, err);
+    }
+    lenet_iter_free(ia);
+    lenet_iter_free(ib);
+    lenet_optimizer_free(oa);
+    lenet_optimizer_free(ob);
+    lenet_model_free(a);
+    lenet_model_free(b);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_an_epoch_runs_from_the_iterator_position_to_its_end)
+{
+    lenet_dataset *d = halves("set", 30, 16, NULL);
+    lenet_model *m = tiny_model(SIDE, 2, 17);
+    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
+    lenet_iter *it = lenet_iter_create(d, 8, false, 0);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_ptr_nonnull(it);
+    const lenet_tensor *x;
+    const int32_t *labels;
+    int count;
+    ck_assert_lenet_ok(lenet_iter_next(it, &x, &labels, &count));
+    progress_log log = {0};
+    lenet_metrics mt = {0};
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, record_progress, &log, &mt));
+    ck_assert_uint_eq(mt.examples, 22);
+    ck_assert_int_eq(log.calls, 3);
+    ck_assert_uint_eq(log.done[2], 22);
+    ck_assert_uint_eq(log.total[2], 30);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_a_diverging_loss_is_enumeric_and_keeps_the_last_finite_parameters)
+{
+    lenet_dataset *d = halves("set", 64, 18, NULL);
+    lenet_model *m = tiny_model(SIDE, 2, 19);
+    lenet_optimizer *o = lenet_sgd_create(m, 1e30f, 0.0f, 0.0f);
+    lenet_iter *it = lenet_iter_create(d, 8, false, 0);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_ptr_nonnull(it);
+    size_t numel = lenet_model_param_numel(m);
+    progress_log log = {.model = m, .last_params = snapshot(m)};
+    ck_assert_msg(all_finite(log.last_params, numel), "the initial parameters are not finite");
+    lenet_metrics mt = {.loss = 123.0};
+    lenet_clear_error();
+    lenet_status st = lenet_train_epoch(m, o, it, record_progress, &log, &mt);
+    ck_assert_msg(st == LENET_ENUMERIC, "train_epoch at lr 1e30 returned %s (%s) after %d batches",
+                  lenet_status_str(st), lenet_last_error(), log.calls);
+    ck_assert_msg(strstr(lenet_last_error(), "finite") != NULL, "message: %s", lenet_last_error());
+    ck_assert_int_lt(log.calls, 8); /* it failed before the end of the pass */
+    /* The parameters are those before the failing step: after the last step the callback saw (or the initial
+     * ones), and they are finite. */
+    assert_params_equal(m, log.last_params, "after LENET_ENUMERIC");
+    float *now = snapshot(m);
+    bool finite = all_finite(now, numel);
+    free(now);
+    ck_assert_msg(finite, "after LENET_ENUMERIC, %d steps in, the parameters are not all finite", log.calls);
+    free(log.last_params);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+/* KNOWN GAP (see known_gaps_enabled) until the checks of issue 8 land in lib/train/train.c.
+ * With inputs in [0, 100] and lr 3e38 the first step's loss is finite but the step overflows most parameters to
+ * infinity: that step itself must fail with LENET_ENUMERIC and put the parameters back, rather than letting the next
+ * loss turn NaN with the parameters "as before that step", already infinite. */
+START_TEST(test_a_step_that_overflows_the_parameters_is_rolled_back)
+{
+    lenet_dataset *d = halves("set", 16, 26, NULL);
+    ck_assert_lenet_ok(lenet_dataset_set_range(d, 0.0f, 100.0f));
+    lenet_model *m = tiny_model(SIDE, 2, 27);
+    lenet_optimizer *o = lenet_sgd_create(m, 3e38f, 0.0f, 0.0f);
+    lenet_iter *it = lenet_iter_create(d, 4, false, 0);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_ptr_nonnull(it);
+    float *initial = snapshot(m);
+    progress_log log = {0};
+    ck_assert_int_eq(lenet_train_epoch(m, o, it, record_progress, &log, NULL), LENET_ENUMERIC);
+    ck_assert_int_eq(log.calls, 0); /* the first step was the one that failed */
+    assert_params_equal(m, initial, "after an overflowing step");
+    free(initial);
+    float *now = snapshot(m);
+    size_t numel = lenet_model_param_numel(m), bad = 0;
+    for (size_t i = 0; i < numel; i++)
+        bad += !isfinite(now[i]);
+    free(now);
+    ck_assert_msg(bad == 0, "after LENET_ENUMERIC %zu of %zu parameters are not finite", bad, numel);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_labels_outside_the_model_classes_are_einval)
+{
+    uint8_t labels[12] = {2, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0};
+    lenet_dataset *d = halves("set", 12, 20, labels); /* label 2 draws as class 1 but the model has 2 classes */
+    lenet_model *m = tiny_model(SIDE, 2, 21);
+    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
+    lenet_iter *it = lenet_iter_create(d, 4, false, 0);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_ptr_nonnull(it);
+    float *before = snapshot(m);
+    lenet_clear_error();
+    ck_assert_int_eq(lenet_train_epoch(m, o, it, NULL, NULL, NULL), LENET_EINVAL);
+    ck_assert_msg(strstr(lenet_last_error(), "label 2") != NULL, "message: %s", lenet_last_error());
+    assert_params_equal(m, before, "after a batch with a bad label");
+    lenet_iter *test_it = lenet_iter_create(d, 12, false, 0);
+    ck_assert_ptr_nonnull(test_it);
+    ck_assert_int_eq(lenet_evaluate(m, test_it, NULL), LENET_EINVAL);
+    /* With three classes the same data trains. */
+    lenet_model *wide = tiny_model(SIDE, 3, 21);
+    lenet_optimizer *ow = lenet_sgd_create(wide, 0.1f, 0.0f, 0.0f);
+    ck_assert_ptr_nonnull(ow);
+    ck_assert_lenet_ok(lenet_iter_reset(it));
+    ck_assert_lenet_ok(lenet_train_epoch(wide, ow, it, NULL, NULL, NULL));
+    free(before);
+    lenet_optimizer_free(ow);
+    lenet_model_free(wide);
+    lenet_iter_free(test_it);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_null_arguments_are_einval)
+{
+    lenet_dataset *d = halves("set", 8, 22, NULL);
+    lenet_model *m = tiny_model(SIDE, 2, 23);
+    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
+    lenet_iter *it = lenet_iter_create(d, 4, false, 0);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_ptr_nonnull(it);
+    lenet_metrics mt = {0};
+    ck_assert_int_eq(lenet_train_epoch(NULL, o, it, NULL, NULL, &mt), LENET_EINVAL);
+    ck_assert_msg(strstr(lenet_last_error(), "model") != NULL, "message: %s", lenet_last_error());
+    ck_assert_int_eq(lenet_train_epoch(m, NULL, it, NULL, NULL, &mt), LENET_EINVAL);
+    ck_assert_msg(strstr(lenet_last_error(), "optimizer") != NULL, "message: %s", lenet_last_error());
+    ck_assert_int_eq(lenet_train_epoch(m, o, NULL, NULL, NULL, &mt), LENET_EINVAL);
+    ck_assert_msg(strstr(lenet_last_error(), "iterator") != NULL, "message: %s", lenet_last_error());
+    ck_assert_int_eq(lenet_evaluate(NULL, it, &mt), LENET_EINVAL);
+    ck_assert_int_eq(lenet_evaluate(m, NULL, &mt), LENET_EINVAL);
+    ck_assert_uint_eq(lenet_iter_position(it), 0);
+    ck_assert_uint_eq(mt.examples, 0);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_a_model_built_for_another_input_size_is_eshape)
+{
+    lenet_dataset *d = halves("set", 8, 24, NULL);
+    lenet_iter *it = lenet_iter_create(d, 4, false, 0);
+    ck_assert_ptr_nonnull(it);
+    lenet_model *m = tiny_model(10, 2, 25);
+    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
+    ck_assert_ptr_nonnull(o);
+    float *before = snapshot(m);
+    lenet_clear_error();
+    ck_assert_int_eq(lenet_train_epoch(m, o, it, NULL, NULL, NULL), LENET_ESHAPE);
+    ck_assert_msg(strstr(lenet_last_error(), "8x8") && strstr(lenet_last_error(), "10x10"), "message: %s",
+                  lenet_last_error());
+    assert_params_equal(m, before, "after LENET_ESHAPE");
+    ck_assert_lenet_ok(lenet_iter_reset(it));
+    ck_assert_int_eq(lenet_evaluate(m, it, NULL), LENET_ESHAPE);
+    free(before);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+
+    /* Three input channels where the images have one. */
+    m = tiny_model(0, 2, 0);
+    ck_assert_lenet_ok(lenet_model_build(m, 3, SIDE, SIDE));
+    ck_assert_lenet_ok(lenet_iter_reset(it));
+    ck_assert_int_eq(lenet_evaluate(m, it, NULL), LENET_ESHAPE);
+    ck_assert_msg(strstr(lenet_last_error(), "channels") != NULL, "message: %s", lenet_last_error());
+    lenet_model_free(m);
+
+    /* A model whose output is not (N, classes). */
+    m = lenet_model_create();
+    ck_assert_ptr_nonnull(m);
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(2, 3, 1, 1)));
+    ck_assert_lenet_ok(lenet_iter_reset(it));
+    ck_assert_int_eq(lenet_evaluate(m, it, NULL), LENET_ESHAPE);
+    lenet_model_free(m);
+
+    /* An unbuilt model is built from the first batch. */
+    m = tiny_model(0, 2, 0);
+    o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_lenet_ok(lenet_iter_reset(it));
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, NULL));
+    ck_assert(lenet_model_is_built(m));
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_iter_free(it);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("train");
+    TCase *tc = tcase_create("train");
+    tcase_add_unchecked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_a_tiny_model_learns_the_bright_half_to_full_accuracy);
+    tcase_add_test(tc, test_epoch_loss_is_the_batch_weighted_mean_and_progress_is_per_batch);
+    tcase_add_test(tc, test_evaluate_matches_a_manual_pass_and_leaves_the_parameters);
+    tcase_add_test(tc, test_consecutive_epochs_match_a_manual_loop_that_resets_the_iterator);
+    tcase_add_test(tc, test_an_epoch_runs_from_the_iterator_position_to_its_end);
+    tcase_add_test(tc, test_a_diverging_loss_is_enumeric_and_keeps_the_last_finite_parameters);
+    tcase_add_test(tc, test_labels_outside_the_model_classes_are_einval);
+    tcase_add_test(tc, test_null_arguments_are_einval);
+    tcase_add_test(tc, test_a_model_built_for_another_input_size_is_eshape);
+    suite_add_tcase(s, tc);
+
+    if (known_gaps_enabled()) {
+        TCase *gaps = tcase_create("known-gaps");
+        tcase_add_unchecked_fixture(gaps, setup, teardown);
+        tcase_add_test(gaps, test_a_step_that_overflows_the_parameters_is_rolled_back);
+        suite_add_tcase(s, gaps);
+    }
+    return lenet_test_run(s);
+}
