@@ -9,18 +9,6 @@
 #include "idxfixture.h"
 #include "testutil.h"
 
-/* Tests of promised behaviour that the library lacks (reported, waiting for a fix) run only with
- * LENET_TEST_KNOWN_GAPS=1, so the default run stays green meanwhile; without it the run says what it skipped. */
-static bool known_gaps_enabled(void)
-{
-    const char *env = getenv("LENET_TEST_KNOWN_GAPS");
-    if (env && strcmp(env, "1") == 0)
-        return true;
-    fprintf(stderr, "skipped (known gap, LENET_TEST_KNOWN_GAPS=1 runs it): "
-                    "test_a_step_that_overflows_the_parameters_is_rolled_back\n");
-    return false;
-}
-
 enum { SIDE = 8, PLANE = SIDE * SIDE };
 
 static uint32_t lcg_next(uint64_t *state)
@@ -441,8 +429,7 @@ START_TEST(test_a_diverging_loss_is_enumeric_and_keeps_the_last_finite_parameter
 }
 END_TEST
 
-/* KNOWN GAP (see known_gaps_enabled) until the checks of issue 8 land in lib/train/train.c.
- * With inputs in [0, 100] and lr 3e38 the first step's loss is finite but the step overflows most parameters to
+/* With inputs in [0, 100] and lr 3e38 the first step's loss is finite but the step overflows most parameters to
  * infinity: that step itself must fail with LENET_ENUMERIC and put the parameters back, rather than letting the next
  * loss turn NaN with the parameters "as before that step", already infinite. */
 START_TEST(test_a_step_that_overflows_the_parameters_is_rolled_back)
@@ -594,16 +581,10 @@ int main(void)
     tcase_add_test(tc, test_consecutive_epochs_match_a_manual_loop_that_resets_the_iterator);
     tcase_add_test(tc, test_an_epoch_runs_from_the_iterator_position_to_its_end);
     tcase_add_test(tc, test_a_diverging_loss_is_enumeric_and_keeps_the_last_finite_parameters);
+    tcase_add_test(tc, test_a_step_that_overflows_the_parameters_is_rolled_back);
     tcase_add_test(tc, test_labels_outside_the_model_classes_are_einval);
     tcase_add_test(tc, test_null_arguments_are_einval);
     tcase_add_test(tc, test_a_model_built_for_another_input_size_is_eshape);
     suite_add_tcase(s, tc);
-
-    if (known_gaps_enabled()) {
-        TCase *gaps = tcase_create("known-gaps");
-        tcase_add_unchecked_fixture(gaps, setup, teardown);
-        tcase_add_test(gaps, test_a_step_that_overflows_the_parameters_is_rolled_back);
-        suite_add_tcase(s, gaps);
-    }
     return lenet_test_run(s);
 }
