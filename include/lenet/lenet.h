@@ -15,5 +15,6 @@
 #include "lenet/optim.h"
 #include "lenet/data.h"
 #include "lenet/train.h"
+#include "lenet/threads.h"
 
 #endif /* LENET_LENET_H */

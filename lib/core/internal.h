@@ -46,6 +46,11 @@ bool lenet__mul_overflows(size_t a, size_t b, size_t *out);
 size_t lenet__alloc_fail_at(size_t n);
 size_t lenet__alloc_count(void);
 
+/* ---- threads (threads.c) ---- */
+
+/* Threads to use for a parallel region now (>= 1); also keeps the BLAS single-threaded. */
+int lenet__threads(void);
+
 /* ---- random numbers (rng.c): the same sequence on every machine ---- */
 
 typedef struct lenet_rng {

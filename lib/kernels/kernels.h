@@ -38,6 +38,8 @@ void lenet__maxpool_backward(const lenet_conv_geom *g, size_t planes, const floa
 
 /* Elementwise activations over `count` floats; backward takes the forward output y. */
 void lenet__sigmoid_forward(size_t count, const float *x, float *y);
+/* Scalar libm reference for the vector sigmoid. */
+void lenet__sigmoid_forward_ref(size_t count, const float *x, float *y);
 void lenet__sigmoid_backward(size_t count, const float *y, const float *dy, float *dx);
 void lenet__relu_forward(size_t count, const float *x, float *y);
 void lenet__relu_backward(size_t count, const float *y, const float *dy, float *dx);
@@ -48,5 +50,31 @@ void lenet__tanh_backward(size_t count, const float *y, const float *dy, float *
 void lenet__add_bias_rows(size_t rows, size_t cols, const float *bias, size_t nbias, float *y);
 /* db[r % nbias] += sum of row r of dy (rows x cols). */
 void lenet__sum_rows_into(size_t rows, size_t cols, const float *dy, float *db, size_t nbias);
+
+/* ---- vector kernels, one table per instruction set (dispatch.c, simd.inc) ---- */
+
+typedef struct lenet_kernels {
+    const char *isa;   /* "generic", "avx2", "avx512" */
+    int vector_width;  /* floats per vector: packed layouts pad output channels to a multiple of it */
+    /* One sample: y (oc, oh, ow) from the padded input xp (c, h + 2p, w + 2p) and wpack from
+     * lenet__conv_pack_weights (weights then bias). */
+    void (*conv_forward)(const lenet_conv_geom *g, int oc, const float *xp, const float *wpack, float *y);
+    /* n samples: dwpack (c*k*k rows of ocpad) += xp (n padded inputs) correlated with dyt (n blocks of
+     * oh*ow rows of ocpad: the output gradient pixel-major). */
+    void (*conv_grad_weight)(const lenet_conv_geom *g, int oc, int n, const float *xp, const float *dyt,
+                             float *dwpack);
+    void (*sigmoid_forward)(size_t count, const float *x, float *y);
+} lenet_kernels;
+
+/* The table for this CPU (the widest supported, or LENET_ISA's), chosen once; thread-safe. */
+const lenet_kernels *lenet__kernels(void);
+/* Selects a table by name ("generic", "avx2", "avx512"; NULL: back to the default); false if this CPU or build
+ * lacks it.  For tests and benchmarks, not while other threads run kernels. */
+bool lenet__kernels_force(const char *isa);
+
+/* wpack (c*k*k + 1 rows of ocpad = oc rounded up to vw): weight (oc, c, k, k) transposed tap-major, then bias. */
+void lenet__conv_pack_weights(int oc, int c, int k, int vw, const float *weight, const float *bias, float *wpack);
+/* xp (c, h + 2p, w + 2p) = x with a zero border. */
+void lenet__conv_pad_input(const lenet_conv_geom *g, const float *x, float *xp);
 
 #endif /* LENET_KERNELS_H */

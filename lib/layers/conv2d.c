@@ -60,46 +60,105 @@ static void conv2d_init(lenet_layer *l, lenet_init scheme, lenet_rng *rng)
     lenet__init_weight_bias(l, scheme, rng, (size_t)c->geom.c * k2, (size_t)c->out_channels * k2);
 }
 
-static size_t cols_size(const conv2d *c)
+/* Output channels rounded up to the widest conv vector any kernel table uses, so workspace sizes do not depend on the
+ * table chosen at run time. */
+static size_t oc_padded(const conv2d *c)
+{
+    return ((size_t)c->out_channels + 15) / 16 * 16;
+}
+
+/* Workspace layout for n samples: packed weights | padded inputs | transposed output gradients | packed weight
+ * gradient | im2col columns of one sample (for dx). */
+typedef struct conv_work {
+    float *wpack, *xp, *dyt, *dwpack, *cols;
+} conv_work;
+
+static size_t work_layout(const conv2d *c, int n, float *base, conv_work *w)
 {
     const lenet_conv_geom *g = &c->geom;
-    return (size_t)g->c * g->k * g->k * g->oh * g->ow;
+    const size_t taps = (size_t)g->c * g->k * g->k, ocpad = oc_padded(c);
+    const size_t xsize = (size_t)g->c * (g->h + 2 * g->p) * (g->w + 2 * g->p), ohw = (size_t)g->oh * g->ow;
+    const size_t sizes[] = {(taps + 1) * ocpad, (size_t)n * xsize, (size_t)n * ohw * ocpad, (taps + 1) * ocpad,
+                            taps * ohw};
+    float **slots[] = {&w->wpack, &w->xp, &w->dyt, &w->dwpack, &w->cols};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        if (base)
+            *slots[i] = base + total;
+        total += (sizes[i] + 15) & ~(size_t)15;
+    }
+    return total;
 }
 
 static size_t conv2d_workspace(const lenet_layer *l, int n)
 {
-    (void)n;
-    return cols_size((const conv2d *)l);
+    return work_layout((const conv2d *)l, n, NULL, &(conv_work){0});
 }
 
-/* Per sample: cols = im2col(x); y (oc, oh*ow) = W (oc, c*k*k) . cols + b */
+/* y = W * x + b, one sample at a time through the vector kernel (output channels across the lanes). */
 static void conv2d_forward(const lenet_layer *l, const lenet_pass *p, float *y)
 {
     const conv2d *c = (const conv2d *)l;
     const lenet_conv_geom *g = &c->geom;
-    int ckk = g->c * g->k * g->k, ohw = g->oh * g->ow;
+    const lenet_kernels *kern = lenet__kernels();
+    conv_work w;
+    work_layout(c, 1, p->work, &w);
+    lenet__conv_pack_weights(c->out_channels, g->c, g->k, kern->vector_width, l->param[0], l->param[1], w.wpack);
     for (int i = 0; i < p->n; i++) {
-        float *yi = y + (size_t)i * l->out_size;
-        lenet__im2col(g, p->x + (size_t)i * l->in_size, p->work);
-        lenet__sgemm(false, false, c->out_channels, ohw, ckk, 1.0f, l->param[0], ckk, p->work, ohw, 0.0f, yi, ohw);
-        lenet__add_bias_rows((size_t)c->out_channels, (size_t)ohw, l->param[1], (size_t)c->out_channels, yi);
+        const float *xi = p->x + (size_t)i * l->in_size;
+        if (g->p > 0) {
+            lenet__conv_pad_input(g, xi, w.xp);
+            xi = w.xp;
+        }
+        kern->conv_forward(g, c->out_channels, xi, w.wpack, y + (size_t)i * l->out_size);
     }
 }
 
-/* Per sample: dW += dY . cols^T;  db += sum over positions of dY;  dcols = W^T . dY, dx = col2im(dcols). */
+/* dW += sum over samples and pixels of x (shifted by the tap) * dY;  db += sum of dY;
+ * dX = col2im(W^T . dY) per sample. */
 static void conv2d_backward(const lenet_layer *l, const lenet_pass *p)
 {
     const conv2d *c = (const conv2d *)l;
     const lenet_conv_geom *g = &c->geom;
-    int ckk = g->c * g->k * g->k, ohw = g->oh * g->ow, oc = c->out_channels;
+    const lenet_kernels *kern = lenet__kernels();
+    const int oc = c->out_channels, vw = kern->vector_width;
+    const int ocpad = (oc + vw - 1) / vw * vw;
+    const int ckk = g->c * g->k * g->k, ohw = g->oh * g->ow;
+    const size_t xsize = (size_t)g->c * (g->h + 2 * g->p) * (g->w + 2 * g->p);
+    conv_work w;
+    work_layout(c, p->n, p->work, &w);
+
+    const float *xp = p->x;
+    if (g->p > 0) {
+        for (int i = 0; i < p->n; i++)
+            lenet__conv_pad_input(g, p->x + (size_t)i * l->in_size, w.xp + (size_t)i * xsize);
+        xp = w.xp;
+    }
+    /* dY pixel-major with output channels padded to the vector width: the layout the kernel vectorizes over. */
+    memset(w.dyt, 0, (size_t)p->n * ohw * ocpad * sizeof(float));
     for (int i = 0; i < p->n; i++) {
         const float *dyi = p->dy + (size_t)i * l->out_size;
-        lenet__im2col(g, p->x + (size_t)i * l->in_size, p->work);
-        lenet__sgemm(false, true, oc, ckk, ohw, 1.0f, dyi, ohw, p->work, ohw, 1.0f, p->grads[0], ckk);
-        lenet__sum_rows_into((size_t)oc, (size_t)ohw, dyi, p->grads[1], (size_t)oc);
-        if (p->dx) {
-            lenet__sgemm(true, false, ckk, ohw, oc, 1.0f, l->param[0], ckk, dyi, ohw, 0.0f, p->work, ohw);
-            lenet__col2im(g, p->work, p->dx + (size_t)i * l->in_size);
+        float *dti = w.dyt + (size_t)i * ohw * ocpad;
+        for (int o = 0; o < oc; o++) {
+            float sum = 0.0f;
+            for (int q = 0; q < ohw; q++) {
+                dti[(size_t)q * ocpad + o] = dyi[(size_t)o * ohw + q];
+                sum += dyi[(size_t)o * ohw + q];
+            }
+            p->grads[1][o] += sum;
+        }
+    }
+    memset(w.dwpack, 0, (size_t)ckk * ocpad * sizeof(float));
+    kern->conv_grad_weight(g, oc, p->n, xp, w.dyt, w.dwpack);
+    for (int o = 0; o < oc; o++)
+        for (int t = 0; t < ckk; t++)
+            p->grads[0][(size_t)o * ckk + t] += w.dwpack[(size_t)t * ocpad + o];
+
+    if (p->dx) {
+        for (int i = 0; i < p->n; i++) {
+            const float *dyi = p->dy + (size_t)i * l->out_size;
+            lenet__sgemm(true, false, ckk, ohw, oc, 1.0f, l->param[0], ckk, dyi, ohw, 0.0f, w.cols, ohw);
+            lenet__col2im(g, w.cols, p->dx + (size_t)i * l->in_size);
         }
     }
 }

@@ -1,36 +1,76 @@
-/* Forward and backward passes over the layer list, and the read-only inference path. */
+/* Forward and backward passes over the layer list, and the read-only inference path.
+ *
+ * A batch is cut into fixed chunks of LENET_CHUNK samples.  Chunks run in parallel (OpenMP), each through the whole
+ * network, writing only its own slices; parameter gradients go to one buffer per chunk and are summed in chunk
+ * order afterwards.  The partition never depends on the thread count, so neither do the results. */
 #include <math.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "model/internal.h"
+
+static int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static int chunk_count(int batch)
+{
+    return (batch + LENET_CHUNK - 1) / LENET_CHUNK;
+}
+
+static int threads_for(int chunks, int cap)
+{
+    int t = lenet__threads();
+    if (t > chunks)
+        t = chunks;
+    if (cap > 0 && t > cap)
+        t = cap;
+    return t < 1 ? 1 : t;
+}
 
 size_t lenet__model_out_size(const lenet_model *m)
 {
     return m->layers[m->n_layers - 1]->out_size;
 }
 
-static size_t max_workspace(const lenet_model *m, int batch)
+static size_t max_workspace(const lenet_model *m, int n)
 {
     size_t most = 0;
     for (size_t i = 0; i < m->n_layers; i++) {
         const lenet_layer *l = m->layers[i];
-        size_t w = l->ops->workspace ? l->ops->workspace(l, batch) : 0;
+        size_t w = l->ops->workspace ? l->ops->workspace(l, n) : 0;
         if (w > most)
             most = w;
     }
-    return most;
+    /* Round up to 64 bytes so each thread's slice stays aligned for vector loads. */
+    return (most + 15) & ~(size_t)15;
 }
 
 lenet_status lenet__model_reserve(lenet_model *m, int batch)
 {
-    if (batch <= m->batch_cap)
+    int threads = lenet__threads();
+    if (batch <= m->batch_cap && threads <= m->threads_cap)
         return LENET_OK;
-    size_t work = max_workspace(m, batch);
+    if (batch < m->batch_cap)
+        batch = m->batch_cap;
+    if (threads < m->threads_cap)
+        threads = m->threads_cap;
+    size_t work = max_workspace(m, LENET_CHUNK);
+    size_t chunks = (size_t)chunk_count(batch);
     float **acts = lenet__calloc(m->n_layers + 1, sizeof *acts);
     float *dbuf0 = lenet__malloc_aligned((size_t)batch * m->max_size * sizeof(float));
     float *dbuf1 = lenet__malloc_aligned((size_t)batch * m->max_size * sizeof(float));
-    float *workspace = lenet__malloc_aligned((work ? work : 1) * sizeof(float));
-    if (!acts || !dbuf0 || !dbuf1 || !workspace)
+    float *workspace = lenet__malloc_aligned(((size_t)threads * work + 16) * sizeof(float));
+    float *chunk_grads = lenet__malloc_aligned((chunks * m->arena_numel + 16) * sizeof(float));
+    if (!acts || !dbuf0 || !dbuf1 || !workspace || !chunk_grads)
         goto fail;
     for (size_t i = 0; i <= m->n_layers; i++) {
         size_t size = i == 0 ? lenet__shape_size(&m->in_shape) : m->layers[i - 1]->out_size;
@@ -47,11 +87,14 @@ lenet_status lenet__model_reserve(lenet_model *m, int batch)
     lenet__free_aligned(m->dbuf[0]);
     lenet__free_aligned(m->dbuf[1]);
     lenet__free_aligned(m->work);
+    lenet__free_aligned(m->chunk_grads);
     m->acts = acts;
     m->dbuf[0] = dbuf0;
     m->dbuf[1] = dbuf1;
     m->work = workspace;
     m->work_cap = work;
+    m->threads_cap = threads;
+    m->chunk_grads = chunk_grads;
     m->batch_cap = batch;
     m->last_batch = 0;
     return LENET_OK;
@@ -64,6 +107,7 @@ fail:
     lenet__free_aligned(dbuf0);
     lenet__free_aligned(dbuf1);
     lenet__free_aligned(workspace);
+    lenet__free_aligned(chunk_grads);
     return lenet__oom("activation buffers");
 }
 
@@ -100,10 +144,18 @@ lenet_status lenet__model_check_input(lenet_model *m, const lenet_tensor *x, con
 
 void lenet__model_forward_raw(lenet_model *m, int batch)
 {
-    for (size_t i = 0; i < m->n_layers; i++) {
-        const lenet_layer *l = m->layers[i];
-        lenet_pass p = {.n = batch, .x = m->acts[i], .work = m->work};
-        l->ops->forward(l, &p, m->acts[i + 1]);
+    const int chunks = chunk_count(batch);
+    const int threads = threads_for(chunks, m->threads_cap);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int c = 0; c < chunks; c++) {
+        const int start = c * LENET_CHUNK;
+        const int n = batch - start < LENET_CHUNK ? batch - start : LENET_CHUNK;
+        float *work = m->work + (size_t)thread_id() * m->work_cap;
+        for (size_t i = 0; i < m->n_layers; i++) {
+            const lenet_layer *l = m->layers[i];
+            lenet_pass p = {.n = n, .x = m->acts[i] + (size_t)start * l->in_size, .work = work};
+            l->ops->forward(l, &p, m->acts[i + 1] + (size_t)start * l->out_size);
+        }
     }
     m->last_batch = batch;
     const lenet_layer *last = m->layers[m->n_layers - 1];
@@ -129,23 +181,55 @@ lenet_status lenet_model_forward(lenet_model *m, const lenet_tensor *x, const le
     return LENET_OK;
 }
 
-void lenet__model_backward_raw(lenet_model *m, const float *dy)
+/* Back-propagates one chunk through every layer into its own gradient buffer. */
+static void backward_chunk(lenet_model *m, int start, int n, const float *dy, float *grads, float *work)
 {
+    float *grad_ptrs[LENET_MAX_LAYER_PARAMS];
+    const size_t slice = (size_t)start * m->max_size;
     int cur = 0;
+    dy += (size_t)start * lenet__model_out_size(m);
+    memset(grads, 0, m->arena_numel * sizeof(float));
     for (size_t i = m->n_layers; i-- > 0;) {
         const lenet_layer *l = m->layers[i];
+        for (int j = 0; j < l->n_params; j++)
+            grad_ptrs[j] = grads + m->param_offset[m->layer_first_param[i] + (size_t)j];
         lenet_pass p = {
-            .n = m->last_batch,
-            .x = m->acts[i],
-            .y = m->acts[i + 1],
+            .n = n,
+            .x = m->acts[i] + (size_t)start * l->in_size,
+            .y = m->acts[i + 1] + (size_t)start * l->out_size,
             .dy = dy,
-            .dx = i > 0 ? m->dbuf[cur] : NULL,
-            .grads = m->grad_ptrs + (l->n_params ? m->layer_first_param[i] : 0),
-            .work = m->work,
+            .dx = i > 0 ? m->dbuf[cur] + slice : NULL,
+            .grads = grad_ptrs,
+            .work = work,
         };
         l->ops->backward(l, &p);
-        dy = m->dbuf[cur];
+        dy = m->dbuf[cur] + slice;
         cur ^= 1;
+    }
+}
+
+void lenet__model_backward_raw(lenet_model *m, const float *dy)
+{
+    const int batch = m->last_batch, chunks = chunk_count(batch);
+    const int threads = threads_for(chunks, m->threads_cap);
+    const size_t numel = m->arena_numel;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#pragma omp for schedule(static)
+        for (int c = 0; c < chunks; c++) {
+            const int start = c * LENET_CHUNK;
+            const int n = batch - start < LENET_CHUNK ? batch - start : LENET_CHUNK;
+            backward_chunk(m, start, n, dy, m->chunk_grads + (size_t)c * numel,
+                           m->work + (size_t)thread_id() * m->work_cap);
+        }
+        /* Each gradient adds its chunks' partial sums in chunk order: the same sum for any thread count. */
+#pragma omp for schedule(static)
+        for (size_t j = 0; j < numel; j++) {
+            float acc = m->chunk_grads[j];
+            for (int c = 1; c < chunks; c++)
+                acc += m->chunk_grads[(size_t)c * numel + j];
+            m->grads[j] += acc;
+        }
     }
 }
 
@@ -185,19 +269,28 @@ lenet_status lenet_model_predict(const lenet_model *m, const lenet_tensor *x, le
         return lenet__fail(LENET_ESHAPE, "model_predict: output tensor is %s, expected (%d, %zu) elements per sample",
                            got, batch, last->out_size);
     }
-    /* Private scratch: two ping-pong activation buffers and the layers' workspace. */
-    size_t act = (size_t)batch * m->max_size, work = max_workspace(m, batch);
-    float *scratch = lenet__malloc_aligned((2 * act + work + 1) * sizeof(float));
+    /* Private scratch (two ping-pong activation buffers and per-thread workspaces), so the model is only read. */
+    const int chunks = chunk_count(batch);
+    const int threads = threads_for(chunks, 0);
+    const size_t act = (size_t)batch * m->max_size, work = max_workspace(m, LENET_CHUNK);
+    float *scratch = lenet__malloc_aligned((2 * act + (size_t)threads * work + 16) * sizeof(float));
     if (!scratch)
         return lenet__oom("prediction scratch");
-    float *buf[2] = {scratch, scratch + act};
-    const float *in = x->data;
-    for (size_t i = 0; i < m->n_layers; i++) {
-        const lenet_layer *l = m->layers[i];
-        lenet_pass p = {.n = batch, .x = in, .work = scratch + 2 * act};
-        float *out = (i + 1 == m->n_layers) ? y->data : buf[i & 1];
-        l->ops->forward(l, &p, out);
-        in = out;
+    const size_t in_size = lenet__shape_size(&m->in_shape), out_size = last->out_size;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int c = 0; c < chunks; c++) {
+        const int start = c * LENET_CHUNK;
+        const int n = batch - start < LENET_CHUNK ? batch - start : LENET_CHUNK;
+        float *buf[2] = {scratch + (size_t)start * m->max_size, scratch + act + (size_t)start * m->max_size};
+        float *workspace = scratch + 2 * act + (size_t)thread_id() * work;
+        const float *in = x->data + (size_t)start * in_size;
+        for (size_t i = 0; i < m->n_layers; i++) {
+            const lenet_layer *l = m->layers[i];
+            lenet_pass p = {.n = n, .x = in, .work = workspace};
+            float *out = (i + 1 == m->n_layers) ? y->data + (size_t)start * out_size : buf[i & 1];
+            l->ops->forward(l, &p, out);
+            in = out;
+        }
     }
     lenet__free_aligned(scratch);
     return LENET_OK;
@@ -212,33 +305,30 @@ lenet_status lenet_model_classify(const lenet_model *m, const lenet_tensor *x, i
     if (x->ndim != 4)
         return lenet__fail(LENET_ESHAPE, "model_classify: input must be (N, C, H, W)");
     const lenet_layer *last = m->layers[m->n_layers - 1];
-    int shape[2] = {x->shape[0], (int)last->out_size};
-    int ndim = 1 + last->out.ndim, full[1 + LENET_MAX_SAMPLE_DIMS] = {x->shape[0]};
+    const int n = x->shape[0], k = (int)last->out_size;
+    int full[1 + LENET_MAX_SAMPLE_DIMS] = {n};
     for (int d = 0; d < last->out.ndim; d++)
         full[1 + d] = last->out.dim[d];
-    lenet_tensor *y = lenet_tensor_create(ndim, full);
+    lenet_tensor *y = lenet_tensor_create(1 + last->out.ndim, full);
     if (!y)
         return LENET_ENOMEM;
     lenet_status st = lenet_model_predict(m, x, y);
-    if (st != LENET_OK)
-        goto done;
-    for (int i = 0; i < shape[0]; i++) {
-        const float *row = y->data + (size_t)i * shape[1];
+    for (int i = 0; st == LENET_OK && i < n; i++) {
+        const float *row = y->data + (size_t)i * k;
         int best = 0;
-        for (int k = 1; k < shape[1]; k++)
-            if (row[k] > row[best])
-                best = k;
+        for (int j = 1; j < k; j++)
+            if (row[j] > row[best])
+                best = j;
         if (classes)
             classes[i] = best;
         if (probs) {
             double sum = 0.0;
-            for (int k = 0; k < shape[1]; k++)
-                sum += exp((double)row[k] - row[best]);
-            for (int k = 0; k < shape[1]; k++)
-                probs[(size_t)i * shape[1] + k] = (float)(exp((double)row[k] - row[best]) / sum);
+            for (int j = 0; j < k; j++)
+                sum += exp((double)row[j] - row[best]);
+            for (int j = 0; j < k; j++)
+                probs[(size_t)i * k + j] = (float)(exp((double)row[j] - row[best]) / sum);
         }
     }
-done:
     lenet_tensor_free(y);
     return st;
 }

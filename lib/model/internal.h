@@ -28,15 +28,24 @@ struct lenet_model {
     size_t *layer_first_param;
     float **grad_ptrs;      /* grad_ptrs[i] = grads + param_offset[i], in layer spec order */
 
-    /* Training buffers, grown to the largest batch seen. */
+    /* Training buffers, grown to the largest batch seen.  A batch is cut into chunks of LENET_CHUNK samples that
+     * run in parallel; each chunk owns the slices [start, start + n) of acts, the slices
+     * [start * max_size, (start + n) * max_size) of dbuf, and its own gradient buffer, so no two threads ever
+     * write the same memory and the result does not depend on the thread count. */
     int batch_cap;
     float **acts;           /* n_layers + 1: acts[0] the input copy, acts[i + 1] the output of layer i */
     float *dbuf[2];         /* ping-pong gradients of activations */
-    float *work;
+    float *work;            /* threads_cap slices of work_cap floats */
     size_t work_cap;
+    int threads_cap;
+    float *chunk_grads;     /* chunks of arena_numel floats */
     int last_batch;         /* batch of the last forward, 0 before any */
     lenet_tensor output;    /* view of acts[n_layers] */
 };
+
+/* Samples per chunk: fixed, so that the partition of a batch, and hence every sum, is the same for any number of
+ * threads. */
+#define LENET_CHUNK 16
 
 /* Makes sure the training buffers hold `batch` samples. */
 lenet_status lenet__model_reserve(lenet_model *m, int batch);

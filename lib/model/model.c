@@ -23,8 +23,10 @@ static void free_buffers(lenet_model *m)
     lenet__free_aligned(m->dbuf[0]);
     lenet__free_aligned(m->dbuf[1]);
     lenet__free_aligned(m->work);
-    m->dbuf[0] = m->dbuf[1] = m->work = NULL;
+    lenet__free_aligned(m->chunk_grads);
+    m->dbuf[0] = m->dbuf[1] = m->work = m->chunk_grads = NULL;
     m->work_cap = 0;
+    m->threads_cap = 0;
     m->batch_cap = 0;
     m->last_batch = 0;
 }

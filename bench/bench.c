@@ -1,0 +1,334 @@
+/* liblenet benchmark: training examples/sec, batch inference, single-image latency, thread scaling, peak RSS and
+ * the per-layer time split, each side by side with PyTorch measured in the same run (bench/pytorch_reference.py,
+ * when Debian's python3-torch is installed).  Speeds are only compared as ratios within one run: these machines
+ * are shared and their CPUs change.  Writes the table to stdout and, with --json FILE, as JSON. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "kernels/kernels.h"
+#include "lenet/lenet.h"
+#include "model/internal.h"
+
+#define BATCH 128
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static double thread_cpu(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "bench: %s: %s\n", what, lenet_last_error());
+    exit(1);
+}
+
+static lenet_model *d2l_model(void)
+{
+    lenet_model *m = lenet_model_create();
+    lenet_layer *layers[] = {lenet_conv2d(6, 5, 1, 2), lenet_sigmoid(), lenet_avgpool2d(2, 2), lenet_conv2d(16, 5, 1, 0),
+                             lenet_sigmoid(), lenet_avgpool2d(2, 2), lenet_flatten(), lenet_linear(120),
+                             lenet_sigmoid(), lenet_linear(84), lenet_sigmoid(), lenet_linear(10)};
+    for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++)
+        if (lenet_model_add(m, layers[i]) != LENET_OK)
+            die("model");
+    if (lenet_model_build(m, 1, 28, 28) != LENET_OK || lenet_model_init(m, LENET_INIT_XAVIER_UNIFORM, 0) != LENET_OK)
+        die("build");
+    return m;
+}
+
+static void fill(lenet_tensor *t, unsigned seed)
+{
+    float *p = lenet_tensor_data(t);
+    for (size_t i = 0; i < lenet_tensor_numel(t); i++) {
+        seed = seed * 1103515245u + 12345u;
+        p[i] = (float)((seed >> 8) & 0xffff) / 65535.0f;
+    }
+}
+
+/* The training step of lenet_train_epoch on one in-memory batch, so data loading does not enter the figure. */
+static double train_examples_per_sec(int threads, int batches)
+{
+    lenet_set_num_threads(threads);
+    lenet_model *m = d2l_model();
+    lenet_optimizer *o = lenet_sgd_create(m, 0.9f, 0.0f, 0.0f);
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){BATCH, 1, 28, 28});
+    lenet_tensor *dy = lenet_tensor_create(2, (int[]){BATCH, 10});
+    int32_t labels[BATCH];
+    for (int i = 0; i < BATCH; i++)
+        labels[i] = i % 10;
+    fill(x, 1);
+    double best = 0.0;
+    for (int rep = 0; rep < 3; rep++) {
+        double t = now();
+        for (int b = 0; b < batches; b++) {
+            const lenet_tensor *y;
+            float loss;
+            if (lenet_model_forward(m, x, &y) != LENET_OK || lenet_cross_entropy(y, labels, &loss, dy) != LENET_OK)
+                die("train step");
+            lenet_model_zero_grad(m);
+            lenet_model_backward(m, dy);
+            lenet_optimizer_step(o);
+        }
+        double rate = batches * BATCH / (now() - t);
+        best = rate > best ? rate : best;
+    }
+    lenet_tensor_free(x);
+    lenet_tensor_free(dy);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    return best;
+}
+
+static double infer_images_per_sec(int threads)
+{
+    lenet_set_num_threads(threads);
+    lenet_model *m = d2l_model();
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){1000, 1, 28, 28});
+    lenet_tensor *y = lenet_tensor_create(2, (int[]){1000, 10});
+    fill(x, 2);
+    double best = 0.0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t = now();
+        for (int i = 0; i < 10; i++)
+            if (lenet_model_predict(m, x, y) != LENET_OK)
+                die("predict");
+        double rate = 10 * 1000 / (now() - t);
+        best = rate > best ? rate : best;
+    }
+    lenet_tensor_free(x);
+    lenet_tensor_free(y);
+    lenet_model_free(m);
+    return best;
+}
+
+static void latency(int calls, double *p50, double *p99)
+{
+    lenet_set_num_threads(1);
+    lenet_model *m = d2l_model();
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){1, 1, 28, 28});
+    lenet_tensor *y = lenet_tensor_create(2, (int[]){1, 10});
+    fill(x, 3);
+    double *lat = malloc(sizeof *lat * (size_t)calls);
+    for (int i = 0; i < calls + 50; i++) {
+        double t = now();
+        if (lenet_model_predict(m, x, y) != LENET_OK)
+            die("predict");
+        if (i >= 50)
+            lat[i - 50] = now() - t;
+    }
+    qsort(lat, (size_t)calls, sizeof *lat, cmp_double);
+    *p50 = lat[calls / 2] * 1e6;
+    *p99 = lat[(size_t)(calls * 0.99)] * 1e6;
+    free(lat);
+    lenet_tensor_free(x);
+    lenet_tensor_free(y);
+    lenet_model_free(m);
+}
+
+/* Per-layer forward and backward CPU time over one thread, through the internal vtable. */
+static void layer_split(FILE *out, FILE *json)
+{
+    lenet_set_num_threads(1);
+    lenet_model *m = d2l_model();
+    if (lenet__model_reserve(m, BATCH) != LENET_OK)
+        die("reserve");
+    size_t ws = 0;
+    for (size_t i = 0; i < m->n_layers; i++) {
+        const lenet_layer *l = m->layers[i];
+        size_t w = l->ops->workspace ? l->ops->workspace(l, LENET_CHUNK) : 0;
+        ws = w > ws ? w : ws;
+    }
+    float *work = malloc((ws + 16) * sizeof(float));
+    for (size_t i = 0; i < (size_t)BATCH * 784; i++)
+        m->acts[0][i] = (float)(i % 255) / 255.0f;
+    double fwd[64] = {0}, bwd[64] = {0};
+    const int reps = 20;
+    for (int r = 0; r < reps; r++) {
+        for (int c = 0; c < BATCH; c += LENET_CHUNK) {
+            for (size_t i = 0; i < m->n_layers; i++) {
+                const lenet_layer *l = m->layers[i];
+                lenet_pass p = {.n = LENET_CHUNK, .x = m->acts[i] + (size_t)c * l->in_size, .work = work};
+                double t = thread_cpu();
+                l->ops->forward(l, &p, m->acts[i + 1] + (size_t)c * l->out_size);
+                fwd[i] += thread_cpu() - t;
+            }
+            const float *dy = m->acts[m->n_layers] + (size_t)c * 10;
+            int cur = 0;
+            for (size_t i = m->n_layers; i-- > 0;) {
+                const lenet_layer *l = m->layers[i];
+                float *grads[LENET_MAX_LAYER_PARAMS];
+                for (int j = 0; j < l->n_params; j++)
+                    grads[j] = m->grads + m->param_offset[m->layer_first_param[i] + (size_t)j];
+                lenet_pass p = {.n = LENET_CHUNK, .x = m->acts[i] + (size_t)c * l->in_size,
+                                .y = m->acts[i + 1] + (size_t)c * l->out_size, .dy = dy,
+                                .dx = i > 0 ? m->dbuf[cur] : NULL, .grads = grads, .work = work};
+                double t = thread_cpu();
+                l->ops->backward(l, &p);
+                bwd[i] += thread_cpu() - t;
+                dy = m->dbuf[cur];
+                cur ^= 1;
+            }
+        }
+    }
+    double total = 0.0;
+    for (size_t i = 0; i < m->n_layers; i++)
+        total += fwd[i] + bwd[i];
+    fprintf(out, "\nPer-layer CPU time, one thread, per batch of %d (kernels: %s)\n", BATCH, lenet__kernels()->isa);
+    fprintf(out, "%-3s %-10s %10s %10s %7s\n", "#", "layer", "fwd us", "bwd us", "share");
+    if (json)
+        fprintf(json, "  \"layers\": [\n");
+    for (size_t i = 0; i < m->n_layers; i++) {
+        double f = fwd[i] / reps * 1e6, b = bwd[i] / reps * 1e6;
+        fprintf(out, "%-3zu %-10s %10.1f %10.1f %6.1f%%\n", i, lenet_layer_name(m->layers[i]), f, b,
+                100.0 * (fwd[i] + bwd[i]) / total);
+        if (json)
+            fprintf(json, "    {\"index\": %zu, \"name\": \"%s\", \"forward_us\": %.1f, \"backward_us\": %.1f}%s\n", i,
+                    lenet_layer_name(m->layers[i]), f, b, i + 1 < m->n_layers ? "," : "");
+    }
+    if (json)
+        fprintf(json, "  ],\n");
+    fprintf(out, "total %.1f us per batch on one thread (%.0f examples/sec of pure layer time)\n", total / reps * 1e6,
+            BATCH / (total / reps));
+    free(work);
+    lenet_model_free(m);
+}
+
+typedef struct torch_figures {
+    double train, infer, p50, p99;
+    int found;
+} torch_figures;
+
+static torch_figures run_pytorch(const char *script, int threads, int batches)
+{
+    torch_figures f = {0};
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s --threads %d --batches %d 2>/dev/null", script, threads, batches);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return f;
+    char key[64];
+    double v;
+    while (fscanf(p, "%63s %lf", key, &v) == 2) {
+        if (!strcmp(key, "train_examples_per_sec"))
+            f.train = v, f.found = 1;
+        else if (!strcmp(key, "infer_images_per_sec"))
+            f.infer = v;
+        else if (!strcmp(key, "latency_p50_us"))
+            f.p50 = v;
+        else if (!strcmp(key, "latency_p99_us"))
+            f.p99 = v;
+    }
+    pclose(p);
+    return f;
+}
+
+static void cpu_model(char *buf, size_t size)
+{
+    snprintf(buf, size, "unknown");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) == 0) {
+            char *colon = strchr(line, ':');
+            if (colon) {
+                snprintf(buf, size, "%s", colon + 2);
+                buf[strcspn(buf, "\n")] = '\0';
+            }
+            break;
+        }
+    }
+    fclose(f);
+}
+
+int main(int argc, char **argv)
+{
+    const char *json_path = NULL, *script = "bench/pytorch_reference.py";
+    int batches = 100, threads = 2;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json") && i + 1 < argc)
+            json_path = argv[++i];
+        else if (!strcmp(argv[i], "--pytorch") && i + 1 < argc)
+            script = argv[++i];
+        else if (!strcmp(argv[i], "--batches") && i + 1 < argc)
+            batches = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: %s [--batches N] [--threads N] [--json FILE] [--pytorch SCRIPT|none]\n", argv[0]);
+            return 2;
+        }
+    }
+    char cpu[256];
+    cpu_model(cpu, sizeof cpu);
+    FILE *json = json_path ? fopen(json_path, "w") : NULL;
+    if (json_path && !json) {
+        perror(json_path);
+        return 1;
+    }
+    printf("liblenet %s, kernels %s, CPU %s\n", lenet_version_string(), lenet__kernels()->isa, cpu);
+
+    torch_figures torch = {0};
+    if (strcmp(script, "none") != 0)
+        torch = run_pytorch(script, threads, batches);
+    double train1 = train_examples_per_sec(1, batches);
+    double trainN = train_examples_per_sec(threads, batches);
+    double infer = infer_images_per_sec(threads);
+    double p50, p99;
+    latency(1000, &p50, &p99);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+
+    printf("\n%-34s %14s %14s %8s\n", "d2l LeNet, batch 128", "liblenet", "PyTorch", "ratio");
+    printf("%-34s %14.0f %14s %8s\n", "train examples/sec, 1 thread", train1, "", "");
+    if (torch.found) {
+        printf("%-34s %14.0f %14.0f %7.2fx\n", "train examples/sec, N threads", trainN, torch.train, trainN / torch.train);
+        printf("%-34s %14.0f %14.0f %7.2fx\n", "inference images/sec (batch 1000)", infer, torch.infer,
+               infer / torch.infer);
+        printf("%-34s %14.1f %14.1f %7.2fx\n", "latency batch 1, p50 us", p50, torch.p50, torch.p50 / p50);
+        printf("%-34s %14.1f %14.1f %7.2fx\n", "latency batch 1, p99 us", p99, torch.p99, torch.p99 / p99);
+    } else {
+        printf("%-34s %14.0f %14s\n", "train examples/sec, N threads", trainN, "n/a");
+        printf("%-34s %14.0f %14s\n", "inference images/sec (batch 1000)", infer, "n/a");
+        printf("%-34s %14.1f %14s\n", "latency batch 1, p50 us", p50, "n/a");
+        printf("%-34s %14.1f %14s\n", "latency batch 1, p99 us", p99, "n/a");
+    }
+    printf("%-34s %14.2f\n", "thread scaling (N / 1 thread)", trainN / train1);
+    printf("%-34s %14ld\n", "peak RSS of this benchmark, KB", ru.ru_maxrss);
+    printf("(N = %d threads; PyTorch %s)\n", threads, torch.found ? "measured in this run" : "not installed");
+    if (json)
+        fprintf(json,
+                "{\n  \"cpu\": \"%s\",\n  \"kernels\": \"%s\",\n  \"threads\": %d,\n"
+                "  \"train_examples_per_sec_1_thread\": %.1f,\n  \"train_examples_per_sec\": %.1f,\n"
+                "  \"infer_images_per_sec\": %.1f,\n  \"latency_p50_us\": %.2f,\n  \"latency_p99_us\": %.2f,\n"
+                "  \"peak_rss_kb\": %ld,\n  \"pytorch\": {\"train_examples_per_sec\": %.1f, \"infer_images_per_sec\": "
+                "%.1f, \"latency_p50_us\": %.2f, \"latency_p99_us\": %.2f},\n",
+                cpu, lenet__kernels()->isa, threads, train1, trainN, infer, p50, p99, ru.ru_maxrss, torch.train,
+                torch.infer, torch.p50, torch.p99);
+    layer_split(stdout, json);
+    if (json) {
+        fprintf(json, "  \"ratio_train\": %.3f\n}\n", torch.found ? trainN / torch.train : 0.0);
+        fclose(json);
+    }
+    return 0;
+}

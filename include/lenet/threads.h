@@ -1,0 +1,35 @@
+/**
+ * @file threads.h
+ * @brief How many threads liblenet uses for training and batch inference.
+ *
+ * liblenet splits each batch into fixed chunks of samples and sums their gradients in a fixed order, so for a
+ * given seed the results are bit-identical whatever the thread count.  While it runs, liblenet is the one owner
+ * of the cores: it keeps the BLAS library single-threaded (OpenBLAS: openblas_set_num_threads(1)) so the two
+ * thread pools do not fight.
+ */
+#ifndef LENET_THREADS_H
+#define LENET_THREADS_H
+
+#include "lenet/export.h"
+#include "lenet/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/**
+ * Sets the number of threads for the following calls, process-wide.  0 restores the default: the environment
+ * variable LENET_NUM_THREADS if set, else the number of online CPUs.  Without OpenMP support the library always
+ * runs on the calling thread and this only records the value.  Not to be called while another thread trains.
+ * @return LENET_OK; LENET_EINVAL if n < 0 or n > 1024.
+ */
+LENET_API lenet_status lenet_set_num_threads(int n);
+
+/** Returns the number of threads the next call will use (at least 1). */
+LENET_API int lenet_get_num_threads(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LENET_THREADS_H */
