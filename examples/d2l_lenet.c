@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <lenet/lenet.h>
 
@@ -246,9 +247,9 @@ static int write_csv_epoch(FILE *csv, const curves *c, size_t first, double test
 static int write_plot(const char *path, const curves *c, const options *o)
 {
     char title[128];
-    snprintf(title, sizeof title, "LeNet (%s) on Fashion-MNIST, lr %g, batch %d, seed %llu",
-             o->variant == VARIANT_MODERN ? "ReLU, MaxPool2d" : "d2l: Sigmoid, AvgPool2d", (double)o->lr,
-             o->batch_size, (unsigned long long)o->seed);
+    snprintf(title, sizeof title, "%s LeNet on Fashion-MNIST (lr %g, batch %d, seed %llu)",
+             o->variant == VARIANT_MODERN ? "modern" : "d2l", (double)o->lr, o->batch_size,
+             (unsigned long long)o->seed);
     plot_axes axes = {title, "epoch", NULL, 0.0, (double)o->epochs, 0.0, NAN, 640, 440};
     plot_series series[] = {
         {"train loss", c->x, c->loss, c->n, 0x1f77b4, PLOT_SOLID},
@@ -314,18 +315,21 @@ static int write_class_activations(const char *dir, int label, const lenet_datas
         goto done;
     }
 
-    const double margin = 16, scale1 = 4, scale2 = 5, gap = 6, group_gap = 26, header = 64, caption = 22;
+    const double margin = 16, scale1 = 4, scale2 = 5, gap = 6, group_gap = 26, header = 76, caption = 22;
     const double big = IMG * scale1, small = SIDE2 * scale2;
     const double x_maps1 = margin + big + group_gap, x_maps2 = x_maps1 + MAPS1 * (big + gap) - gap + group_gap;
     const double width = x_maps2 + 8 * (small + gap) - gap + margin, row_h = caption + big + 18;
-    canvas = plot_canvas_create(width, header + (double)shown * row_h);
+    snprintf(path, sizeof path, "%s/%s.png", dir, class_names[label]);
+    canvas = plot_canvas_create(path, width, header + (double)shown * row_h);
     if (!canvas)
         goto plot_fail;
     const char *act = o->variant == VARIANT_MODERN ? "ReLU" : "Sigmoid";
-    snprintf(text, sizeof text, "Activations for Fashion-MNIST test %ss (LeNet %s, %d epochs, seed %llu)",
-             class_names[label], o->variant == VARIANT_MODERN ? "modern" : "d2l", o->epochs,
-             (unsigned long long)o->seed);
-    plot_canvas_text(canvas, margin, 24, 15, true, text);
+    snprintf(text, sizeof text, "Activations for Fashion-MNIST test %ss (%s LeNet, %d epoch%s, lr %g, seed %llu)",
+             class_names[label], o->variant == VARIANT_MODERN ? "modern" : "d2l", o->epochs, o->epochs == 1 ? "" : "s",
+             (double)o->lr, (unsigned long long)o->seed);
+    plot_canvas_text(canvas, margin, 22, 15, true, text);
+    plot_canvas_text(canvas, margin + 1, 40, 11, false,
+                     "Each layer's maps of one image share a gray scale: black is their minimum, white their maximum.");
     plot_canvas_text(canvas, margin, header - 12, 13, false, "input");
     snprintf(text, sizeof text, "conv1: 6 maps 28x28 after %s", act);
     plot_canvas_text(canvas, x_maps1, header - 12, 13, false, text);
@@ -350,8 +354,7 @@ static int write_class_activations(const char *dir, int label, const lenet_datas
             plot_canvas_image(canvas, x_maps2 + (c % 8) * (small + gap), top2 + (c / 8) * (small + gap), scale2,
                               m2 + c * SIDE2 * SIDE2, SIDE2, SIDE2, lo, hi);
     }
-    snprintf(path, sizeof path, "%s/%s.png", dir, class_names[label]);
-    if (plot_canvas_save(canvas, path) != 0)
+    if (plot_canvas_save(canvas) != 0)
         goto plot_fail;
     if (!o->quiet)
         fprintf(stderr, "wrote %s\n", path);
@@ -401,6 +404,23 @@ static int make_directory(const char *dir)
     return 0;
 }
 
+/* Checks before training that the directory of `path` exists and is writable, so a typo in --plot does not
+ * waste the run. */
+static int check_writable_dir(const char *option, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else
+        snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    if (access(dir, W_OK | X_OK) != 0) {
+        fprintf(stderr, PROG ": %s %s: cannot write into %s: %s\n", option, path, dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     options o;
@@ -427,6 +447,8 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": --csv %s: cannot open: %s\n", o.csv, strerror(errno));
         goto done;
     }
+    if (o.plot && check_writable_dir("--plot", o.plot) != 0)
+        goto done;
     if (o.activations && make_directory(o.activations) != 0)
         goto done;
     if (!(train = cli_open_idx(PROG, o.data, "train", INSTALL_HINT)) ||
@@ -516,5 +538,8 @@ done:
     lenet_dataset_free(test);
     lenet_dataset_free(train);
     curves_free(&c);
+#ifdef LENET_HAVE_CAIRO
+    plot_shutdown();
+#endif
     return status;
 }

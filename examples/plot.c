@@ -1,6 +1,5 @@
-/* Line plots and image canvases drawn with cairo (see plot.h).  Everything is drawn once onto a recording
- * surface and replayed onto a PNG image surface or an SVG surface when saved, so both formats share one
- * drawing path. */
+/* Line plots and image canvases drawn with cairo (see plot.h): onto an image surface written as PNG, or onto
+ * an SVG surface, so both formats share one drawing path. */
 #define _POSIX_C_SOURCE 200809L
 #include "plot.h"
 
@@ -14,6 +13,9 @@
 
 #include <cairo-svg.h>
 #include <cairo.h>
+#ifdef PLOT_HAVE_FONTCONFIG
+#include <fontconfig/fontconfig.h>
+#endif
 
 #define FONT "DejaVu Sans"
 #define PI 3.14159265358979323846
@@ -57,29 +59,40 @@ bool plot_path_supported(const char *path)
 }
 
 struct plot_canvas {
-    cairo_surface_t *recording;
+    cairo_surface_t *surface; /* an image surface for PNG, an SVG surface writing to path */
     cairo_t *cr;
-    double width, height;
+    enum format format;
+    char *path;
 };
 
-plot_canvas *plot_canvas_create(double width, double height)
+plot_canvas *plot_canvas_create(const char *path, double width, double height)
 {
+    enum format format = format_of(path);
+    if (format == FORMAT_NONE) {
+        fail("%s: unknown image format: the name must end in .png or .svg", path ? path : "(null)");
+        return NULL;
+    }
     if (!(width >= 1 && height >= 1 && width <= 32768 && height <= 32768)) {
-        fail("canvas size %gx%g is out of range", width, height);
+        fail("%s: canvas size %gx%g is out of range", path, width, height);
         return NULL;
     }
     plot_canvas *c = calloc(1, sizeof *c);
-    if (!c) {
+    char *copy = malloc(strlen(path) + 1);
+    if (!c || !copy) {
+        free(c);
+        free(copy);
         fail("out of memory");
         return NULL;
     }
-    c->width = width;
-    c->height = height;
-    cairo_rectangle_t extents = {0, 0, width, height};
-    c->recording = cairo_recording_surface_create(CAIRO_CONTENT_COLOR_ALPHA, &extents);
-    c->cr = cairo_create(c->recording);
+    c->path = strcpy(copy, path);
+    c->format = format;
+    /* SVG is drawn straight into its surface (cairo 1.16 leaks when replaying a recording surface into SVG). */
+    c->surface = format == FORMAT_PNG ? cairo_image_surface_create(CAIRO_FORMAT_ARGB32, (int)ceil(width), (int)ceil(height))
+                                      : cairo_svg_surface_create(path, width, height);
+    c->cr = cairo_create(c->surface);
     if (cairo_status(c->cr) != CAIRO_STATUS_SUCCESS) {
-        fail("cairo: %s", cairo_status_to_string(cairo_status(c->cr)));
+        fail("%s: cannot %s: %s", path, format == FORMAT_PNG ? "create the image" : "write",
+             cairo_status_to_string(cairo_status(c->cr)));
         plot_canvas_free(c);
         return NULL;
     }
@@ -88,12 +101,21 @@ plot_canvas *plot_canvas_create(double width, double height)
     return c;
 }
 
+void plot_shutdown(void)
+{
+    cairo_debug_reset_static_data();
+#ifdef PLOT_HAVE_FONTCONFIG
+    FcFini();
+#endif
+}
+
 void plot_canvas_free(plot_canvas *c)
 {
     if (!c)
         return;
     cairo_destroy(c->cr);
-    cairo_surface_destroy(c->recording);
+    cairo_surface_destroy(c->surface);
+    free(c->path);
     free(c);
 }
 
@@ -151,30 +173,16 @@ void plot_canvas_text(plot_canvas *c, double x, double y, double size, bool bold
     cairo_show_text(c->cr, text);
 }
 
-int plot_canvas_save(plot_canvas *c, const char *path)
+int plot_canvas_save(plot_canvas *c)
 {
-    enum format format = format_of(path);
-    if (format == FORMAT_NONE)
-        return fail("%s: unknown image format: the name must end in .png or .svg", path);
-    cairo_surface_flush(c->recording);
-    if (cairo_status(c->cr) != CAIRO_STATUS_SUCCESS)
-        return fail("%s: drawing failed: %s", path, cairo_status_to_string(cairo_status(c->cr)));
-    int width = (int)ceil(c->width), height = (int)ceil(c->height);
-    cairo_surface_t *target = format == FORMAT_PNG ? cairo_image_surface_create(CAIRO_FORMAT_ARGB32, width, height)
-                                                   : cairo_svg_surface_create(path, width, height);
-    cairo_t *cr = cairo_create(target);
-    cairo_set_source_surface(cr, c->recording, 0, 0);
-    cairo_paint(cr);
-    cairo_status_t status = cairo_status(cr);
-    cairo_destroy(cr);
-    if (status == CAIRO_STATUS_SUCCESS && format == FORMAT_PNG)
-        status = cairo_surface_write_to_png(target, path);
-    cairo_surface_finish(target);
+    cairo_status_t status = cairo_status(c->cr);
+    if (status == CAIRO_STATUS_SUCCESS && c->format == FORMAT_PNG)
+        status = cairo_surface_write_to_png(c->surface, c->path);
+    cairo_surface_finish(c->surface);
     if (status == CAIRO_STATUS_SUCCESS)
-        status = cairo_surface_status(target);
-    cairo_surface_destroy(target);
+        status = cairo_surface_status(c->surface);
     if (status != CAIRO_STATUS_SUCCESS)
-        return fail("%s: cannot write: %s", path, cairo_status_to_string(status));
+        return fail("%s: cannot write: %s", c->path, cairo_status_to_string(status));
     return 0;
 }
 
@@ -242,8 +250,6 @@ static void set_rgb(cairo_t *cr, unsigned rgb)
 
 int plot_curves(const char *path, const plot_axes *axes, const plot_series *series, size_t count)
 {
-    if (!plot_path_supported(path))
-        return fail("%s: unknown image format: the name must end in .png or .svg", path ? path : "(null)");
     double xmin = axes->xmin, xmax = axes->xmax, ymin = axes->ymin, ymax = axes->ymax;
     double data_x[2] = {INFINITY, -INFINITY}, data_y[2] = {INFINITY, -INFINITY};
     for (size_t s = 0; s < count; s++)
@@ -260,12 +266,12 @@ int plot_curves(const char *path, const plot_axes *axes, const plot_series *seri
     double ystep = settle_limits(&ymin, &ymax, data_y[0], data_y[1], 6);
 
     double width = axes->width > 0 ? axes->width : 640, height = axes->height > 0 ? axes->height : 440;
-    plot_canvas *c = plot_canvas_create(width, height);
+    plot_canvas *c = plot_canvas_create(path, width, height);
     if (!c)
         return -1;
     cairo_t *cr = c->cr;
     const double font = 13;
-    const double left = 62, right = width - 18, top = axes->title ? 38 : 16, bottom = height - 50;
+    const double left = 62, right = width - 24, top = axes->title ? 38 : 16, bottom = height - 50;
     double pw = right - left, ph = bottom - top;
 #define PX(v) (left + ((v) - xmin) / (xmax - xmin) * pw)
 #define PY(v) (bottom - ((v) - ymin) / (ymax - ymin) * ph)
@@ -341,6 +347,18 @@ int plot_curves(const char *path, const plot_axes *axes, const plot_series *seri
             pen_down = true;
         }
         cairo_stroke(cr);
+        /* A point with no drawable neighbour would be invisible: give it a dot. */
+        for (size_t i = 0; i < series[s].count; i++) {
+            const double *xs = series[s].x, *ys = series[s].y;
+            bool alone = isfinite(xs[i]) && isfinite(ys[i]) &&
+                         (i == 0 || !isfinite(xs[i - 1]) || !isfinite(ys[i - 1])) &&
+                         (i + 1 == series[s].count || !isfinite(xs[i + 1]) || !isfinite(ys[i + 1]));
+            if (alone) {
+                cairo_new_sub_path(cr);
+                cairo_arc(cr, PX(xs[i]), PY(ys[i]), 3, 0, 2 * PI);
+                cairo_fill(cr);
+            }
+        }
     }
     cairo_restore(cr);
     cairo_set_dash(cr, NULL, 0, 0);
@@ -393,7 +411,7 @@ int plot_curves(const char *path, const plot_axes *axes, const plot_series *seri
     }
 #undef PX
 #undef PY
-    int result = plot_canvas_save(c, path);
+    int result = plot_canvas_save(c);
     plot_canvas_free(c);
     return result;
 }

@@ -37,11 +37,11 @@ typedef struct plot_axes {
  * writes the file.  Returns 0, or -1 with plot_error() set. */
 int plot_curves(const char *path, const plot_axes *axes, const plot_series *series, size_t count);
 
-/* A drawing surface of a given size, replayed into PNG or SVG when saved. */
+/* A drawing surface for the file `path` (.png or .svg; an SVG file is created at once), white. */
 typedef struct plot_canvas plot_canvas;
 
-/* A white canvas.  NULL with plot_error() set on failure. */
-plot_canvas *plot_canvas_create(double width, double height);
+/* Returns a new canvas, or NULL with plot_error() set (unknown extension, bad size, cannot create the file). */
+plot_canvas *plot_canvas_create(const char *path, double width, double height);
 
 /* Draws a height x width grayscale image with its top-left corner at (x, y), each pixel `scale` units wide,
  * mapping lo to black and hi to white (values outside are clamped), with a thin grey frame. */
@@ -51,10 +51,15 @@ void plot_canvas_image(plot_canvas *c, double x, double y, double scale, const f
 /* Writes `text` with its baseline starting at (x, y); `size` is the font size, `bold` the weight. */
 void plot_canvas_text(plot_canvas *c, double x, double y, double size, bool bold, const char *text);
 
-/* Writes the canvas to `path` (.png or .svg).  Returns 0, or -1 with plot_error() set. */
-int plot_canvas_save(plot_canvas *c, const char *path);
+/* Finishes the file: writes the PNG, or completes the SVG.  Draw nothing after.  Returns 0, or -1 with
+ * plot_error() set. */
+int plot_canvas_save(plot_canvas *c);
 
 /* Frees the canvas.  Harmless on NULL. */
 void plot_canvas_free(plot_canvas *c);
+
+/* Releases cairo's and fontconfig's global caches (fonts, glyphs), so leak checkers see a clean exit.
+ * Call once at the end of the program, after the last drawing. */
+void plot_shutdown(void);
 
 #endif /* LENET_EXAMPLES_PLOT_H */
