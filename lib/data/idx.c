@@ -19,6 +19,8 @@ static lenet_status read_exact(gzFile f, const char *path, void *buf, size_t siz
         if (got < 0) {
             int err;
             const char *msg = gzerror(f, &err);
+            if (err == Z_ERRNO)
+                return lenet__fail(LENET_EIO, "%s: cannot read: %s", path, strerror(errno));
             return lenet__fail(LENET_EFORMAT, "%s: corrupt compressed data while reading %s (%s)", path, what, msg);
         }
         if (got == 0)
@@ -78,18 +80,23 @@ static lenet_status read_idx(const char *path, int want_dims, uint32_t dims[3], 
             buf = grown;
             cap = next;
         }
-        st = read_exact(f, path, buf + have, cap - have, want_dims == 3 ? "pixel data" : "label data");
-        if (st != LENET_OK) {
-            lenet__error_prefix("header says %u items: ", dims[0]);
+        st = read_exact(f, path, buf + have, cap - have,
+                        want_dims == 3 ? "pixel data the header declares" : "label data the header declares");
+        if (st != LENET_OK)
             goto done;
-        }
         have = cap;
     }
     unsigned char extra;
-    int more = gzread(f, &extra, 1);
+    int more = gzread(f, &extra, 1), err = Z_OK;
+    gzerror(f, &err);
     if (more != 0) {
         st = lenet__fail(LENET_EFORMAT, "%s: %s after the %u items the header declares", path,
                          more > 0 ? "unexpected trailing data" : "corrupt compressed data", dims[0]);
+        goto done;
+    }
+    /* zlib reports a gzip stream cut before its trailer (so its CRC was never checked) only as Z_BUF_ERROR. */
+    if (err == Z_BUF_ERROR) {
+        st = lenet__fail(LENET_EFORMAT, "%s: truncated: the gzip stream ends before its trailer", path);
         goto done;
     }
     *data = buf;
