@@ -10,18 +10,6 @@
 #include "idxfixture.h"
 #include "testutil.h"
 
-/* Tests of promised behaviour that the library lacks (reported, waiting for a fix) run only with
- * LENET_TEST_KNOWN_GAPS=1, so the default run stays green meanwhile; without it the run says what it skipped. */
-static bool known_gaps_enabled(void)
-{
-    const char *env = getenv("LENET_TEST_KNOWN_GAPS");
-    if (env && strcmp(env, "1") == 0)
-        return true;
-    fprintf(stderr, "skipped (known gap, LENET_TEST_KNOWN_GAPS=1 runs them): "
-                    "test_truncation_inside_the_gzip_trailer_is_eformat, test_a_directory_given_as_a_file_is_eio\n");
-    return false;
-}
-
 /* Pixel y, x of example i in the pattern sets: every byte value occurs, neighbours differ. */
 static uint8_t pattern_pixel(size_t i, uint32_t y, uint32_t x)
 {
@@ -467,7 +455,7 @@ START_TEST(test_truncation_at_every_byte_of_a_gzip_file_is_eformat)
 }
 END_TEST
 
-/* KNOWN GAP (see known_gaps_enabled): files cut after their content but inside the end of the deflate stream or
+/* Files cut after their content but inside the end of the deflate stream or
  * the CRC-32/length trailer, so the data is never verified.  gzip -t calls these "unexpected end of file". */
 START_TEST(test_truncation_inside_the_gzip_trailer_is_eformat)
 {
@@ -484,7 +472,7 @@ START_TEST(test_truncation_inside_the_gzip_trailer_is_eformat)
 }
 END_TEST
 
-/* KNOWN GAP (see known_gaps_enabled): a path that opens but cannot be read (a directory: EISDIR) is a read error,
+/* A path that opens but cannot be read (a directory: EISDIR) is a read error,
  * LENET_EIO, not "corrupt compressed data" (LENET_EFORMAT). */
 START_TEST(test_a_directory_given_as_a_file_is_eio)
 {
@@ -920,12 +908,10 @@ int main(void)
     tcase_add_test(iter, test_padding_changed_after_the_iterator_was_made_is_estate);
     suite_add_tcase(s, iter);
 
-    if (known_gaps_enabled()) {
-        TCase *gaps = tcase_create("known-gaps");
-        tcase_add_unchecked_fixture(gaps, setup, teardown);
-        tcase_add_test(gaps, test_truncation_inside_the_gzip_trailer_is_eformat);
-        tcase_add_test(gaps, test_a_directory_given_as_a_file_is_eio);
-        suite_add_tcase(s, gaps);
-    }
+    TCase *gzip_edges = tcase_create("gzip-edges");
+    tcase_add_unchecked_fixture(gzip_edges, setup, teardown);
+    tcase_add_test(gzip_edges, test_truncation_inside_the_gzip_trailer_is_eformat);
+    tcase_add_test(gzip_edges, test_a_directory_given_as_a_file_is_eio);
+    suite_add_tcase(s, gzip_edges);
     return lenet_test_run(s);
 }
