@@ -15,6 +15,7 @@
 #include "lenet/optim.h"
 #include "lenet/data.h"
 #include "lenet/train.h"
+#include "lenet/io.h"
 #include "lenet/threads.h"
 
 #endif /* LENET_LENET_H */

@@ -111,3 +111,56 @@ void lenet_iter_free(lenet_iter *it)
     lenet_tensor_free(it->images);
     lenet__free(it);
 }
+
+/* ---- state for checkpoints (lib/io) ---- */
+
+void lenet__iter_get_state(const lenet_iter *it, lenet_iter_state *s)
+{
+    s->size = it->d->n;
+    s->batch_size = it->batch_size;
+    s->shuffle = it->shuffle;
+    s->position = it->pos;
+    s->order = it->order;
+    for (int i = 0; i < 4; i++)
+        s->rng[i] = it->rng.s[i];
+}
+
+lenet_status lenet__iter_check_state(const lenet_iter *it, const lenet_iter_state *s)
+{
+    if (s->size != it->d->n)
+        return lenet__fail(LENET_ESTATE, "the saved iterator went over %zu examples, this one over %zu", s->size,
+                           it->d->n);
+    if (s->batch_size != it->batch_size || s->shuffle != it->shuffle)
+        return lenet__fail(LENET_ESTATE, "the saved iterator had batch size %d%s, this one %d%s", s->batch_size,
+                           s->shuffle ? " with shuffling" : " without shuffling", it->batch_size,
+                           it->shuffle ? " with shuffling" : " without shuffling");
+    if (s->position > s->size)
+        return lenet__fail(LENET_EFORMAT, "iterator position %zu beyond its %zu examples", s->position, s->size);
+    if (s->rng[0] == 0 && s->rng[1] == 0 && s->rng[2] == 0 && s->rng[3] == 0)
+        return lenet__fail(LENET_EFORMAT, "iterator generator state is all zero");
+    if (s->size > 0 && !s->order)
+        return lenet__fail(LENET_EFORMAT, "iterator order is missing");
+    unsigned char *seen = lenet__calloc(s->size ? s->size : 1, 1);
+    if (!seen)
+        return lenet__oom("iterator order check");
+    lenet_status st = LENET_OK;
+    for (size_t i = 0; i < s->size; i++) {
+        size_t k = s->order[i];
+        if (k >= s->size || seen[k]) {
+            st = lenet__fail(LENET_EFORMAT, "iterator order is not a permutation: entry %zu is %zu", i, k);
+            break;
+        }
+        seen[k] = 1;
+    }
+    lenet__free(seen);
+    return st;
+}
+
+void lenet__iter_set_state(lenet_iter *it, const lenet_iter_state *s)
+{
+    if (s->size > 0)
+        memcpy(it->order, s->order, s->size * sizeof *it->order);
+    it->pos = s->position;
+    for (int i = 0; i < 4; i++)
+        it->rng.s[i] = s->rng[i];
+}

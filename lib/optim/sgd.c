@@ -49,7 +49,10 @@ static void sgd_destroy(lenet_optimizer *o)
     lenet__free_aligned(((sgd *)o)->velocity);
 }
 
-static const lenet_optimizer_ops sgd_ops = {.name = "SGD", .step = sgd_step, .destroy = sgd_destroy};
+static lenet_status sgd_state(lenet_optimizer *o, bool allocate, lenet_optimizer_state *out);
+
+static const lenet_optimizer_ops sgd_ops = {.name = "SGD", .step = sgd_step, .destroy = sgd_destroy,
+                                            .state = sgd_state};
 
 lenet_optimizer *lenet_sgd_create(lenet_model *m, float lr, float momentum, float weight_decay)
 {
@@ -65,4 +68,30 @@ lenet_optimizer *lenet_sgd_create(lenet_model *m, float lr, float momentum, floa
     s->momentum = momentum;
     s->weight_decay = weight_decay;
     return &s->base;
+}
+
+/* ---- state for checkpoints (lib/io) ---- */
+
+/* The momentum buffer exists once a step with momentum ran; its content is not read on the first step
+ * (steps == 0), so allocating it early for a load changes nothing. */
+static lenet_status sgd_state(lenet_optimizer *o, bool allocate, lenet_optimizer_state *out)
+{
+    sgd *s = (sgd *)o;
+    lenet_model *m = o->model;
+    if (allocate && s->momentum != 0.0f && !s->velocity && m->built) {
+        s->velocity = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
+        if (!s->velocity)
+            return lenet__oom("SGD momentum buffer");
+    }
+    *out = (lenet_optimizer_state){
+        .n_settings = 2,
+        .setting_names = {"momentum", "weight_decay"},
+        .settings = {s->momentum, s->weight_decay},
+    };
+    if (s->velocity) {
+        out->n_buffers = 1;
+        out->buffer_names[0] = "momentum_buffer";
+        out->buffers[0] = s->velocity;
+    }
+    return LENET_OK;
 }
