@@ -1,6 +1,22 @@
+/* Inner loops: let the compiler vectorize and unroll them whatever the build type. */
+#pragma GCC optimize("O3")
 #include <string.h>
 
 #include "kernels/kernels.h"
+
+/* The output columns ox whose input column ox*s - p + kx lies inside [0, w): [*lo, *hi).  Computing the range
+ * once per kernel column keeps the inner loops free of bounds checks, so they vectorize. */
+static void valid_columns(const lenet_conv_geom *g, int kx, int *lo, int *hi)
+{
+    int first = g->p - kx; /* smallest ox*s >= first */
+    *lo = first <= 0 ? 0 : (first + g->s - 1) / g->s;
+    int last = g->w - 1 + g->p - kx; /* largest ox*s <= last */
+    *hi = last < 0 ? 0 : last / g->s + 1;
+    if (*hi > g->ow)
+        *hi = g->ow;
+    if (*lo > *hi)
+        *lo = *hi;
+}
 
 /* Row r = (ci, ky, kx) of cols holds, for every output position (oy, ox), x[ci][oy*s - p + ky][ox*s - p + kx]. */
 void lenet__im2col(const lenet_conv_geom *g, const float *x, float *cols)
@@ -11,6 +27,8 @@ void lenet__im2col(const lenet_conv_geom *g, const float *x, float *cols)
         for (int ky = 0; ky < k; ky++) {
             for (int kx = 0; kx < k; kx++) {
                 float *row = cols + (((size_t)ci * k + ky) * k + kx) * oh * ow;
+                int lo, hi;
+                valid_columns(g, kx, &lo, &hi);
                 for (int oy = 0; oy < oh; oy++) {
                     int iy = oy * s - p + ky;
                     float *out = row + (size_t)oy * ow;
@@ -18,11 +36,13 @@ void lenet__im2col(const lenet_conv_geom *g, const float *x, float *cols)
                         memset(out, 0, sizeof(float) * ow);
                         continue;
                     }
-                    const float *in = plane + (size_t)iy * w;
-                    for (int ox = 0; ox < ow; ox++) {
-                        int ix = ox * s - p + kx;
-                        out[ox] = (ix >= 0 && ix < w) ? in[ix] : 0.0f;
-                    }
+                    const float *in = plane + (size_t)iy * w - p + kx;
+                    for (int ox = 0; ox < lo; ox++)
+                        out[ox] = 0.0f;
+                    for (int ox = lo; ox < hi; ox++)
+                        out[ox] = in[ox * s];
+                    for (int ox = hi; ox < ow; ox++)
+                        out[ox] = 0.0f;
                 }
             }
         }
@@ -39,16 +59,20 @@ void lenet__col2im(const lenet_conv_geom *g, const float *cols, float *dx)
         for (int ky = 0; ky < k; ky++) {
             for (int kx = 0; kx < k; kx++) {
                 const float *row = cols + (((size_t)ci * k + ky) * k + kx) * oh * ow;
+                int lo, hi;
+                valid_columns(g, kx, &lo, &hi);
                 for (int oy = 0; oy < oh; oy++) {
                     int iy = oy * s - p + ky;
                     if (iy < 0 || iy >= h)
                         continue;
-                    float *out = plane + (size_t)iy * w;
+                    float *out = plane + (size_t)iy * w - p + kx;
                     const float *in = row + (size_t)oy * ow;
-                    for (int ox = 0; ox < ow; ox++) {
-                        int ix = ox * s - p + kx;
-                        if (ix >= 0 && ix < w)
-                            out[ix] += in[ox];
+                    if (s == 1) {
+                        for (int ox = lo; ox < hi; ox++)
+                            out[ox] += in[ox];
+                    } else {
+                        for (int ox = lo; ox < hi; ox++)
+                            out[ox * s] += in[ox];
                     }
                 }
             }

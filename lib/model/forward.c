@@ -2,7 +2,8 @@
  *
  * A batch is cut into fixed chunks of LENET_CHUNK samples.  Chunks run in parallel (OpenMP), each through the whole
  * network, writing only its own slices; parameter gradients go to one buffer per chunk and are summed in chunk
- * order afterwards.  The partition never depends on the thread count, so neither do the results. */
+ * order afterwards.  The partition never depends on the thread count, so neither do the results; chunks are handed
+ * out dynamically, so a thread the OS preempts does not hold the others back. */
 #include <math.h>
 #include <string.h>
 
@@ -146,7 +147,7 @@ void lenet__model_forward_raw(lenet_model *m, int batch)
 {
     const int chunks = chunk_count(batch);
     const int threads = threads_for(chunks, m->threads_cap);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
     for (int c = 0; c < chunks; c++) {
         const int start = c * LENET_CHUNK;
         const int n = batch - start < LENET_CHUNK ? batch - start : LENET_CHUNK;
@@ -215,7 +216,7 @@ void lenet__model_backward_raw(lenet_model *m, const float *dy)
     const size_t numel = m->arena_numel;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
         for (int c = 0; c < chunks; c++) {
             const int start = c * LENET_CHUNK;
             const int n = batch - start < LENET_CHUNK ? batch - start : LENET_CHUNK;
@@ -277,7 +278,7 @@ lenet_status lenet_model_predict(const lenet_model *m, const lenet_tensor *x, le
     if (!scratch)
         return lenet__oom("prediction scratch");
     const size_t in_size = lenet__shape_size(&m->in_shape), out_size = last->out_size;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
     for (int c = 0; c < chunks; c++) {
         const int start = c * LENET_CHUNK;
         const int n = batch - start < LENET_CHUNK ? batch - start : LENET_CHUNK;
