@@ -357,6 +357,25 @@ START_TEST(test_maxpool_kernel_gives_tied_gradient_to_first_maximum)
 }
 END_TEST
 
+START_TEST(test_maxpool_kernel_propagates_nan_as_pytorch)
+{
+    /* A NaN anywhere in a window is its maximum (PyTorch's max_pool2d), and takes the window's gradient, so a
+     * diverging network shows NaN instead of hiding it.  Windows: NaN second, NaN first, none. */
+    lenet_conv_geom g = make_geom(1, 2, 6, 2, 2, 0);
+    const float x[12] = {1, NAN, NAN, 5, 1, 2, /**/ 9, 3, 0, 7, 3, 4};
+    const float dy[3] = {1, 2, 3};
+    float y[3], dx[12];
+    lenet__maxpool_forward(&g, 1, x, y);
+    ck_assert(isnan(y[0]));
+    ck_assert(isnan(y[1]));
+    ck_assert_float_eq(y[2], 4.0f);
+    lenet__maxpool_backward(&g, 1, x, dy, dx);
+    const float want[12] = {0, 1, 2, 0, 0, 0, /**/ 0, 0, 0, 0, 0, 3};
+    for (int i = 0; i < 12; i++)
+        ck_assert_msg(dx[i] == want[i], "dx[%d] = %g, want %g", i, dx[i], want[i]);
+}
+END_TEST
+
 /* ---- activations and bias helpers ---- */
 
 START_TEST(test_activation_kernels_match_libm_in_double)
@@ -439,6 +458,7 @@ int main(void)
     tcase_add_test(tc, test_col2im_counts_each_input_once_per_window_covering_it);
     tcase_add_test(tc, test_pooling_kernels_match_naive_loops_over_random_geometries);
     tcase_add_test(tc, test_maxpool_kernel_gives_tied_gradient_to_first_maximum);
+    tcase_add_test(tc, test_maxpool_kernel_propagates_nan_as_pytorch);
     tcase_add_test(tc, test_activation_kernels_match_libm_in_double);
     tcase_add_test(tc, test_activation_kernels_saturate_without_nan);
     tcase_add_test(tc, test_bias_helpers_cycle_through_the_bias_by_row);
