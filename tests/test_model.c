@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1132,6 +1133,60 @@ START_TEST(test_model_predict_matches_forward_bit_for_bit_and_changes_nothing)
 }
 END_TEST
 
+typedef struct predict_job {
+    const lenet_model *model;
+    const lenet_tensor *x;
+    lenet_tensor *y;
+    const lenet_tensor *want;
+    int mismatches;
+    lenet_status status;
+} predict_job;
+
+static void *predict_repeatedly(void *arg)
+{
+    predict_job *job = arg;
+    for (int r = 0; r < 5 && job->status == LENET_OK; r++) {
+        job->status = lenet_model_predict(job->model, job->x, job->y);
+        job->mismatches += memcmp(lenet_tensor_cdata(job->y), lenet_tensor_cdata(job->want),
+                                  lenet_tensor_numel(job->y) * sizeof(float)) != 0;
+    }
+    return NULL;
+}
+
+START_TEST(test_model_predict_runs_concurrently_on_a_shared_model)
+{
+    enum { THREADS = 4 };
+    lenet_model *m = lenet_test_d2l_model();
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 28, 28));
+    ck_assert_lenet_ok(lenet_model_init(m, LENET_INIT_XAVIER_UNIFORM, 8));
+    float *weights = snapshot(m, false);
+    predict_job jobs[THREADS];
+    pthread_t threads[THREADS];
+    for (int t = 0; t < THREADS; t++) {
+        int batch = 1 + t; /* different batch sizes, so different scratch sizes */
+        lenet_tensor *x = make_tensor4(batch, 1, 28, 28, 80 + (uint64_t)t);
+        lenet_tensor *want = lenet_tensor_create(2, (int[]){batch, 10});
+        ck_assert_lenet_ok(lenet_model_predict(m, x, want)); /* serially first */
+        jobs[t] = (predict_job){m, x, lenet_tensor_create(2, (int[]){batch, 10}), want, 0, LENET_OK};
+    }
+    for (int t = 0; t < THREADS; t++)
+        ck_assert_int_eq(pthread_create(&threads[t], NULL, predict_repeatedly, &jobs[t]), 0);
+    for (int t = 0; t < THREADS; t++)
+        ck_assert_int_eq(pthread_join(threads[t], NULL), 0);
+    for (int t = 0; t < THREADS; t++) {
+        ck_assert_msg(jobs[t].status == LENET_OK, "thread %d: %s", t, lenet_status_str(jobs[t].status));
+        ck_assert_msg(jobs[t].mismatches == 0, "thread %d: %d of 5 predictions differ from the serial one", t,
+                      jobs[t].mismatches);
+        lenet_tensor_free((lenet_tensor *)jobs[t].x);
+        lenet_tensor_free(jobs[t].y);
+        lenet_tensor_free((lenet_tensor *)jobs[t].want);
+    }
+    ck_assert(same_as_snapshot(m, false, weights));
+    free(weights);
+    lenet_model_free(m);
+}
+END_TEST
+
 START_TEST(test_model_predict_with_wrong_output_shape_is_eshape)
 {
     lenet_model *m = lenet_test_d2l_model();
@@ -1278,6 +1333,7 @@ int main(void)
     tcase_add_test(tc, test_model_grads_accumulate_over_backward_calls_until_zero_grad);
     tcase_add_test(tc, test_model_backward_matches_finite_differences);
     tcase_add_test(tc, test_model_predict_matches_forward_bit_for_bit_and_changes_nothing);
+    tcase_add_test(tc, test_model_predict_runs_concurrently_on_a_shared_model);
     tcase_add_test(tc, test_model_predict_with_wrong_output_shape_is_eshape);
     tcase_add_test(tc, test_model_classify_returns_argmax_and_softmax);
     tcase_add_test(tc, test_model_classify_errors_leave_outputs_untouched);
