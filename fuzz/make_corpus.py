@@ -55,6 +55,41 @@ def main():
         write(target, "gzip_cut", gz(valid)[:-6])
         write(target, "gzip_two_members", gz(valid[:10]) + gz(valid[10:]))
         write(target, "empty", b"")
+    checkpoint_seeds()
+
+
+def safetensors(tensors, metadata=None):
+    """tensors: [(name, dtype, shape, raw bytes)] -> a safetensors file (8-byte LE length, JSON, data)."""
+    import json
+    header, data = {}, b""
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    for name, dtype, shape, raw in tensors:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def checkpoint_seeds():
+    """PyTorch-style state_dicts of the fuzz target's fixed model (Conv2d(2,3) Sigmoid Flatten Linear(3) on 1x6x6)
+    in each float dtype, without liblenet metadata.  The liblenet-written seeds come from make_checkpoint_corpus."""
+    shapes = [("0.weight", [2, 1, 3, 3]), ("0.bias", [2]), ("3.weight", [3, 32]), ("3.bias", [3])]
+
+    def count(shape):
+        n = 1
+        for d in shape:
+            n *= d
+        return n
+
+    for dtype, fmt, size in (("F32", "<f", 4), ("F64", "<d", 8), ("F16", "<e", 2)):
+        tensors = [(name, dtype, shape, b"".join(struct.pack(fmt, 0.01 * i) for i in range(count(shape))))
+                   for name, shape in shapes]
+        write("checkpoint", "state_dict_" + dtype.lower(), safetensors(tensors))
+    bf16 = [(name, "BF16", shape, b"\x80\x3f" * count(shape)) for name, shape in shapes]
+    write("checkpoint", "state_dict_bf16", safetensors(bf16, {"format": "pt"}))
+    write("checkpoint", "empty_header", safetensors([]))
+    write("checkpoint", "short", b"\x08\x00\x00")
 
 
 if __name__ == "__main__":

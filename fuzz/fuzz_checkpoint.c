@@ -1,0 +1,148 @@
+/* Fuzzes the checkpoint loaders (safetensors: a little-endian length, a JSON header with liblenet's metadata, the
+ * architecture as JSON text, then tensor bytes): the input is one file, given to lenet_model_load(),
+ * lenet_model_load_weights() into a fixed small model, and lenet_checkpoint_load() into that model with an SGD
+ * optimizer and an iterator.  A model that loads is run forward, saved and loaded again; a failed load must
+ * leave the fixed objects unchanged. */
+#include <lenet/io.h>
+#include <lenet/lenet.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fuzz_common.h"
+#include "model/internal.h"
+
+#define FUZZ_CHECK(cond)                                                                                     \
+    do {                                                                                                     \
+        if (!(cond))                                                                                         \
+            abort();                                                                                         \
+    } while (0)
+
+/* The fixed objects, made once: Conv2d(2, 3) Sigmoid Flatten Linear(3) over 1x6x6, SGD with momentum, and an
+ * iterator over six 6x6 images in batches of 4. */
+static lenet_model *fixed;
+static lenet_optimizer *fixed_sgd;
+static lenet_dataset *fixed_data;
+static lenet_iter *fixed_iter;
+
+static void make_fixed(void)
+{
+    fixed = lenet_model_create();
+    FUZZ_CHECK(fixed);
+    FUZZ_CHECK(lenet_model_add(fixed, lenet_conv2d(2, 3, 1, 0)) == LENET_OK);
+    FUZZ_CHECK(lenet_model_add(fixed, lenet_sigmoid()) == LENET_OK);
+    FUZZ_CHECK(lenet_model_add(fixed, lenet_flatten()) == LENET_OK);
+    FUZZ_CHECK(lenet_model_add(fixed, lenet_linear(3)) == LENET_OK);
+    FUZZ_CHECK(lenet_model_build(fixed, 1, 6, 6) == LENET_OK);
+    fixed_sgd = lenet_sgd_create(fixed, 0.1f, 0.9f, 0.0f);
+    FUZZ_CHECK(fixed_sgd);
+    unsigned char images[16 + 6 * 36], labels[8 + 6];
+    const uint32_t idims[3] = {6, 6, 6}, ldims[1] = {6};
+    size_t isize = fuzz_idx(images, 3, idims, 6 * 36, 90);
+    size_t lsize = fuzz_idx(labels, 1, ldims, 6, 1);
+    const char *ipath = fuzz_write_file(2, images, isize);
+    const char *lpath = fuzz_write_file(3, labels, lsize);
+    FUZZ_CHECK(ipath && lpath);
+    fixed_data = lenet_dataset_open_idx(ipath, lpath);
+    FUZZ_CHECK(fixed_data);
+    fixed_iter = lenet_iter_create(fixed_data, 4, true, 5);
+    FUZZ_CHECK(fixed_iter);
+}
+
+static void free_fixed(void)
+{
+    lenet_iter_free(fixed_iter);
+    lenet_dataset_free(fixed_data);
+    lenet_optimizer_free(fixed_sgd);
+    lenet_model_free(fixed);
+    fixed = NULL;
+}
+
+static float *copy_params(lenet_model *m)
+{
+    float *copy = malloc(m->arena_numel * sizeof *copy);
+    FUZZ_CHECK(copy);
+    memcpy(copy, m->params, m->arena_numel * sizeof *copy);
+    return copy;
+}
+
+/* A model that loaded: run it forward once and round-trip it through a file, when it is small enough. */
+static void exercise_loaded(lenet_model *m)
+{
+    FUZZ_CHECK(lenet_model_is_built(m));
+    size_t in_size = lenet__shape_size(&m->in_shape);
+    if (in_size > (1u << 16) || m->max_size > (1u << 18) || m->arena_numel > (1u << 20))
+        return;
+    int shape[4] = {1, m->in_shape.dim[0], m->in_shape.dim[1], m->in_shape.dim[2]};
+    lenet_tensor *x = lenet_tensor_create(4, shape);
+    if (!x)
+        return;
+    const lenet_tensor *y;
+    FUZZ_CHECK(lenet_model_forward(m, x, &y) == LENET_OK);
+    lenet_tensor_free(x);
+    const char *path = fuzz_write_file(1, "", 0);
+    FUZZ_CHECK(path);
+    lenet_status st = lenet_model_save(m, path);
+    if (st == LENET_EUNSUPPORTED)
+        return;
+    FUZZ_CHECK(st == LENET_OK);
+    lenet_model *again = lenet_model_load(path);
+    FUZZ_CHECK(again);
+    FUZZ_CHECK(again->arena_numel == m->arena_numel);
+    FUZZ_CHECK(memcmp(again->params, m->params, m->arena_numel * sizeof(float)) == 0 ||
+               m->arena_numel == 0);
+    lenet_model_free(again);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!fixed)
+        make_fixed();
+    const char *path = fuzz_write_file(0, data, size);
+    if (!path)
+        return 0;
+
+    lenet_clear_error();
+    lenet_model *m = lenet_model_load(path);
+    if (m) {
+        exercise_loaded(m);
+        lenet_model_free(m);
+    } else {
+        FUZZ_CHECK(lenet_last_error()[0]);
+    }
+
+    float *before = copy_params(fixed);
+    lenet_clear_error();
+    lenet_status st = lenet_model_load_weights(fixed, path);
+    if (st != LENET_OK) {
+        FUZZ_CHECK(st < 0 && lenet_last_error()[0]);
+        FUZZ_CHECK(memcmp(before, fixed->params, fixed->arena_numel * sizeof(float)) == 0);
+    }
+    free(before);
+    bool changed = st == LENET_OK;
+
+    before = copy_params(fixed);
+    size_t position = lenet_iter_position(fixed_iter);
+    float lr = lenet_optimizer_lr(fixed_sgd);
+    char note[64];
+    lenet_clear_error();
+    st = lenet_checkpoint_load(fixed, fixed_sgd, fixed_iter, path, note, sizeof note);
+    if (st == LENET_OK) {
+        FUZZ_CHECK(memchr(note, '\0', sizeof note) != NULL);
+        /* The restored state must be usable: one training pass. */
+        lenet_metrics mt;
+        lenet_status tst = lenet_train_epoch(fixed, fixed_sgd, fixed_iter, NULL, NULL, &mt);
+        FUZZ_CHECK(tst == LENET_OK || tst == LENET_ENUMERIC || tst == LENET_EINVAL);
+        changed = true;
+    } else {
+        FUZZ_CHECK(st < 0 && lenet_last_error()[0]);
+        FUZZ_CHECK(memcmp(before, fixed->params, fixed->arena_numel * sizeof(float)) == 0);
+        FUZZ_CHECK(lenet_iter_position(fixed_iter) == position);
+        FUZZ_CHECK(lenet_optimizer_lr(fixed_sgd) == lr);
+    }
+    free(before);
+    /* Every input starts from the same objects, so a crash replays alone. */
+    if (changed)
+        free_fixed();
+    return 0;
+}
