@@ -49,11 +49,17 @@ static lenet_conv_geom make_geom(int c, int h, int w, int k, int s, int p)
     return g;
 }
 
+/* A random width: mostly small, sometimes wide enough for the vectorized loops' main body and remainder. */
+static int rand_width(lenet_rng *rng)
+{
+    return lenet__rng_below(rng, 3) == 0 ? rand_int(rng, 12, 40) : rand_int(rng, 1, 11);
+}
+
 /* A random convolution geometry whose kernel fits the padded input. */
 static lenet_conv_geom random_conv_geom(lenet_rng *rng)
 {
     for (;;) {
-        int c = rand_int(rng, 1, 4), h = rand_int(rng, 1, 11), w = rand_int(rng, 1, 11);
+        int c = rand_int(rng, 1, 4), h = rand_int(rng, 1, 11), w = rand_width(rng);
         int k = rand_int(rng, 1, 5), s = rand_int(rng, 1, 3), p = rand_int(rng, 0, 2);
         if (h + 2 * p >= k && w + 2 * p >= k)
             return make_geom(c, h, w, k, s, p);
@@ -63,7 +69,7 @@ static lenet_conv_geom random_conv_geom(lenet_rng *rng)
 static lenet_conv_geom random_pool_geom(lenet_rng *rng)
 {
     for (;;) {
-        int h = rand_int(rng, 1, 10), w = rand_int(rng, 1, 10), k = rand_int(rng, 1, 4), s = rand_int(rng, 1, 3);
+        int h = rand_int(rng, 1, 10), w = rand_width(rng), k = rand_int(rng, 1, 4), s = rand_int(rng, 1, 3);
         if (h >= k && w >= k)
             return make_geom(1, h, w, k, s, 0);
     }
