@@ -167,6 +167,31 @@ static void check_conv_kernels(const lenet_kernels *kern)
                 }
             }
         }
+        if (g.s == 1) {
+            /* The row-vectorized kernels on the same data: rows padded to the vector width plus the kernel. */
+            const int rw = kern->row_width, stride = (g.ow + rw - 1) / rw * rw + g.k - 1, dstride = stride - g.k + 1;
+            const int hp = g.h + 2 * g.p;
+            float *xr = malloc((size_t)g.c * hp * stride * sizeof(float) + 64);
+            float *dyr = calloc((size_t)oc * g.oh * dstride + 16, sizeof(float));
+            float *grad = calloc(taps * oc, sizeof(float));
+            lenet__conv_pad_input_rows(&g, x, xr, stride);
+            memset(y, 0, osize * sizeof(float));
+            kern->conv_forward_rows(&g, oc, xr, stride, w, b, y);
+            worst = lenet_test_max_rel_err(y, ref, osize, 1.0);
+            ck_assert_msg(worst < 1e-5, "%s row conv forward geometry %zu: worst relative error %g", kern->isa, gi,
+                          worst);
+            for (int r = 0; r < oc * g.oh; r++)
+                memcpy(dyr + (size_t)r * dstride, ref + (size_t)r * g.ow, (size_t)g.ow * sizeof(float));
+            kern->conv_grad_weight_rows(&g, oc, 1, xr, stride, dyr, dstride, grad);
+            for (int o = 0; o < oc; o++)
+                for (size_t t = 0; t < taps; t++)
+                    ck_assert_msg(fabs(grad[(size_t)o * taps + t] - dw[t * ocpad + o]) <=
+                                      1e-4 * (1.0 + fabs(dw[t * ocpad + o])),
+                                  "%s row weight gradient geometry %zu differs from the channel kernel", kern->isa, gi);
+            free(xr);
+            free(dyr);
+            free(grad);
+        }
         free(x);
         free(xp);
         free(w);

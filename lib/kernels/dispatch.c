@@ -126,3 +126,23 @@ void lenet__conv_pad_input(const lenet_conv_geom *g, const float *x, float *xp)
             memcpy(xp + ((size_t)ci * hp + y + g->p) * wp + g->p, x + ((size_t)ci * g->h + y) * g->w,
                    (size_t)g->w * sizeof(float));
 }
+
+void lenet__conv_pad_input_rows(const lenet_conv_geom *g, const float *x, float *xp, int stride)
+{
+    const int hp = g->h + 2 * g->p;
+    memset(xp, 0, (size_t)g->c * hp * stride * sizeof(float));
+    for (int ci = 0; ci < g->c; ci++)
+        for (int y = 0; y < g->h; y++)
+            memcpy(xp + ((size_t)ci * hp + y + g->p) * stride + g->p, x + ((size_t)ci * g->h + y) * g->w,
+                   (size_t)g->w * sizeof(float));
+}
+
+bool lenet__conv_prefers_rows(const lenet_kernels *k, const lenet_conv_geom *g, int oc)
+{
+    if (g->s != 1)
+        return false;
+    const int rw = k->row_width, cw = k->vector_width;
+    /* Compare the fraction of useful lanes: ow of round_up(ow, rw) against oc of round_up(oc, cw). */
+    long rows_used = (long)g->ow * ((oc + cw - 1) / cw * cw), channels_used = (long)oc * ((g->ow + rw - 1) / rw * rw);
+    return rows_used > channels_used;
+}

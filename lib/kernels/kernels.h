@@ -64,6 +64,16 @@ typedef struct lenet_kernels {
     void (*conv_grad_weight)(const lenet_conv_geom *g, int oc, int n, const float *xp, const float *dyt,
                              float *dwpack);
     void (*sigmoid_forward)(size_t count, const float *x, float *y);
+    /* Row-vectorized stride-1 convolution: output columns across row_width lanes.  xp holds padded inputs with
+     * rows of `stride` >= round_up(ow, row_width) + k - 1 floats (zero beyond the data); weight and bias in
+     * PyTorch's layout; y in NCHW. */
+    int row_width;
+    void (*conv_forward_rows)(const lenet_conv_geom *g, int oc, const float *xp, int stride, const float *weight,
+                              const float *bias, float *y);
+    /* grad (oc, c, k, k) += n samples of xp (rows of `stride`) correlated with dyp ((oc, oh) rows of `dstride`
+     * floats, zero beyond ow). */
+    void (*conv_grad_weight_rows)(const lenet_conv_geom *g, int oc, int n, const float *xp, int stride,
+                                  const float *dyp, int dstride, float *grad);
 } lenet_kernels;
 
 /* The table for this CPU (the widest supported, or LENET_ISA's), chosen once; thread-safe. */
@@ -76,5 +86,9 @@ bool lenet__kernels_force(const char *isa);
 void lenet__conv_pack_weights(int oc, int c, int k, int vw, const float *weight, const float *bias, float *wpack);
 /* xp (c, h + 2p, w + 2p) = x with a zero border. */
 void lenet__conv_pad_input(const lenet_conv_geom *g, const float *x, float *xp);
+/* As lenet__conv_pad_input with rows of `stride` >= w + 2p floats, zero beyond the padded row. */
+void lenet__conv_pad_input_rows(const lenet_conv_geom *g, const float *x, float *xp, int stride);
+/* True when the row-vectorized kernels fill more lanes than the channel-vectorized ones for this layer. */
+bool lenet__conv_prefers_rows(const lenet_kernels *k, const lenet_conv_geom *g, int oc);
 
 #endif /* LENET_KERNELS_H */

@@ -67,10 +67,18 @@ static size_t oc_padded(const conv2d *c)
     return ((size_t)c->out_channels + 15) / 16 * 16;
 }
 
-/* Workspace layout for n samples: packed weights | padded inputs | transposed output gradients | packed weight
- * gradient | im2col columns of one sample (for dx). */
+/* Rows of the row-vectorized layouts: the output width rounded up to the widest row vector (16), plus the
+ * kernel's reach; sized for the widest table so workspace does not depend on the one chosen at run time. */
+static int row_stride(const lenet_conv_geom *g, int width)
+{
+    return (g->ow + width - 1) / width * width + g->k - 1;
+}
+
+/* Workspace layout for n samples.  Channel-vectorized path: packed weights | padded inputs | transposed output
+ * gradients | packed weight gradient.  Row-vectorized path: padded inputs with wide rows | output gradients with
+ * wide rows.  Both: im2col columns of one sample (for dx). */
 typedef struct conv_work {
-    float *wpack, *xp, *dyt, *dwpack, *cols;
+    float *wpack, *xp, *dyt, *dwpack, *cols, *xrows, *dyrows;
 } conv_work;
 
 static size_t work_layout(const conv2d *c, int n, float *base, conv_work *w)
@@ -78,9 +86,11 @@ static size_t work_layout(const conv2d *c, int n, float *base, conv_work *w)
     const lenet_conv_geom *g = &c->geom;
     const size_t taps = (size_t)g->c * g->k * g->k, ocpad = oc_padded(c);
     const size_t xsize = (size_t)g->c * (g->h + 2 * g->p) * (g->w + 2 * g->p), ohw = (size_t)g->oh * g->ow;
+    const size_t hp = (size_t)g->h + 2 * g->p, stride = (size_t)row_stride(g, 16), dstride = stride - g->k + 1;
     const size_t sizes[] = {(taps + 1) * ocpad, (size_t)n * xsize, (size_t)n * ohw * ocpad, (taps + 1) * ocpad,
-                            taps * ohw};
-    float **slots[] = {&w->wpack, &w->xp, &w->dyt, &w->dwpack, &w->cols};
+                            taps * ohw, (size_t)n * g->c * hp * stride + 16,
+                            (size_t)n * c->out_channels * g->oh * dstride + 16};
+    float **slots[] = {&w->wpack, &w->xp, &w->dyt, &w->dwpack, &w->cols, &w->xrows, &w->dyrows};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         if (base)
@@ -95,7 +105,8 @@ static size_t conv2d_workspace(const lenet_layer *l, int n)
     return work_layout((const conv2d *)l, n, NULL, &(conv_work){0});
 }
 
-/* y = W * x + b, one sample at a time through the vector kernel (output channels across the lanes). */
+/* y = W * x + b, one sample at a time through a vector kernel: output channels across the lanes, or output
+ * columns across the lanes when that fills more of them (few channels, wide rows). */
 static void conv2d_forward(const lenet_layer *l, const lenet_pass *p, float *y)
 {
     const conv2d *c = (const conv2d *)l;
@@ -103,6 +114,15 @@ static void conv2d_forward(const lenet_layer *l, const lenet_pass *p, float *y)
     const lenet_kernels *kern = lenet__kernels();
     conv_work w;
     work_layout(c, 1, p->work, &w);
+    if (lenet__conv_prefers_rows(kern, g, c->out_channels)) {
+        const int stride = row_stride(g, kern->row_width);
+        for (int i = 0; i < p->n; i++) {
+            lenet__conv_pad_input_rows(g, p->x + (size_t)i * l->in_size, w.xrows, stride);
+            kern->conv_forward_rows(g, c->out_channels, w.xrows, stride, l->param[0], l->param[1],
+                                    y + (size_t)i * l->out_size);
+        }
+        return;
+    }
     lenet__conv_pack_weights(c->out_channels, g->c, g->k, kern->vector_width, l->param[0], l->param[1], w.wpack);
     for (int i = 0; i < p->n; i++) {
         const float *xi = p->x + (size_t)i * l->in_size;
@@ -114,6 +134,53 @@ static void conv2d_forward(const lenet_layer *l, const lenet_pass *p, float *y)
     }
 }
 
+/* dW through the row-vectorized kernel: inputs and output gradients copied into rows padded to the vector width. */
+static void grad_weight_rows(const conv2d *c, const lenet_pass *p, const lenet_kernels *kern, const conv_work *w)
+{
+    const lenet_layer *l = &c->base;
+    const lenet_conv_geom *g = &c->geom;
+    const int oc = c->out_channels, stride = row_stride(g, kern->row_width), dstride = stride - g->k + 1;
+    const size_t xsize = (size_t)g->c * (g->h + 2 * g->p) * stride, dsize = (size_t)oc * g->oh * dstride;
+    memset(w->dyrows, 0, (size_t)p->n * dsize * sizeof(float));
+    for (int i = 0; i < p->n; i++) {
+        lenet__conv_pad_input_rows(g, p->x + (size_t)i * l->in_size, w->xrows + (size_t)i * xsize, stride);
+        const float *dyi = p->dy + (size_t)i * l->out_size;
+        for (int r = 0; r < oc * g->oh; r++)
+            memcpy(w->dyrows + (size_t)i * dsize + (size_t)r * dstride, dyi + (size_t)r * g->ow,
+                   (size_t)g->ow * sizeof(float));
+    }
+    kern->conv_grad_weight_rows(g, oc, p->n, w->xrows, stride, w->dyrows, dstride, p->grads[0]);
+}
+
+/* dW through the channel-vectorized kernel: output gradients transposed pixel-major, weights packed tap-major. */
+static void grad_weight_channels(const conv2d *c, const lenet_pass *p, const lenet_kernels *kern, const conv_work *w)
+{
+    const lenet_layer *l = &c->base;
+    const lenet_conv_geom *g = &c->geom;
+    const int oc = c->out_channels, vw = kern->vector_width, ocpad = (oc + vw - 1) / vw * vw;
+    const int ckk = g->c * g->k * g->k, ohw = g->oh * g->ow;
+    const size_t xsize = (size_t)g->c * (g->h + 2 * g->p) * (g->w + 2 * g->p);
+    const float *xp = p->x;
+    if (g->p > 0) {
+        for (int i = 0; i < p->n; i++)
+            lenet__conv_pad_input(g, p->x + (size_t)i * l->in_size, w->xp + (size_t)i * xsize);
+        xp = w->xp;
+    }
+    memset(w->dyt, 0, (size_t)p->n * ohw * ocpad * sizeof(float));
+    for (int i = 0; i < p->n; i++) {
+        const float *dyi = p->dy + (size_t)i * l->out_size;
+        float *dti = w->dyt + (size_t)i * ohw * ocpad;
+        for (int o = 0; o < oc; o++)
+            for (int q = 0; q < ohw; q++)
+                dti[(size_t)q * ocpad + o] = dyi[(size_t)o * ohw + q];
+    }
+    memset(w->dwpack, 0, (size_t)ckk * ocpad * sizeof(float));
+    kern->conv_grad_weight(g, oc, p->n, xp, w->dyt, w->dwpack);
+    for (int o = 0; o < oc; o++)
+        for (int t = 0; t < ckk; t++)
+            p->grads[0][(size_t)o * ckk + t] += w->dwpack[(size_t)t * ocpad + o];
+}
+
 /* dW += sum over samples and pixels of x (shifted by the tap) * dY;  db += sum of dY;
  * dX = col2im(W^T . dY) per sample. */
 static void conv2d_backward(const lenet_layer *l, const lenet_pass *p)
@@ -121,38 +188,23 @@ static void conv2d_backward(const lenet_layer *l, const lenet_pass *p)
     const conv2d *c = (const conv2d *)l;
     const lenet_conv_geom *g = &c->geom;
     const lenet_kernels *kern = lenet__kernels();
-    const int oc = c->out_channels, vw = kern->vector_width;
-    const int ocpad = (oc + vw - 1) / vw * vw;
-    const int ckk = g->c * g->k * g->k, ohw = g->oh * g->ow;
-    const size_t xsize = (size_t)g->c * (g->h + 2 * g->p) * (g->w + 2 * g->p);
+    const int oc = c->out_channels, ckk = g->c * g->k * g->k, ohw = g->oh * g->ow;
     conv_work w;
     work_layout(c, p->n, p->work, &w);
 
-    const float *xp = p->x;
-    if (g->p > 0) {
-        for (int i = 0; i < p->n; i++)
-            lenet__conv_pad_input(g, p->x + (size_t)i * l->in_size, w.xp + (size_t)i * xsize);
-        xp = w.xp;
-    }
-    /* dY pixel-major with output channels padded to the vector width: the layout the kernel vectorizes over. */
-    memset(w.dyt, 0, (size_t)p->n * ohw * ocpad * sizeof(float));
     for (int i = 0; i < p->n; i++) {
         const float *dyi = p->dy + (size_t)i * l->out_size;
-        float *dti = w.dyt + (size_t)i * ohw * ocpad;
         for (int o = 0; o < oc; o++) {
             float sum = 0.0f;
-            for (int q = 0; q < ohw; q++) {
-                dti[(size_t)q * ocpad + o] = dyi[(size_t)o * ohw + q];
+            for (int q = 0; q < ohw; q++)
                 sum += dyi[(size_t)o * ohw + q];
-            }
             p->grads[1][o] += sum;
         }
     }
-    memset(w.dwpack, 0, (size_t)ckk * ocpad * sizeof(float));
-    kern->conv_grad_weight(g, oc, p->n, xp, w.dyt, w.dwpack);
-    for (int o = 0; o < oc; o++)
-        for (int t = 0; t < ckk; t++)
-            p->grads[0][(size_t)o * ckk + t] += w.dwpack[(size_t)t * ocpad + o];
+    if (lenet__conv_prefers_rows(kern, g, oc))
+        grad_weight_rows(c, p, kern, &w);
+    else
+        grad_weight_channels(c, p, kern, &w);
 
     if (p->dx) {
         for (int i = 0; i < p->n; i++) {
