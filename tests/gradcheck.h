@@ -17,7 +17,7 @@
  *
  * With LENET_GRADCHECK_VERBOSE set in the environment every check prints its report to stderr.
  *
- * Needs the internal headers (link lenet_internal_dep); add 'gradcheck.c' to the suite's sources. */
+ * Every suite in tests/meson.build is built with gradcheck.c and the internal library: include this header. */
 #ifndef LENET_TEST_GRADCHECK_H
 #define LENET_TEST_GRADCHECK_H
 
