@@ -358,15 +358,8 @@ int main(void)
     tcase_add_test(tc, test_cross_entropy_label_out_of_range_names_the_sample);
     tcase_add_test(tc, test_cross_entropy_non_finite_logits_are_enumeric_and_write_nothing);
     tcase_add_test(tc, test_cross_entropy_shape_and_null_errors);
+    tcase_add_test(tc, test_cross_entropy_minus_infinity_on_other_classes_is_enumeric);
+    tcase_add_test(tc, test_cross_entropy_loss_beyond_float_range_is_enumeric);
     suite_add_tcase(s, tc);
-
-    /* Tests of reported, not yet fixed bugs: run with LENET_TEST_KNOWN_BUGS=1.  Whoever fixes one moves its
-     * test up into the case above. */
-    if (getenv("LENET_TEST_KNOWN_BUGS")) {
-        tc = tcase_create("known_bugs");
-        tcase_add_test(tc, test_cross_entropy_minus_infinity_on_other_classes_is_enumeric);
-        tcase_add_test(tc, test_cross_entropy_loss_beyond_float_range_is_enumeric);
-        suite_add_tcase(s, tc);
-    }
     return lenet_test_run(s);
 }

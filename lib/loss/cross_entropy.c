@@ -26,10 +26,11 @@ lenet_status lenet_cross_entropy(const lenet_tensor *logits, const int32_t *labe
     for (int i = 0; i < n; i++) {
         const float *z = logits->data + (size_t)i * k;
         float zmax = z[0];
-        for (int j = 1; j < k; j++)
+        for (int j = 0; j < k; j++) {
+            if (!isfinite(z[j]))
+                return lenet__fail(LENET_ENUMERIC, "cross_entropy: logit %d of sample %d is %g", j, i, (double)z[j]);
             zmax = z[j] > zmax ? z[j] : zmax;
-        if (!isfinite(zmax))
-            return lenet__fail(LENET_ENUMERIC, "cross_entropy: logits of sample %d are not finite", i);
+        }
         double sum = 0.0;
         for (int j = 0; j < k; j++)
             sum += exp((double)z[j] - zmax);
@@ -37,8 +38,8 @@ lenet_status lenet_cross_entropy(const lenet_tensor *logits, const int32_t *labe
         total += lse - ((double)z[labels[i]] - zmax);
     }
     double mean = total / n;
-    if (!isfinite(mean))
-        return lenet__fail(LENET_ENUMERIC, "cross_entropy: the loss is not finite");
+    if (!isfinite((float)mean))
+        return lenet__fail(LENET_ENUMERIC, "cross_entropy: the loss %g is beyond float range", mean);
 
     /* d loss / d z_ij = (softmax_ij - [j == label_i]) / N */
     if (dlogits) {

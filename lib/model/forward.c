@@ -139,7 +139,8 @@ lenet_status lenet__model_check_input(lenet_model *m, const lenet_tensor *x, con
             return st;
     }
     if (!m->built)
-        return lenet__fail(LENET_ESTATE, "%s: the model is not built", who);
+        return lenet__fail(LENET_ESHAPE, "%s: input must be (N, C, H, W) to build the model from, got %d dimensions",
+                           who, x->ndim);
     return check_input(m, x, who, batch);
 }
 
