@@ -26,7 +26,7 @@ void lenet__sigmoid_backward(size_t count, const float *y, const float *dy, floa
 void lenet__relu_forward(size_t count, const float *x, float *y)
 {
     for (size_t i = 0; i < count; i++)
-        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        y[i] = x[i] < 0.0f ? 0.0f : x[i]; /* NaN passes through, as in PyTorch, so it is detected downstream */
 }
 
 /* PyTorch's ReLU gradient is 0 at exactly 0 (threshold_backward on the output). */

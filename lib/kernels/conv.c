@@ -36,11 +36,13 @@ void lenet__im2col(const lenet_conv_geom *g, const float *x, float *cols)
                         memset(out, 0, sizeof(float) * ow);
                         continue;
                     }
-                    const float *in = plane + (size_t)iy * w - p + kx;
+                    /* Index from the row start: a pointer before the array would be undefined even unread. */
+                    const float *in = plane + (size_t)iy * w;
+                    const int shift = kx - p;
                     for (int ox = 0; ox < lo; ox++)
                         out[ox] = 0.0f;
                     for (int ox = lo; ox < hi; ox++)
-                        out[ox] = in[ox * s];
+                        out[ox] = in[ox * s + shift];
                     for (int ox = hi; ox < ow; ox++)
                         out[ox] = 0.0f;
                 }
@@ -65,14 +67,15 @@ void lenet__col2im(const lenet_conv_geom *g, const float *cols, float *dx)
                     int iy = oy * s - p + ky;
                     if (iy < 0 || iy >= h)
                         continue;
-                    float *out = plane + (size_t)iy * w - p + kx;
+                    float *out = plane + (size_t)iy * w;
                     const float *in = row + (size_t)oy * ow;
+                    const int shift = kx - p;
                     if (s == 1) {
                         for (int ox = lo; ox < hi; ox++)
-                            out[ox] += in[ox];
+                            out[ox + shift] += in[ox];
                     } else {
                         for (int ox = lo; ox < hi; ox++)
-                            out[ox * s] += in[ox];
+                            out[ox * s + shift] += in[ox];
                     }
                 }
             }
