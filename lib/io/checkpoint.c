@@ -2,6 +2,7 @@
  * scratch memory and checks it all before the first byte of a model, optimizer or iterator changes. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <locale.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -118,6 +119,29 @@ static lenet_status check_liblenet_file(const lenet_st_file *f)
     return LENET_OK;
 }
 
+/* A JSON number that reads back as exactly `v`: cJSON prints 15 significant digits when they come close, which
+ * does not always give back the same double. */
+static cJSON *exact_number(double v)
+{
+    char text[40];
+    snprintf(text, sizeof text, "%.17g", v);
+    const char *point = localeconv()->decimal_point;
+    if (point && point[0] && point[0] != '.' && !point[1])
+        for (char *p = text; *p; p++)
+            if (*p == point[0])
+                *p = '.';
+    return cJSON_CreateRaw(text);
+}
+
+static bool add_exact(cJSON *to, const char *key, double v)
+{
+    cJSON *number = exact_number(v);
+    bool ok = number && (key ? cJSON_AddItemToObject(to, key, number) : cJSON_AddItemToArray(to, number));
+    if (!ok)
+        cJSON_Delete(number);
+    return ok;
+}
+
 /* ---- architecture ---- */
 
 typedef struct arch_layer {
@@ -207,12 +231,15 @@ static char *architecture_json(const lenet_model *m)
             cJSON_Delete(layer);
             goto fail;
         }
-        cJSON *args = cJSON_CreateDoubleArray(l->args, l->n_args);
+        cJSON *args = cJSON_CreateArray();
         if (!cJSON_AddStringToObject(layer, "kind", l->ops->name) || !args ||
             !cJSON_AddItemToObject(layer, "args", args)) {
             cJSON_Delete(args);
             goto fail;
         }
+        for (int j = 0; j < l->n_args; j++)
+            if (!add_exact(args, NULL, l->args[j]))
+                goto fail;
     }
     char *text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
@@ -320,9 +347,9 @@ static char *optimizer_json(const lenet_optimizer *o, const lenet_optimizer_stat
     cJSON *settings = root ? cJSON_AddObjectToObject(root, "settings") : NULL;
     cJSON *buffers = root ? cJSON_AddArrayToObject(root, "buffers") : NULL;
     bool ok = settings && buffers && cJSON_AddStringToObject(root, "kind", o->ops->name) &&
-              cJSON_AddNumberToObject(root, "lr", (double)o->lr) && cJSON_AddStringToObject(root, "steps", steps);
+              add_exact(root, "lr", (double)o->lr) && cJSON_AddStringToObject(root, "steps", steps);
     for (int i = 0; ok && i < os->n_settings; i++)
-        ok = cJSON_AddNumberToObject(settings, os->setting_names[i], os->settings[i]) != NULL;
+        ok = add_exact(settings, os->setting_names[i], os->settings[i]);
     for (int i = 0; ok && i < os->n_buffers; i++) {
         cJSON *name = cJSON_CreateString(os->buffer_names[i]);
         ok = name && cJSON_AddItemToArray(buffers, name);
