@@ -8,7 +8,7 @@ packages="meson ninja-build pkg-config gcc g++ libopenblas-dev libblas-dev check
 packages="$packages libcairo2-dev dataset-fashion-mnist"
 # Extra tools used by CI's reliability steps (sanitizer runtimes, valgrind).
 if [ "${LENET_CI_TOOLS:-0}" = 1 ]; then
-    packages="$packages valgrind clang libclang-rt-14-dev"
+    packages="$packages valgrind clang libclang-rt-14-dev abigail-tools"
 fi
 
 if [ "$(id -u)" -eq 0 ]; then
