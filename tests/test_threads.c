@@ -1,7 +1,10 @@
 /* Thread count and instruction-set paths: training must be bit-identical for 1, 2 and 4 threads, and every vector
  * kernel table this CPU supports must agree with the plain reference loops. */
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
@@ -101,6 +104,25 @@ START_TEST(test_set_num_threads_validates_and_restores_default)
     ck_assert_int_eq(lenet_get_num_threads(), 3);
     ck_assert_lenet_ok(lenet_set_num_threads(0));
     ck_assert_int_ge(lenet_get_num_threads(), 1);
+}
+END_TEST
+
+/* The worker threads do not survive fork(): a child that trains must make its own instead of waiting forever. */
+START_TEST(test_a_forked_child_trains_on_its_own_threads)
+{
+    size_t n;
+    free(train_with_threads(2, false, &n)); /* the parent's pool now exists */
+    pid_t child = fork();
+    ck_assert_int_ge(child, 0);
+    if (child == 0) {
+        alarm(60); /* a hang fails the test instead of stalling the suite */
+        size_t m;
+        float *p = train_with_threads(2, false, &m);
+        _exit(p && m == n ? 0 : 1);
+    }
+    int status = 0;
+    ck_assert_int_eq(waitpid(child, &status, 0), child);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
 }
 END_TEST
 
@@ -242,6 +264,7 @@ int main(void)
     tcase_add_test(tc, test_set_num_threads_validates_and_restores_default);
     tcase_add_test(tc, test_d2l_training_is_bit_identical_for_1_2_and_4_threads);
     tcase_add_test(tc, test_modern_training_is_bit_identical_for_1_2_and_4_threads);
+    tcase_add_test(tc, test_a_forked_child_trains_on_its_own_threads);
     tcase_add_test(tc, test_every_supported_kernel_path_matches_the_reference);
     suite_add_tcase(s, tc);
     return lenet_test_run(s);

@@ -19,8 +19,9 @@ extern "C" {
 
 /**
  * Sets the number of threads for the following calls, process-wide.  0 restores the default: the environment
- * variable LENET_NUM_THREADS if set, else the number of online CPUs.  Without OpenMP support the library always
- * runs on the calling thread and this only records the value.  Not to be called while another thread trains.
+ * variable LENET_NUM_THREADS if set, else the number of online CPUs.  The library's worker threads sleep when
+ * idle, survive fork() (the child makes its own) and are joined when the library is unloaded.  One parallel call
+ * runs at a time: a call made while another thread's call is running runs on its caller's thread alone.
  * @return LENET_OK; LENET_EINVAL if n < 0 or n > 1024.
  */
 LENET_API lenet_status lenet_set_num_threads(int n);

@@ -48,8 +48,14 @@ size_t lenet__alloc_count(void);
 
 /* ---- threads (threads.c) ---- */
 
-/* Threads to use for a parallel region now (>= 1); also keeps the BLAS single-threaded. */
+/* Threads to use for a parallel loop now (>= 1); also keeps the BLAS single-threaded. */
 int lenet__threads(void);
+
+/* One iteration of a parallel loop: `worker` in [0, threads) names the calling thread's scratch slice. */
+typedef void (*lenet_task_fn)(void *ctx, int index, int worker);
+/* Runs fn(ctx, i, worker) for i in [0, count) on up to `threads` threads (pool.c) and returns when all are done.
+ * Which thread runs which index varies, so fn must make each index's result independent of the worker. */
+void lenet__parallel_for(int count, int threads, lenet_task_fn fn, void *ctx);
 
 /* ---- random numbers (rng.c): the same sequence on every machine ---- */
 

@@ -1,10 +1,8 @@
 /* The process-wide thread count and the one-time taming of the BLAS's own threads. */
+#define _POSIX_C_SOURCE 200809L
 #include <stdatomic.h>
 #include <stdlib.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <unistd.h>
 #ifdef LENET_HAVE_OPENBLAS
 #include <cblas.h>
 #endif
@@ -26,11 +24,8 @@ static int default_threads(void)
         if (*end == '\0' && n >= 1 && n <= MAX_THREADS)
             return (int)n;
     }
-#ifdef _OPENMP
-    return omp_get_num_procs();
-#else
-    return 1;
-#endif
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    return cpus < 1 ? 1 : cpus > MAX_THREADS ? MAX_THREADS : (int)cpus;
 }
 
 lenet_status lenet_set_num_threads(int n)
@@ -55,9 +50,5 @@ int lenet__threads(void)
         openblas_set_num_threads(1);
 #endif
     }
-#ifdef _OPENMP
     return lenet_get_num_threads();
-#else
-    return 1;
-#endif
 }

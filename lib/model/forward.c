@@ -1,26 +1,16 @@
 /* Forward and backward passes over the layer list, and the read-only inference path.
  *
- * A batch is cut into fixed chunks of LENET_CHUNK samples.  Chunks run in parallel (OpenMP), each through the whole
- * network, writing only its own slices; parameter gradients go to one buffer per chunk and are summed in chunk
- * order afterwards.  The partition never depends on the thread count, so neither do the results; chunks are handed
- * out dynamically, so a thread the OS preempts does not hold the others back. */
+ * A batch is cut into fixed chunks of LENET_CHUNK samples.  Chunks run in parallel (lenet__parallel_for), each
+ * through the whole network, writing only its own slices; parameter gradients go to one buffer per chunk and are
+ * summed in chunk order afterwards.  The partition never depends on the thread count or on which thread takes which
+ * chunk, so neither do the results. */
 #include <math.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "model/internal.h"
 
-static int thread_id(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
+/* Parameters summed per reduction task: large enough to amortize the hand-out, small enough to balance. */
+#define REDUCE_BLOCK 4096
 
 static int chunk_count(int batch)
 {
@@ -144,21 +134,35 @@ lenet_status lenet__model_check_input(lenet_model *m, const lenet_tensor *x, con
     return check_input(m, x, who, batch);
 }
 
+static int chunk_size(int batch, int start)
+{
+    return batch - start < LENET_CHUNK ? batch - start : LENET_CHUNK;
+}
+
+typedef struct train_job {
+    lenet_model *m;
+    int batch;
+    const float *dy;
+} train_job;
+
+static void forward_chunk(void *ctx, int c, int worker)
+{
+    const train_job *job = ctx;
+    lenet_model *m = job->m;
+    const int start = c * LENET_CHUNK, n = chunk_size(job->batch, start);
+    float *work = m->work + (size_t)worker * m->work_cap;
+    for (size_t i = 0; i < m->n_layers; i++) {
+        const lenet_layer *l = m->layers[i];
+        lenet_pass p = {.n = n, .x = m->acts[i] + (size_t)start * l->in_size, .work = work};
+        l->ops->forward(l, &p, m->acts[i + 1] + (size_t)start * l->out_size);
+    }
+}
+
 void lenet__model_forward_raw(lenet_model *m, int batch)
 {
     const int chunks = chunk_count(batch);
-    const int threads = threads_for(chunks, m->threads_cap);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
-    for (int c = 0; c < chunks; c++) {
-        const int start = c * LENET_CHUNK;
-        const int n = batch - start < LENET_CHUNK ? batch - start : LENET_CHUNK;
-        float *work = m->work + (size_t)thread_id() * m->work_cap;
-        for (size_t i = 0; i < m->n_layers; i++) {
-            const lenet_layer *l = m->layers[i];
-            lenet_pass p = {.n = n, .x = m->acts[i] + (size_t)start * l->in_size, .work = work};
-            l->ops->forward(l, &p, m->acts[i + 1] + (size_t)start * l->out_size);
-        }
-    }
+    train_job job = {.m = m, .batch = batch};
+    lenet__parallel_for(chunks, threads_for(chunks, m->threads_cap), forward_chunk, &job);
     m->last_batch = batch;
     const lenet_layer *last = m->layers[m->n_layers - 1];
     int shape[1 + LENET_MAX_SAMPLE_DIMS] = {batch};
@@ -184,12 +188,16 @@ lenet_status lenet_model_forward(lenet_model *m, const lenet_tensor *x, const le
 }
 
 /* Back-propagates one chunk through every layer into its own gradient buffer. */
-static void backward_chunk(lenet_model *m, int start, int n, const float *dy, float *grads, float *work)
+static void backward_chunk(void *ctx, int c, int worker)
 {
+    const train_job *job = ctx;
+    lenet_model *m = job->m;
+    const int start = c * LENET_CHUNK, n = chunk_size(job->batch, start);
+    float *grads = m->chunk_grads + (size_t)c * m->arena_numel, *work = m->work + (size_t)worker * m->work_cap;
     float *grad_ptrs[LENET_MAX_LAYER_PARAMS];
     const size_t slice = (size_t)start * m->max_size;
+    const float *dy = job->dy + (size_t)start * lenet__model_out_size(m);
     int cur = 0;
-    dy += (size_t)start * lenet__model_out_size(m);
     memset(grads, 0, m->arena_numel * sizeof(float));
     for (size_t i = m->n_layers; i-- > 0;) {
         const lenet_layer *l = m->layers[i];
@@ -210,29 +218,30 @@ static void backward_chunk(lenet_model *m, int start, int n, const float *dy, fl
     }
 }
 
+/* Each gradient adds its chunks' partial sums in chunk order: the same sum for any thread count. */
+static void reduce_block(void *ctx, int b, int worker)
+{
+    (void)worker;
+    const train_job *job = ctx;
+    lenet_model *m = job->m;
+    const int chunks = chunk_count(job->batch);
+    const size_t numel = m->arena_numel, begin = (size_t)b * REDUCE_BLOCK;
+    const size_t end = begin + REDUCE_BLOCK < numel ? begin + REDUCE_BLOCK : numel;
+    for (size_t j = begin; j < end; j++) {
+        float acc = m->chunk_grads[j];
+        for (int c = 1; c < chunks; c++)
+            acc += m->chunk_grads[(size_t)c * numel + j];
+        m->grads[j] += acc;
+    }
+}
+
 void lenet__model_backward_raw(lenet_model *m, const float *dy)
 {
-    const int batch = m->last_batch, chunks = chunk_count(batch);
-    const int threads = threads_for(chunks, m->threads_cap);
-    const size_t numel = m->arena_numel;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-#pragma omp for schedule(dynamic, 1)
-        for (int c = 0; c < chunks; c++) {
-            const int start = c * LENET_CHUNK;
-            const int n = batch - start < LENET_CHUNK ? batch - start : LENET_CHUNK;
-            backward_chunk(m, start, n, dy, m->chunk_grads + (size_t)c * numel,
-                           m->work + (size_t)thread_id() * m->work_cap);
-        }
-        /* Each gradient adds its chunks' partial sums in chunk order: the same sum for any thread count. */
-#pragma omp for schedule(static)
-        for (size_t j = 0; j < numel; j++) {
-            float acc = m->chunk_grads[j];
-            for (int c = 1; c < chunks; c++)
-                acc += m->chunk_grads[(size_t)c * numel + j];
-            m->grads[j] += acc;
-        }
-    }
+    const int chunks = chunk_count(m->last_batch), threads = threads_for(chunks, m->threads_cap);
+    train_job job = {.m = m, .batch = m->last_batch, .dy = dy};
+    lenet__parallel_for(chunks, threads, backward_chunk, &job);
+    const int blocks = (int)((m->arena_numel + REDUCE_BLOCK - 1) / REDUCE_BLOCK);
+    lenet__parallel_for(blocks, threads, reduce_block, &job);
 }
 
 lenet_status lenet_model_backward(lenet_model *m, const lenet_tensor *dy)
@@ -249,6 +258,31 @@ lenet_status lenet_model_backward(lenet_model *m, const lenet_tensor *dy)
     }
     lenet__model_backward_raw(m, dy->data);
     return LENET_OK;
+}
+
+typedef struct predict_job {
+    const lenet_model *m;
+    int batch;
+    const float *x;
+    float *y, *scratch;
+    size_t act, work;
+} predict_job;
+
+static void predict_chunk(void *ctx, int c, int worker)
+{
+    const predict_job *job = ctx;
+    const lenet_model *m = job->m;
+    const int start = c * LENET_CHUNK, n = chunk_size(job->batch, start);
+    float *buf[2] = {job->scratch + (size_t)start * m->max_size, job->scratch + job->act + (size_t)start * m->max_size};
+    float *workspace = job->scratch + 2 * job->act + (size_t)worker * job->work;
+    const float *in = job->x + (size_t)start * lenet__shape_size(&m->in_shape);
+    for (size_t i = 0; i < m->n_layers; i++) {
+        const lenet_layer *l = m->layers[i];
+        lenet_pass p = {.n = n, .x = in, .work = workspace};
+        float *out = (i + 1 == m->n_layers) ? job->y + (size_t)start * l->out_size : buf[i & 1];
+        l->ops->forward(l, &p, out);
+        in = out;
+    }
 }
 
 lenet_status lenet_model_predict(const lenet_model *m, const lenet_tensor *x, lenet_tensor *y)
@@ -278,22 +312,9 @@ lenet_status lenet_model_predict(const lenet_model *m, const lenet_tensor *x, le
     float *scratch = lenet__malloc_aligned((2 * act + (size_t)threads * work + 16) * sizeof(float));
     if (!scratch)
         return lenet__oom("prediction scratch");
-    const size_t in_size = lenet__shape_size(&m->in_shape), out_size = last->out_size;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
-    for (int c = 0; c < chunks; c++) {
-        const int start = c * LENET_CHUNK;
-        const int n = batch - start < LENET_CHUNK ? batch - start : LENET_CHUNK;
-        float *buf[2] = {scratch + (size_t)start * m->max_size, scratch + act + (size_t)start * m->max_size};
-        float *workspace = scratch + 2 * act + (size_t)thread_id() * work;
-        const float *in = x->data + (size_t)start * in_size;
-        for (size_t i = 0; i < m->n_layers; i++) {
-            const lenet_layer *l = m->layers[i];
-            lenet_pass p = {.n = n, .x = in, .work = workspace};
-            float *out = (i + 1 == m->n_layers) ? y->data + (size_t)start * out_size : buf[i & 1];
-            l->ops->forward(l, &p, out);
-            in = out;
-        }
-    }
+    predict_job job = {.m = m, .batch = batch, .x = x->data, .y = y->data, .scratch = scratch, .act = act,
+                       .work = work};
+    lenet__parallel_for(chunks, threads, predict_chunk, &job);
     lenet__free_aligned(scratch);
     return LENET_OK;
 }
