@@ -334,6 +334,17 @@ START_TEST(test_save_then_load_gives_bit_identical_outputs)
     ck_assert_lenet_ok(lenet_model_predict(loaded, x, yb));
     ck_assert_mem_eq(lenet_tensor_cdata(ya), lenet_tensor_cdata(yb), 50 * sizeof(float));
 
+    /* The input shape can be read before loading. */
+    int c = 0, h = 0, wd = 0;
+    ck_assert_lenet_ok(lenet_checkpoint_input_shape(path, &c, &h, &wd));
+    ck_assert_int_eq(c, 1);
+    ck_assert_int_eq(h, 28);
+    ck_assert_int_eq(wd, 28);
+    ck_assert_int_eq(lenet_checkpoint_input_shape(lenet_test_fixture("pytorch_d2l_lenet.safetensors"), &c, &h, &wd),
+                     LENET_EFORMAT);
+    ck_assert_int_eq(lenet_checkpoint_input_shape(path, NULL, &h, &wd), LENET_EINVAL);
+    ck_assert_int_eq(c, 1);
+
     /* And the file is plain safetensors with liblenet's metadata. */
     lenet_st_file f;
     ck_assert_lenet_ok(lenet__st_read(path, &f));

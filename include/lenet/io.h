@@ -95,6 +95,14 @@ LENET_API lenet_status lenet_checkpoint_save(const lenet_model *m, const lenet_o
 LENET_API lenet_status lenet_checkpoint_load(lenet_model *m, lenet_optimizer *o, lenet_iter *it, const char *path,
                                              char *note, size_t note_size);
 
+/**
+ * Reads the input shape a liblenet checkpoint's model was built for, (channels, height, width), without
+ * loading it: what a program needs to prepare images before lenet_model_load().
+ * @return LENET_OK; LENET_EINVAL for NULL; LENET_EIO; LENET_EFORMAT as lenet_model_load() (the whole file is
+ *         checked).  On failure the outputs are untouched.
+ */
+LENET_API lenet_status lenet_checkpoint_input_shape(const char *path, int *channels, int *height, int *width);
+
 #ifdef __cplusplus
 }
 #endif

@@ -773,3 +773,26 @@ lenet_status lenet_checkpoint_load(lenet_model *m, lenet_optimizer *o, lenet_ite
 {
     return load_into(m, o, it, path, note, note_size, true, "checkpoint_load");
 }
+
+lenet_status lenet_checkpoint_input_shape(const char *path, int *channels, int *height, int *width)
+{
+    if (!path || !channels || !height || !width)
+        return lenet__fail(LENET_EINVAL, "checkpoint_input_shape: %s is NULL", !path ? "path" : "an output");
+    lenet_st_file f;
+    architecture a = {0};
+    lenet_status st = lenet__st_read(path, &f);
+    if (st == LENET_OK)
+        st = check_liblenet_file(&f);
+    if (st == LENET_OK)
+        st = parse_architecture(&f, &a);
+    if (st == LENET_OK) {
+        *channels = a.input[0];
+        *height = a.input[1];
+        *width = a.input[2];
+    } else {
+        name_caller("checkpoint_input_shape");
+    }
+    architecture_free(&a);
+    lenet__st_close(&f);
+    return st;
+}
