@@ -63,14 +63,30 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* A forked child inherits the bookkeeping but not the threads, and the condition variables still count the
+ * parent's sleeping workers as waiters: start afresh.  Runs in the child's only thread, right after fork. */
+static void reset_in_child(void)
+{
+    pthread_mutex_init(&pool.job_lock, NULL);
+    pthread_mutex_init(&pool.mutex, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pool.started = 0;
+    pool.shutdown = false;
+    pool.pid = getpid();
+}
+
+static void register_fork_handler(void)
+{
+    /* glibc unregisters a library's handlers when it is unloaded, so this never outlives the code it calls. */
+    pthread_atfork(NULL, NULL, reset_in_child);
+}
+
 /* Starts workers up to `wanted` (fewer if the system refuses: the loop then simply uses fewer threads). */
 static int ensure_workers(int wanted)
 {
-    if (pool.started > 0 && pool.pid != getpid()) {
-        /* A forked child inherits the bookkeeping but not the threads. */
-        pool.started = 0;
-        pool.shutdown = false;
-    }
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_fork_handler);
     pool.pid = getpid();
     while (pool.started < wanted && pool.started < MAX_WORKERS) {
         if (pthread_create(&pool.threads[pool.started], NULL, worker_main, (void *)(intptr_t)(pool.started + 1)) != 0)
