@@ -27,6 +27,8 @@ typedef struct options {
     lenet_rbf_criterion criterion;
     int batch;
     size_t hessian_samples;
+    float running;      /* SDLM: > 0 also blends each pattern's curvature into h with this weight */
+    lenet_init init;
     size_t limit;       /* training patterns per pass, 0 = all */
     bool distort;
     uint64_t seed;
@@ -47,6 +49,9 @@ static void usage(FILE *out)
             "  --map-j X             the MAP constant j (default %g)\n"
             "  --batch N             patterns per update (default 1, as the paper)\n"
             "  --hessian-samples N   patterns for each Hessian estimate (default 500)\n"
+            "  --running GAMMA       SDLM: also update the Hessian estimate after every pattern,\n"
+            "                        h <- (1 - GAMMA) h + GAMMA h_pattern (default 0: only before each pass)\n"
+            "  --init lecun|xavier|pytorch  initialisation (default lecun: +-2.4 / fan-in, as the paper)\n"
             "  --limit N             train on only the first N patterns of each pass (for quick tries)\n"
             "  --distort             random affine distortions of the training patterns (paper section III.C)\n"
             "  --seed S              initialisation, order and distortion seed (default 0)\n"
@@ -64,7 +69,8 @@ static bool parse_number(const char *s, double *v)
 
 static int parse_options(int argc, char **argv, options *o)
 {
-    *o = (options){.passes = 20, .mu = 0.02f, .map_j = LENET_MAP_J_DEFAULT, .batch = 1, .hessian_samples = 500};
+    *o = (options){.passes = 20, .mu = 0.02f, .map_j = LENET_MAP_J_DEFAULT, .batch = 1, .hessian_samples = 500,
+                   .init = LENET_INIT_LECUN};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -90,6 +96,17 @@ static int parse_options(int argc, char **argv, options *o)
                 return -1;
             }
             o->sgd = !strcmp(v, "sgd");
+        } else if (!strcmp(a, "--init")) {
+            if (!strcmp(v, "lecun"))
+                o->init = LENET_INIT_LECUN;
+            else if (!strcmp(v, "xavier"))
+                o->init = LENET_INIT_XAVIER_UNIFORM;
+            else if (!strcmp(v, "pytorch"))
+                o->init = LENET_INIT_PYTORCH;
+            else {
+                fprintf(stderr, "lenet5_mnist: --init is lecun, xavier or pytorch, not %s\n", v);
+                return -1;
+            }
         } else if (!strcmp(a, "--criterion")) {
             if (strcmp(v, "map") && strcmp(v, "mse")) {
                 fprintf(stderr, "lenet5_mnist: --criterion is map or mse, not %s\n", v);
@@ -111,6 +128,8 @@ static int parse_options(int argc, char **argv, options *o)
             o->batch = (int)num;
         } else if (!strcmp(a, "--hessian-samples") && num >= 1) {
             o->hessian_samples = (size_t)num;
+        } else if (!strcmp(a, "--running") && num >= 0 && num <= 1) {
+            o->running = (float)num;
         } else if (!strcmp(a, "--limit") && num >= 0) {
             o->limit = (size_t)num;
         } else if (!strcmp(a, "--seed") && num >= 0) {
@@ -276,8 +295,9 @@ static lenet_status evaluate(lenet_model *m, lenet_dataset *d, double *error, lo
 static lenet_status train_pass(lenet_model *m, lenet_optimizer *opt, lenet_iter *it, const options *o,
                                uint64_t *rng, double *mean_loss, double *running_error)
 {
-    lenet_tensor *dy = NULL, *distorted = NULL;
+    lenet_tensor *dy = NULL, *hy = NULL, *distorted = NULL;
     lenet_status st = LENET_OK;
+    const bool running = !o->sgd && o->running > 0;
     size_t seen = 0, wrong = 0, total = lenet_iter_total(it);
     double loss_sum = 0.0;
     if (o->limit && o->limit < total)
@@ -315,16 +335,27 @@ static lenet_status train_pass(lenet_model *m, lenet_optimizer *opt, lenet_iter 
             break;
         if (!dy || lenet_tensor_dim(dy, 0) != count) {
             lenet_tensor_free(dy);
+            lenet_tensor_free(hy);
             dy = lenet_tensor_create(2, (int[]){count, 10});
-            if (!dy) {
+            hy = lenet_tensor_create(2, (int[]){count, 10});
+            if (!dy || !hy) {
                 st = LENET_ENOMEM;
                 break;
             }
         }
         float loss;
-        st = lenet_rbf_loss(y, labels, o->criterion, o->map_j, &loss, dy, NULL);
+        st = lenet_rbf_loss(y, labels, o->criterion, o->map_j, &loss, dy, running ? hy : NULL);
         if (st != LENET_OK)
             break;
+        if (running) {
+            /* The running form of SDLM's estimate: the curvature of this batch (a mean: count 1) blended into h. */
+            lenet_model_zero_grad(m);
+            st = lenet_model_backward_gn(m, dy, hy);
+            if (st == LENET_OK)
+                st = lenet_sdlm_update_hessian_from_grads(opt, 1.0, o->running);
+            if (st != LENET_OK)
+                break;
+        }
         for (int i = 0; i < count; i++)
             wrong += closest(lenet_tensor_cdata(y) + (size_t)i * 10, 10) != labels[i];
         lenet_model_zero_grad(m);
@@ -335,6 +366,7 @@ static lenet_status train_pass(lenet_model *m, lenet_optimizer *opt, lenet_iter 
         seen += (size_t)count;
     }
     lenet_tensor_free(dy);
+    lenet_tensor_free(hy);
     lenet_tensor_free(distorted);
     *mean_loss = seen ? loss_sum / (double)seen : 0.0;
     *running_error = seen ? (double)wrong / (double)seen : 0.0;
@@ -376,7 +408,7 @@ int main(int argc, char **argv)
     if (st == LENET_OK)
         st = lenet_model_build(m, 1, 32, 32);
     if (st == LENET_OK)
-        st = lenet_model_init(m, LENET_INIT_LECUN, o.seed);
+        st = lenet_model_init(m, o.init, o.seed);
     if (st != LENET_OK)
         goto fail;
     if (!o.quiet) {
@@ -398,9 +430,9 @@ int main(int argc, char **argv)
             printf("\nSGD, %s, batch %d, learning rate %s%g\n", o.criterion == LENET_RBF_CRITERION_MAP ? "MAP" : "MSE",
                    o.batch, o.lr > 0 ? "" : "epsilon / mu = ", o.lr > 0 ? (double)o.lr : (double)lenet_optimizer_lr(opt));
         else
-            printf("\nSDLM, %s criterion (j = %g), batch %d, mu = %g, Hessian re-estimated on %zu patterns per pass\n",
+            printf("\nSDLM, %s criterion (j = %g), batch %d, mu = %g, Hessian re-estimated on %zu patterns per pass%s\n",
                    o.criterion == LENET_RBF_CRITERION_MAP ? "MAP" : "MSE", (double)o.map_j, o.batch, (double)o.mu,
-                   o.hessian_samples);
+                   o.hessian_samples, o.running > 0 ? " and updated after every pattern" : "");
         printf("%s%s\n", o.distort ? "random affine distortions of the training set\n" : "",
                "pass  epsilon/lr   loss      train err  test err   seconds");
         fflush(stdout);

@@ -153,8 +153,8 @@ LENET_API lenet_status lenet_model_classify(const lenet_model *m, const lenet_te
  * Every term is >= 0 when @p hy is.  Used by lenet_sdlm_estimate_hessian(); call lenet_model_zero_grad() first
  * unless accumulating.
  *
- * @param dy the loss gradient at the output (same shape as the output), or NULL; layers whose own curvature
- *           enters (lenet_rbf(): 2 * sum dy) need it.
+ * @param dy the loss gradient at the output (same shape as the output), or NULL; a last layer whose own
+ *           curvature enters (lenet_rbf(): 2 * sum dy) needs it.
  * @param hy diag d2E/dy2 at the output, same shape (e.g. from lenet_rbf_loss()).
  * @return LENET_OK; LENET_EINVAL; LENET_ESTATE without a preceding forward; LENET_ESHAPE if a shape differs;
  *         LENET_EUNSUPPORTED naming the first layer that has no Gauss-Newton pass (overlapping pools, and layers

@@ -83,6 +83,15 @@ LENET_API lenet_status lenet_sdlm_estimate_hessian(lenet_optimizer *o, lenet_ite
  */
 LENET_API lenet_status lenet_sdlm_set_hessian_from_grads(lenet_optimizer *o, double count);
 
+/**
+ * The running form of the estimate (the paper's h_kk <- (1 - gamma) h_kk + gamma d2E^p/dw_k^2): blends the
+ * model's gradient buffers, holding a curvature summed over @p count patterns by lenet_model_backward_gn(), into
+ * the h_kk with weight @p gamma in (0, 1] (1 replaces them, as lenet_sdlm_set_hessian_from_grads(); the first
+ * call always replaces).  Negative values are clamped at 0.
+ * @return LENET_OK; LENET_EINVAL; LENET_ESTATE if the model is not built; LENET_ENOMEM.
+ */
+LENET_API lenet_status lenet_sdlm_update_hessian_from_grads(lenet_optimizer *o, double count, float gamma);
+
 /** Sets epsilon, the global step of SDLM (as lenet_optimizer_set_lr()); LENET_EINVAL if @p o is not SDLM. */
 LENET_API lenet_status lenet_sdlm_set_epsilon(lenet_optimizer *o, float epsilon);
 

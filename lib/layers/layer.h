@@ -61,8 +61,9 @@ typedef struct lenet_layer_ops {
     /* The diagonal Gauss-Newton pass of SDLM (LeCun et al. 1998, appendix C), driven by lib/model/hessian.c.
      * Given hy = diag d2E/dy2 (n * out_size floats, >= 0) it adds the Gauss-Newton diagonal d2E/dw2 into
      * p->grads (a shared weight sums its connections: sum hy * x^2) and writes hx = diag d2E/dx2 (sum hy * w^2,
-     * times f'(x)^2 for a nonlinearity), unless hx is NULL.  p->dy holds dE/dy, for layers whose own curvature
-     * enters (RBF: 2 * sum dy); p->x, p->y, p->work as in backward.  Pure over the layer, like backward.
+     * times f'(x)^2 for a nonlinearity), unless hx is NULL.  For the last layer p->dy holds the loss gradient
+     * dE/dy when the caller gave it, for layers whose own curvature enters (RBF: 2 * sum dy); elsewhere it is
+     * NULL.  p->x, p->y, p->work as in backward.  Pure over the layer, like backward.
      * NULL: lib/model/hessian.c falls back to its generic passes (see there) or reports LENET_EUNSUPPORTED. */
     void (*backward_gn)(const lenet_layer *l, const lenet_pass *p, const float *hy, float *hx);
 } lenet_layer_ops;

@@ -46,27 +46,21 @@ static gn_kind gn_kind_of(const lenet_layer *l)
 
 /* Scratch of one pass, freed at its end. */
 typedef struct gn_scratch {
-    float *h[2], *g[2];   /* ping-pong curvature and gradient of activations */
+    float *h[2];          /* ping-pong curvature of activations */
     float *tmp, *ones;    /* one-to-one layers: backward(hy) and the all-ones dy */
     float *x_squared;     /* Conv2d/Linear: squared input */
     float *params_squared;
-    float *grads_first;   /* first-order gradients of the parameters, thrown away */
-    float **first_ptrs;
     float *work;
 } gn_scratch;
 
 static void scratch_free(gn_scratch *s)
 {
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 2; i++)
         lenet__free_aligned(s->h[i]);
-        lenet__free_aligned(s->g[i]);
-    }
     lenet__free_aligned(s->tmp);
     lenet__free_aligned(s->ones);
     lenet__free_aligned(s->x_squared);
     lenet__free_aligned(s->params_squared);
-    lenet__free_aligned(s->grads_first);
-    lenet__free(s->first_ptrs);
     lenet__free_aligned(s->work);
 }
 
@@ -75,7 +69,7 @@ static float *alloc_floats(size_t count)
     return lenet__malloc_aligned((count ? count : 1) * sizeof(float));
 }
 
-static lenet_status scratch_alloc(const lenet_model *m, int n, bool with_gradient, gn_scratch *s)
+static lenet_status scratch_alloc(const lenet_model *m, int n, gn_scratch *s)
 {
     memset(s, 0, sizeof *s);
     size_t act = (size_t)n * m->max_size, work = 0;
@@ -85,20 +79,13 @@ static lenet_status scratch_alloc(const lenet_model *m, int n, bool with_gradien
         work = w > work ? w : work;
     }
     bool ok = true;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 2; i++)
         ok &= (s->h[i] = alloc_floats(act)) != NULL;
-        if (with_gradient)
-            ok &= (s->g[i] = alloc_floats(act)) != NULL;
-    }
     ok &= (s->tmp = alloc_floats(act)) != NULL;
     ok &= (s->ones = alloc_floats(act)) != NULL;
     ok &= (s->x_squared = alloc_floats(act)) != NULL;
     ok &= (s->params_squared = alloc_floats(m->arena_numel)) != NULL;
     ok &= (s->work = alloc_floats(work)) != NULL;
-    if (with_gradient) {
-        ok &= (s->grads_first = alloc_floats(m->arena_numel)) != NULL;
-        ok &= (s->first_ptrs = lenet__calloc(m->n_params ? m->n_params : 1, sizeof *s->first_ptrs)) != NULL;
-    }
     if (!ok) {
         scratch_free(s);
         return lenet__oom("Gauss-Newton pass");
@@ -107,14 +94,11 @@ static lenet_status scratch_alloc(const lenet_model *m, int n, bool with_gradien
         s->ones[i] = 1.0f;
     for (size_t i = 0; i < m->arena_numel; i++)
         s->params_squared[i] = m->params[i] * m->params[i];
-    if (with_gradient)
-        for (size_t t = 0; t < m->n_params; t++)
-            s->first_ptrs[t] = s->grads_first + m->param_offset[t];
     return LENET_OK;
 }
 
-/* Layer i's Gauss-Newton pass: hy (and gy, may be NULL) in, hx out (NULL for the first layer); adds into
- * the model's gradient buffers. */
+/* Layer i's Gauss-Newton pass: hy (and gy, the loss gradient for the last layer, else NULL) in, hx out (NULL for
+ * the first layer); adds into the model's gradient buffers. */
 static void layer_gn(lenet_model *m, size_t i, int n, const float *hy, const float *gy, float *hx, gn_scratch *s)
 {
     lenet_layer *l = m->layers[i];
@@ -192,29 +176,15 @@ lenet_status lenet_model_backward_gn(lenet_model *m, const lenet_tensor *dy, con
 
     const int n = m->last_batch;
     gn_scratch s;
-    lenet_status st = scratch_alloc(m, n, dy != NULL, &s);
+    lenet_status st = scratch_alloc(m, n, &s);
     if (st != LENET_OK)
         return st;
-    const float *h_cur = hy->data, *g_cur = dy ? dy->data : NULL;
+    const float *h_cur = hy->data;
     int cur = 0;
     for (size_t i = m->n_layers; i-- > 0;) {
         float *hx = i > 0 ? s.h[cur] : NULL;
-        layer_gn(m, i, n, h_cur, g_cur, hx, &s);
-        if (g_cur && i > 0) {
-            /* The first derivative goes back alongside, for layers whose own curvature needs it. */
-            lenet_layer *l = m->layers[i];
-            lenet_pass p = {
-                .n = n,
-                .x = m->acts[i],
-                .y = m->acts[i + 1],
-                .dy = g_cur,
-                .dx = s.g[cur],
-                .grads = s.first_ptrs + (l->n_params ? m->layer_first_param[i] : 0),
-                .work = s.work,
-            };
-            l->ops->backward(l, &p);
-            g_cur = s.g[cur];
-        }
+        /* The loss gradient reaches only the last layer (the RBF's own curvature needs it there). */
+        layer_gn(m, i, n, h_cur, i + 1 == m->n_layers && dy ? dy->data : NULL, hx, &s);
         h_cur = hx;
         cur ^= 1;
     }

@@ -69,16 +69,17 @@ static sdlm *as_sdlm(const lenet_optimizer *o, const char *who)
     return (sdlm *)o;
 }
 
-lenet_status lenet_sdlm_set_hessian_from_grads(lenet_optimizer *o, double count)
+lenet_status lenet_sdlm_update_hessian_from_grads(lenet_optimizer *o, double count, float gamma)
 {
-    sdlm *s = as_sdlm(o, "sdlm_set_hessian_from_grads");
+    sdlm *s = as_sdlm(o, "sdlm_update_hessian_from_grads");
     if (!s)
         return LENET_EINVAL;
-    if (!(count > 0.0) || !isfinite(count))
-        return lenet__fail(LENET_EINVAL, "sdlm_set_hessian_from_grads: count %g must be finite and > 0", count);
+    if (!(count > 0.0) || !isfinite(count) || !(gamma > 0.0f) || !(gamma <= 1.0f))
+        return lenet__fail(LENET_EINVAL, "sdlm_update_hessian_from_grads: count %g must be finite and > 0, gamma %g in (0, 1]",
+                           count, (double)gamma);
     lenet_model *m = o->model;
     if (!m->built)
-        return lenet__fail(LENET_ESTATE, "sdlm_set_hessian_from_grads: the model is not built");
+        return lenet__fail(LENET_ESTATE, "sdlm_update_hessian_from_grads: the model is not built");
     if (!s->hessian || s->numel != m->arena_numel) {
         lenet__free_aligned(s->hessian);
         s->numel = 0;
@@ -86,12 +87,22 @@ lenet_status lenet_sdlm_set_hessian_from_grads(lenet_optimizer *o, double count)
         if (!s->hessian)
             return lenet__oom("SDLM Hessian");
         s->numel = m->arena_numel;
+        gamma = 1.0f; /* the first estimate replaces nothing */
     }
+    /* h <- (1 - gamma) h + gamma * max(0, grads / count) */
     for (size_t i = 0; i < m->arena_numel; i++) {
         float h = (float)(m->grads[i] / count);
-        s->hessian[i] = h > 0.0f ? h : 0.0f;
+        h = h > 0.0f ? h : 0.0f;
+        s->hessian[i] = gamma >= 1.0f ? h : (1.0f - gamma) * s->hessian[i] + gamma * h;
     }
     return LENET_OK;
+}
+
+lenet_status lenet_sdlm_set_hessian_from_grads(lenet_optimizer *o, double count)
+{
+    if (!as_sdlm(o, "sdlm_set_hessian_from_grads"))
+        return LENET_EINVAL;
+    return lenet_sdlm_update_hessian_from_grads(o, count, 1.0f);
 }
 
 lenet_status lenet_sdlm_estimate_hessian(lenet_optimizer *o, lenet_iter *it, size_t samples,
