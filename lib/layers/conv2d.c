@@ -170,8 +170,8 @@ static void grad_weight_channels(const conv2d *c, const lenet_pass *p, const len
     for (int i = 0; i < p->n; i++) {
         const float *dyi = p->dy + (size_t)i * l->out_size;
         float *dti = w->dyt + (size_t)i * ohw * ocpad;
-        for (int o = 0; o < oc; o++)
-            for (int q = 0; q < ohw; q++)
+        for (int q = 0; q < ohw; q++)
+            for (int o = 0; o < oc; o++)
                 dti[(size_t)q * ocpad + o] = dyi[(size_t)o * ohw + q];
     }
     memset(w->dwpack, 0, (size_t)ckk * ocpad * sizeof(float));
