@@ -4,12 +4,15 @@
  * could not be allocated, the objects involved still work (the same operation succeeds when retried) or free
  * cleanly, and nothing leaks (this suite runs without fork, so ASan's leak checker and valgrind see it all).
  * Operations: building the d2l LeNet (constructors, add, build), a forward + backward + SGD step, prediction,
- * opening an IDX data set and iterating, train_epoch and evaluate on it, and summary. */
+ * opening an IDX data set and iterating, train_epoch and evaluate on it, summary, and checkpoints: saving and
+ * loading a model, loading weights, saving and restoring a training checkpoint. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <lenet/io.h>
 
 #include "core/internal.h"
 #include "testutil.h"
@@ -17,6 +20,7 @@
 /* ---- a tiny IDX data set, written once per test in a private directory ---- */
 
 static char dir[256], images_path[300], labels_path[300];
+static char model_path[300], checkpoint_path[300], target_path[300];
 
 static void put_be32(FILE *f, uint32_t v)
 {
@@ -32,6 +36,9 @@ static void write_idx_files(uint32_t n)
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(images_path, sizeof images_path, "%s/images", dir);
     snprintf(labels_path, sizeof labels_path, "%s/labels", dir);
+    snprintf(model_path, sizeof model_path, "%s/model.safetensors", dir);
+    snprintf(checkpoint_path, sizeof checkpoint_path, "%s/train.ckpt", dir);
+    snprintf(target_path, sizeof target_path, "%s/target.safetensors", dir);
     FILE *f = fopen(images_path, "wb");
     ck_assert_ptr_nonnull(f);
     put_be32(f, 0x00000803);
@@ -54,7 +61,10 @@ static void remove_idx_files(void)
 {
     unlink(images_path);
     unlink(labels_path);
-    rmdir(dir);
+    unlink(model_path);
+    unlink(checkpoint_path);
+    unlink(target_path);
+    ck_assert_msg(rmdir(dir) == 0, "%s holds files nobody removed (a save left its temporary file?)", dir);
 }
 
 /* ---- the walker ---- */
@@ -68,6 +78,8 @@ typedef struct ctx {
     lenet_iter *it;
     lenet_tensor *x, *y, *dy;
     int32_t labels[8];
+    float *params; /* a copy of the parameters before the operation */
+    size_t numel;
 } ctx;
 
 typedef struct scenario {
@@ -101,6 +113,7 @@ static void free_ctx(ctx *c)
     lenet_tensor_free(c->x);
     lenet_tensor_free(c->y);
     lenet_tensor_free(c->dy);
+    free(c->params);
     memset(c, 0, sizeof *c);
 }
 
@@ -304,6 +317,148 @@ static void train_again(ctx *c)
     ck_assert_uint_eq(mt.examples, 20);
 }
 
+/* ---- checkpoints ---- */
+
+static void copy_params(ctx *c)
+{
+    c->numel = 0;
+    for (size_t i = 0; i < lenet_model_param_count(c->m); i++)
+        c->numel += lenet_tensor_numel(lenet_model_param(c->m, i));
+    free(c->params);
+    c->params = malloc(c->numel * sizeof *c->params);
+    ck_assert_ptr_nonnull(c->params);
+    size_t at = 0;
+    for (size_t i = 0; i < lenet_model_param_count(c->m); i++) {
+        const lenet_tensor *t = lenet_model_param(c->m, i);
+        memcpy(c->params + at, lenet_tensor_cdata(t), lenet_tensor_numel(t) * sizeof(float));
+        at += lenet_tensor_numel(t);
+    }
+}
+
+static void assert_params_unchanged(ctx *c)
+{
+    size_t at = 0;
+    for (size_t i = 0; i < lenet_model_param_count(c->m); i++) {
+        const lenet_tensor *t = lenet_model_param(c->m, i);
+        ck_assert_msg(memcmp(c->params + at, lenet_tensor_cdata(t), lenet_tensor_numel(t) * sizeof(float)) == 0,
+                      "a failed load changed %s", lenet_model_param_name(c->m, i));
+        at += lenet_tensor_numel(t);
+    }
+}
+
+/* The file a save replaces: its bytes must survive a failed save. */
+static const char old_content[] = "the previous file";
+
+static void setup_save(ctx *c)
+{
+    setup_built(c);
+    FILE *f = fopen(target_path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(old_content, 1, sizeof old_content, f), sizeof old_content);
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+static lenet_status run_save(ctx *c)
+{
+    return lenet_model_save(c->m, target_path);
+}
+
+static void old_file_kept_and_save_again(ctx *c)
+{
+    char buf[64] = {0};
+    FILE *f = fopen(target_path, "rb");
+    ck_assert_ptr_nonnull(f);
+    size_t got = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    ck_assert_msg(got == sizeof old_content && memcmp(buf, old_content, got) == 0,
+                  "a failed save did not leave the previous file as it was");
+    ck_assert_lenet_ok(run_save(c));
+}
+
+static lenet_status run_load(ctx *c)
+{
+    c->m = lenet_model_load(model_path);
+    return c->m ? LENET_OK : lenet__last_status();
+}
+
+static void setup_load_weights(ctx *c)
+{
+    setup_built(c);
+    ck_assert_lenet_ok(lenet_model_init(c->m, LENET_INIT_LECUN, 99)); /* differs from the file */
+    copy_params(c);
+}
+
+static lenet_status run_load_weights(ctx *c)
+{
+    return lenet_model_load_weights(c->m, model_path);
+}
+
+static void weights_unchanged_and_load_again(ctx *c)
+{
+    assert_params_unchanged(c);
+    ck_assert_lenet_ok(run_load_weights(c));
+}
+
+/* A model, SGD with momentum after one step, and an iterator part-way through its pass. */
+static void setup_checkpoint(ctx *c)
+{
+    setup_built(c);
+    ck_assert_lenet_ok(run_step(c));
+    c->d = lenet_dataset_open_idx(images_path, labels_path);
+    ck_assert_ptr_nonnull(c->d);
+    c->it = lenet_iter_create(c->d, 8, true, 1);
+    ck_assert_ptr_nonnull(c->it);
+    const lenet_tensor *images;
+    const int32_t *labels;
+    int count;
+    ck_assert_lenet_ok(lenet_iter_next(c->it, &images, &labels, &count));
+}
+
+static lenet_status run_checkpoint_save(ctx *c)
+{
+    return lenet_checkpoint_save(c->m, c->o, c->it, "epoch 1", target_path);
+}
+
+static void checkpoint_save_again(ctx *c)
+{
+    ck_assert_lenet_ok(run_checkpoint_save(c));
+}
+
+static void setup_checkpoint_load(ctx *c)
+{
+    setup_checkpoint(c);
+    ck_assert_lenet_ok(lenet_model_init(c->m, LENET_INIT_LECUN, 99));
+    copy_params(c);
+}
+
+/* The same into an optimizer that never stepped: the load allocates its momentum buffer. */
+static void setup_checkpoint_load_fresh(ctx *c)
+{
+    setup_checkpoint_load(c);
+    lenet_optimizer_free(c->o);
+    c->o = lenet_sgd_create(c->m, 0.1f, 0.9f, 1e-4f);
+    ck_assert_ptr_nonnull(c->o);
+}
+
+static lenet_status run_checkpoint_load(ctx *c)
+{
+    char note[32];
+    lenet_status st = lenet_checkpoint_load(c->m, c->o, c->it, checkpoint_path, note, sizeof note);
+    ck_assert(st != LENET_OK || strcmp(note, "epoch 1") == 0);
+    return st;
+}
+
+static void checkpoint_unchanged_and_load_again(ctx *c)
+{
+    assert_params_unchanged(c);
+    ck_assert_uint_eq(lenet_iter_position(c->it), 8);
+    ck_assert_lenet_ok(run_checkpoint_load(c));
+    /* ... and training goes on from the restored state. */
+    lenet_metrics mt;
+    ck_assert_lenet_ok(lenet_train_epoch(c->m, c->o, c->it, NULL, NULL, &mt));
+    ck_assert_uint_eq(mt.examples, 12);
+}
+
 /* ---- the tests ---- */
 
 START_TEST(test_every_allocation_failure_in_building_the_d2l_lenet_is_enomem_without_a_leak)
@@ -337,6 +492,34 @@ START_TEST(test_every_allocation_failure_in_data_training_and_evaluation_is_enom
 }
 END_TEST
 
+START_TEST(test_every_allocation_failure_in_saving_and_loading_is_enomem_and_changes_nothing)
+{
+    write_idx_files(20);
+    ctx c = {0};
+    setup_checkpoint(&c);
+    ck_assert_lenet_ok(lenet_model_save(c.m, model_path));
+    ck_assert_lenet_ok(lenet_checkpoint_save(c.m, c.o, c.it, "epoch 1", checkpoint_path));
+    free_ctx(&c);
+    static const scenario save = {"model_save", setup_save, run_save, old_file_kept_and_save_again};
+    static const scenario load = {"model_load", NULL, run_load, NULL};
+    static const scenario weights = {"model_load_weights", setup_load_weights, run_load_weights,
+                                     weights_unchanged_and_load_again};
+    static const scenario ck_save = {"checkpoint_save", setup_checkpoint, run_checkpoint_save,
+                                     checkpoint_save_again};
+    static const scenario ck_load = {"checkpoint_load", setup_checkpoint_load, run_checkpoint_load,
+                                     checkpoint_unchanged_and_load_again};
+    ck_assert_uint_ge(walk(&save), 2);
+    ck_assert_uint_ge(walk(&load), 10);
+    ck_assert_uint_ge(walk(&weights), 2);
+    ck_assert_uint_ge(walk(&ck_save), 2);
+    static const scenario ck_load_fresh = {"checkpoint_load (new SGD)", setup_checkpoint_load_fresh,
+                                           run_checkpoint_load, checkpoint_unchanged_and_load_again};
+    ck_assert_uint_ge(walk(&ck_load), 2);
+    ck_assert_uint_ge(walk(&ck_load_fresh), 3);
+    remove_idx_files();
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("alloc_fail");
@@ -345,6 +528,7 @@ int main(void)
     tcase_add_test(tc, test_every_allocation_failure_in_building_the_d2l_lenet_is_enomem_without_a_leak);
     tcase_add_test(tc, test_every_allocation_failure_in_a_training_step_is_enomem_and_the_step_can_be_retried);
     tcase_add_test(tc, test_every_allocation_failure_in_data_training_and_evaluation_is_enomem_and_recoverable);
+    tcase_add_test(tc, test_every_allocation_failure_in_saving_and_loading_is_enomem_and_changes_nothing);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     /* No fork: the walker's global counter and the leak checkers then see one process. */
