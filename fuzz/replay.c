@@ -77,7 +77,8 @@ static int run_path(const char *path)
         count++;
     }
     closedir(dir);
-    qsort(names, count, sizeof *names, compare_names);
+    if (count > 1)
+        qsort(names, count, sizeof *names, compare_names);
     int total = 0;
     for (size_t i = 0; i < count; i++) {
         struct stat fst;
