@@ -807,7 +807,10 @@ START_TEST(test_bad_architectures_are_rejected)
         {"[6,5,1,2]", "[6,0,1,2]", "Conv2d", LENET_EFORMAT},
         {"[6,5,1,2]", "[6,5.5,1,2]", "not a valid int", LENET_EFORMAT},
         {"[6,5,1,2]", "[6,5,1]", "takes 4 arguments", LENET_EFORMAT},
-        {"[6,5,1,2]", "[7,5,1,2]", "0.weight", LENET_EFORMAT},        /* tensors disagree with the architecture */
+        {"[6,5,1,2]", "[7,5,1,2]", "needs more than", LENET_EFORMAT}, /* tensors disagree with the architecture */
+        {"[120]", "[100000000]", "needs more than 61706", LENET_EFORMAT},  /* would allocate 160 GB */
+        {"[6,5,1,2]", "[5,5,1,2]", "needs 61280", LENET_EFORMAT},
+        {"\"9.bias\"", "\"9.biaz\"", "do not fit the architecture", LENET_EFORMAT},
         {"\\\"input\\\":[1,28,28]", "\\\"input\\\":[1,4,4]", "architecture", LENET_EFORMAT}, /* does not build */
         {"\\\"input\\\":[1,28,28]", "\\\"input\\\":[1,28]", "input", LENET_EFORMAT},
         {"\\\"input\\\":[1,28,28]", "\\\"input\\\":[1,28,0]", "input", LENET_EFORMAT},

@@ -556,6 +556,57 @@ done:
     return st;
 }
 
+/* A crafted architecture could ask lenet_model_build for far more memory than the file holds (Linear(1 << 30)),
+ * which build would allocate and clear.  This walks the layers as build does, without allocating: shapes through
+ * infer_shape, parameter specs through setup (whose effects on the layer build redoes), and requires the
+ * parameter count to equal what the file's parameter tensors hold, which the file's size bounds. */
+static lenet_status check_architecture_size(lenet_model *m, const architecture *a, const lenet_st_file *f)
+{
+    uint64_t in_file = 0;
+    for (size_t i = 0; i < f->n_tensors; i++)
+        if (is_parameter_name(f->tensors[i].name))
+            in_file += f->tensors[i].numel;
+    lenet_shape in = {.ndim = 3, .dim = {a->input[0], a->input[1], a->input[2]}};
+    uint64_t needed = 0;
+    lenet_status st = LENET_OK;
+    for (size_t i = 0; i < m->n_layers && st == LENET_OK; i++) {
+        lenet_layer *l = m->layers[i];
+        lenet_shape out;
+        st = l->ops->infer_shape(l, &in, &out);
+        if (st == LENET_OK && l->ops->setup) {
+            lenet_param_spec specs[LENET_MAX_LAYER_PARAMS];
+            int count = 0;
+            l->in = in;
+            l->out = out;
+            l->in_size = lenet__shape_size(&in);
+            l->out_size = lenet__shape_size(&out);
+            st = l->ops->setup(l, specs, &count);
+            memset(&l->in, 0, sizeof l->in);
+            memset(&l->out, 0, sizeof l->out);
+            l->in_size = l->out_size = 0;
+            l->n_params = 0;
+            for (int j = 0; st == LENET_OK && j < count; j++) {
+                uint64_t numel = 1;
+                for (int d = 0; d < specs[j].ndim && numel <= in_file; d++) {
+                    uint64_t size = specs[j].shape[d] > 0 ? (uint64_t)specs[j].shape[d] : 0;
+                    numel = (size != 0 && numel > in_file / size) ? in_file + 1 : numel * size;
+                }
+                needed += numel;
+                if (needed > in_file)
+                    break;
+            }
+        }
+        if (st != LENET_OK)
+            return refail(LENET_EFORMAT, "%s: architecture: layer %zu (%s): ", f->path, i, l->ops->name);
+        in = out;
+    }
+    if (needed != in_file)
+        return lenet__fail(LENET_EFORMAT, "%s: the architecture needs %s%llu parameters, the file holds %llu", f->path,
+                           needed > in_file ? "more than " : "", (unsigned long long)(needed > in_file ? in_file : needed),
+                           (unsigned long long)in_file);
+    return LENET_OK;
+}
+
 /* ---- saving ---- */
 
 static lenet_status add_json_meta(lenet_st_writer *w, const char *key, char *json)
@@ -667,6 +718,9 @@ lenet_model *lenet_model_load(const char *path)
         if (lenet_model_add(m, l) != LENET_OK)
             goto fail;
     }
+    st = check_architecture_size(m, &a, &f);
+    if (st != LENET_OK)
+        goto fail;
     st = lenet_model_build(m, a.input[0], a.input[1], a.input[2]);
     if (st != LENET_OK) {
         if (st != LENET_ENOMEM)
