@@ -21,7 +21,7 @@ typedef struct options {
     const char *data;
     int passes;
     bool sgd;
-    float lr;           /* SGD: constant learning rate; <= 0: the SDLM schedule's epsilon / mu */
+    float lr;           /* SGD: learning rate of the first passes, then the shape of the paper's schedule */
     float mu;
     float map_j;
     lenet_rbf_criterion criterion;
@@ -43,7 +43,8 @@ static void usage(FILE *out)
             "                        ~/.cache/liblenet/mnist; fetch them with scripts/fetch-mnist.sh)\n"
             "  --passes N            training passes (default 20)\n"
             "  --optimizer sdlm|sgd  SDLM as in the paper (default), or plain SGD for comparison\n"
-            "  --lr X                SGD: constant learning rate (default: the SDLM schedule's epsilon / mu)\n"
+            "  --lr X                SGD: learning rate of the first two passes, then decreasing as the paper's\n"
+            "                        epsilon schedule (default 0.001)\n"
             "  --mu X                SDLM's mu (default 0.02)\n"
             "  --criterion map|mse   the paper's MAP criterion (default) or the plain mean-squared one\n"
             "  --map-j X             the MAP constant j (default %g)\n"
@@ -70,7 +71,7 @@ static bool parse_number(const char *s, double *v)
 static int parse_options(int argc, char **argv, options *o)
 {
     *o = (options){.passes = 20, .mu = 0.02f, .map_j = LENET_MAP_J_DEFAULT, .batch = 1, .hessian_samples = 500,
-                   .init = LENET_INIT_LECUN};
+                   .init = LENET_INIT_LECUN, .lr = 0.001f};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -118,7 +119,7 @@ static int parse_options(int argc, char **argv, options *o)
             return -1;
         } else if (!strcmp(a, "--passes") && num >= 1 && num <= 1000) {
             o->passes = (int)num;
-        } else if (!strcmp(a, "--lr") && num >= 0) {
+        } else if (!strcmp(a, "--lr") && num > 0) {
             o->lr = (float)num;
         } else if (!strcmp(a, "--mu") && num > 0) {
             o->mu = (float)num;
@@ -417,7 +418,7 @@ int main(int argc, char **argv)
         lenet_model_print(m, stdout);
     }
 
-    opt = o.sgd ? lenet_sgd_create(m, o.lr > 0 ? o.lr : lenet_sdlm_paper_epsilon(0) / o.mu, 0.0f, 0.0f)
+    opt = o.sgd ? lenet_sgd_create(m, o.lr, 0.0f, 0.0f)
                 : lenet_sdlm_create(m, lenet_sdlm_paper_epsilon(0), o.mu);
     train_it = lenet_iter_create(train, o.batch, true, o.seed + 1);
     hessian_it = lenet_iter_create(train, 100, true, o.seed + 2);
@@ -427,8 +428,9 @@ int main(int argc, char **argv)
     }
     if (!o.quiet) {
         if (o.sgd)
-            printf("\nSGD, %s, batch %d, learning rate %s%g\n", o.criterion == LENET_RBF_CRITERION_MAP ? "MAP" : "MSE",
-                   o.batch, o.lr > 0 ? "" : "epsilon / mu = ", o.lr > 0 ? (double)o.lr : (double)lenet_optimizer_lr(opt));
+            printf("\nSGD, %s criterion (j = %g), batch %d, learning rate %g times the paper's epsilon schedule / %g\n",
+                   o.criterion == LENET_RBF_CRITERION_MAP ? "MAP" : "MSE", (double)o.map_j, o.batch, (double)o.lr,
+                   (double)lenet_sdlm_paper_epsilon(0));
         else
             printf("\nSDLM, %s criterion (j = %g), batch %d, mu = %g, Hessian re-estimated on %zu patterns per pass%s\n",
                    o.criterion == LENET_RBF_CRITERION_MAP ? "MAP" : "MSE", (double)o.map_j, o.batch, (double)o.mu,
@@ -443,8 +445,7 @@ int main(int argc, char **argv)
     for (int pass = 0; pass < o.passes; pass++) {
         double pass_start = now_seconds(), loss, running;
         if (o.sgd) {
-            if (o.lr <= 0)
-                st = lenet_optimizer_set_lr(opt, lenet_sdlm_paper_epsilon(pass) / o.mu);
+            st = lenet_optimizer_set_lr(opt, o.lr * lenet_sdlm_paper_epsilon(pass) / lenet_sdlm_paper_epsilon(0));
         } else {
             st = lenet_sdlm_set_epsilon(opt, lenet_sdlm_paper_epsilon(pass));
             if (st == LENET_OK)

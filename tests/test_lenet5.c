@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "gradcheck.h"
 #include "model/internal.h"
@@ -790,6 +791,47 @@ START_TEST(test_sdlm_paper_schedule_and_arguments)
 }
 END_TEST
 
+/* ---- checkpoints ---- */
+
+START_TEST(test_lenet5_round_trips_through_a_checkpoint)
+{
+    char path[] = "/tmp/lenet5_test_XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    lenet_model *m = lenet5();
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 32, 32));
+    ck_assert_lenet_ok(lenet_model_init(m, LENET_INIT_LECUN, 70));
+    ck_assert_lenet_ok(lenet_model_save(m, path));
+    lenet_model *back = lenet_model_load(path);
+    ck_assert_msg(back != NULL, "%s", lenet_last_error());
+    ck_assert_uint_eq(lenet_model_layer_count(back), 14);
+    ck_assert_uint_eq(lenet_model_param_numel(back), 60000);
+    lenet_tensor *x = random_tensor(4, (int[]){2, 1, 32, 32}, 71, -0.1f, 1.175f);
+    lenet_tensor *y1 = lenet_tensor_create(2, (int[]){2, 10}), *y2 = lenet_tensor_create(2, (int[]){2, 10});
+    ck_assert_lenet_ok(lenet_model_predict(m, x, y1));
+    ck_assert_lenet_ok(lenet_model_predict(back, x, y2));
+    ck_assert_mem_eq(lenet_tensor_cdata(y1), lenet_tensor_cdata(y2), 20 * sizeof(float));
+    /* The rebuilt layers are the same kinds with the same arguments: C3's table and the RBF bitmaps too. */
+    for (size_t i = 0; i < 14; i++) {
+        const lenet_layer *a = lenet_model_layer(m, i), *b = lenet_model_layer(back, i);
+        ck_assert_str_eq(lenet_layer_name(a), lenet_layer_name(b));
+        ck_assert_int_eq(a->n_args, b->n_args);
+        for (int k = 0; k < a->n_args; k++)
+            ck_assert_double_eq(a->args[k], b->args[k]);
+    }
+    ck_assert_lenet_ok(lenet_model_init(back, LENET_INIT_PYTORCH, 1));
+    ck_assert_mem_eq(lenet_tensor_cdata(lenet_model_param(back, lenet_model_param_count(back) - 1)),
+                     lenet_tensor_cdata(lenet_model_param(m, lenet_model_param_count(m) - 1)), 840 * sizeof(float));
+    lenet_tensor_free(x);
+    lenet_tensor_free(y1);
+    lenet_tensor_free(y2);
+    lenet_model_free(back);
+    lenet_model_free(m);
+    remove(path);
+}
+END_TEST
+
 static Suite *lenet5_suite(void)
 {
     Suite *s = suite_create("lenet5");
@@ -818,6 +860,7 @@ static Suite *lenet5_suite(void)
     tcase_add_test(t, test_gauss_newton_refuses_layers_without_a_pass);
     tcase_add_test(t, test_sdlm_steps_by_epsilon_over_mu_plus_the_mean_curvature);
     tcase_add_test(t, test_sdlm_paper_schedule_and_arguments);
+    tcase_add_test(t, test_lenet5_round_trips_through_a_checkpoint);
     suite_add_tcase(s, t);
     return s;
 }

@@ -5,6 +5,7 @@
  *
  * Parameters: "weight" (connections, k, k), the kernels of the table's connections numbered output-major
  * (output map 0's inputs in increasing order first), and "bias" (out_channels).  C3: 60 * 25 + 16 = 1,516. */
+#include <math.h>
 #include <string.h>
 
 #include "layers/layer.h"
@@ -241,6 +242,34 @@ lenet_layer *lenet_partial_conv2d(int out_channels, int in_channels, int kernel_
         return lenet__fail_null(LENET_EINVAL, "PartialConv2d: the connection table connects nothing");
     }
     return &pc->base;
+}
+
+/* For the layer registry (checkpoints): rebuilds the layer from its 8 constructor arguments. */
+lenet_layer *lenet__partial_conv2d_from_args(const double *args);
+
+lenet_layer *lenet__partial_conv2d_from_args(const double *args)
+{
+    int out_channels = (int)args[0], in_channels = (int)args[1];
+    if (out_channels < 1 || in_channels < 1 || (long)out_channels * in_channels > MAX_TABLE)
+        return lenet__fail_null(LENET_EINVAL, "PartialConv2d: bad table size %dx%d", out_channels, in_channels);
+    unsigned char table[MAX_TABLE] = {0};
+    int cells = out_channels * in_channels;
+    for (int a = 0; a < TABLE_ARGS; a++) {
+        double word = args[3 + a];
+        if (!(word >= 0.0) || word != floor(word) || word >= ldexp(1.0, TABLE_BITS_PER_ARG))
+            return lenet__fail_null(LENET_EINVAL, "PartialConv2d: table word %d (%g) is not a %d-bit integer", a, word,
+                                    TABLE_BITS_PER_ARG);
+        for (int b = 0; b < TABLE_BITS_PER_ARG; b++) {
+            int bit = (int)fmod(floor(word / ldexp(1.0, b)), 2.0);
+            int cell = a * TABLE_BITS_PER_ARG + b;
+            if (bit && cell >= cells)
+                return lenet__fail_null(LENET_EINVAL, "PartialConv2d: table bit %d is outside the %dx%d table", cell,
+                                        out_channels, in_channels);
+            if (bit)
+                table[cell] = 1;
+        }
+    }
+    return lenet_partial_conv2d(out_channels, in_channels, (int)args[2], table);
 }
 
 void lenet_lenet5_c3_table(unsigned char table[16 * 6])

@@ -189,8 +189,8 @@ lenet_layer *lenet_rbf(int out_features, int in_features, const float *centers)
         lenet__mul_overflows(count, sizeof(float), &(size_t){0}))
         return lenet__fail_null(LENET_EINVAL, "EuclideanRBF: %d x %d centres are too many", out_features,
                                 in_features);
-    double args[] = {out_features, in_features};
-    rbf *r = lenet__layer_alloc(sizeof *r, &rbf_ops, 2, args);
+    double args[] = {out_features, in_features, 0}; /* the third: 1 for LeNet-5's bitmaps (checkpoints) */
+    rbf *r = lenet__layer_alloc(sizeof *r, &rbf_ops, 3, args);
     if (!r)
         return NULL;
     r->out_features = out_features;
@@ -220,5 +220,20 @@ lenet_layer *lenet_rbf_lenet5(void)
 {
     float centers[10 * 84];
     lenet_rbf_lenet5_bitmaps(centers);
-    return lenet_rbf(10, 84, centers);
+    lenet_layer *l = lenet_rbf(10, 84, centers);
+    if (l)
+        l->args[2] = 1;
+    return l;
+}
+
+/* For the layer registry (checkpoints): (out_features, in_features, 0) or (10, 84, 1) for LeNet-5's bitmaps. */
+lenet_layer *lenet__rbf_from_args(const double *args);
+
+lenet_layer *lenet__rbf_from_args(const double *args)
+{
+    if (args[2] == 1 && args[0] == 10 && args[1] == 84)
+        return lenet_rbf_lenet5();
+    if (args[2] != 0)
+        return lenet__fail_null(LENET_EINVAL, "EuclideanRBF: unknown centres %g for %gx%g", args[2], args[0], args[1]);
+    return lenet_rbf((int)args[0], (int)args[1], NULL);
 }

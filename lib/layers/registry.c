@@ -13,6 +13,10 @@
 #define F(k) ((float)args[k])
 #define D(k) (args[k])
 
+/* LeNet-5's kinds whose arguments need decoding (lib/layers/partial_conv.c, rbf.c). */
+lenet_layer *lenet__partial_conv2d_from_args(const double *args);
+lenet_layer *lenet__rbf_from_args(const double *args);
+
 #define LENET_LAYER_KINDS(X)                                                   \
     X(conv2d, "Conv2d", "iiii", lenet_conv2d(I(0), I(1), I(2), I(3)))          \
     X(avgpool2d, "AvgPool2d", "ii", lenet_avgpool2d(I(0), I(1)))               \
@@ -21,7 +25,11 @@
     X(relu, "ReLU", "", lenet_relu())                                          \
     X(tanh, "Tanh", "", lenet_tanh())                                          \
     X(flatten, "Flatten", "", lenet_flatten())                                 \
-    X(linear, "Linear", "i", lenet_linear(I(0)))
+    X(linear, "Linear", "i", lenet_linear(I(0)))                               \
+    X(subsampling, "Subsampling", "ii", lenet_subsample2d(I(0), I(1)))         \
+    X(partial_conv2d, "PartialConv2d", "iiiddddd", lenet__partial_conv2d_from_args(args)) \
+    X(euclidean_rbf, "EuclideanRBF", "iii", lenet__rbf_from_args(args))        \
+    X(scaled_tanh, "ScaledTanh", "", lenet_scaled_tanh())
 
 #define DEFINE_CREATE(id, name, types, call)                                   \
     static lenet_layer *create_##id(const double *args)                        \
