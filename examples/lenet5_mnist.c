@@ -30,6 +30,7 @@ typedef struct options {
     float running;      /* SDLM: > 0 also blends each pattern's curvature into h with this weight */
     lenet_init init;
     size_t limit;       /* training patterns per pass, 0 = all */
+    size_t train_eval;  /* training patterns the train error is measured on, 0 = all */
     bool distort;
     uint64_t seed;
     bool quiet;
@@ -54,6 +55,7 @@ static void usage(FILE *out)
             "                        h <- (1 - GAMMA) h + GAMMA h_pattern (default 0: only before each pass)\n"
             "  --init lecun|xavier|pytorch  initialisation (default lecun: +-2.4 / fan-in, as the paper)\n"
             "  --limit N             train on only the first N patterns of each pass (for quick tries)\n"
+            "  --train-eval N        measure the train error on the first N training patterns (default all)\n"
             "  --distort             random affine distortions of the training patterns (paper section III.C)\n"
             "  --seed S              initialisation, order and distortion seed (default 0)\n"
             "  --quiet               only the final results\n",
@@ -131,6 +133,8 @@ static int parse_options(int argc, char **argv, options *o)
             o->hessian_samples = (size_t)num;
         } else if (!strcmp(a, "--running") && num >= 0 && num <= 1) {
             o->running = (float)num;
+        } else if (!strcmp(a, "--train-eval") && num >= 0) {
+            o->train_eval = (size_t)num;
         } else if (!strcmp(a, "--limit") && num >= 0) {
             o->limit = (size_t)num;
         } else if (!strcmp(a, "--seed") && num >= 0) {
@@ -249,8 +253,9 @@ static int closest(const float *y, int k)
     return best;
 }
 
-/* Error rate over a whole data set; fills confusion[true][predicted] when not NULL. */
-static lenet_status evaluate(lenet_model *m, lenet_dataset *d, double *error, long confusion[10][10])
+/* Error rate over the first `limit` examples of a data set (0: all); fills confusion[true][predicted] when not
+ * NULL. */
+static lenet_status evaluate(lenet_model *m, lenet_dataset *d, size_t limit, double *error, long confusion[10][10])
 {
     lenet_iter *it = lenet_iter_create(d, 1000, false, 0);
     lenet_tensor *y = NULL;
@@ -262,7 +267,7 @@ static lenet_status evaluate(lenet_model *m, lenet_dataset *d, double *error, lo
         const lenet_tensor *images;
         const int32_t *labels;
         int count;
-        st = lenet_iter_next(it, &images, &labels, &count);
+        st = limit && seen >= limit ? LENET_DONE : lenet_iter_next(it, &images, &labels, &count);
         if (st != LENET_OK)
             break;
         if (!y || lenet_tensor_dim(y, 0) != count) {
@@ -454,9 +459,9 @@ int main(int argc, char **argv)
         if (st == LENET_OK)
             st = train_pass(m, opt, train_it, &o, &rng, &loss, &running);
         if (st == LENET_OK)
-            st = evaluate(m, train, &train_error, NULL);
+            st = evaluate(m, train, o.train_eval, &train_error, NULL);
         if (st == LENET_OK)
-            st = evaluate(m, test, &test_error, NULL);
+            st = evaluate(m, test, 0, &test_error, NULL);
         if (st != LENET_OK)
             goto fail;
         if (!o.quiet) {
@@ -468,7 +473,7 @@ int main(int argc, char **argv)
     double seconds = now_seconds() - start;
 
     long confusion[10][10] = {{0}};
-    st = evaluate(m, test, &test_error, confusion);
+    st = evaluate(m, test, 0, &test_error, confusion);
     if (st != LENET_OK)
         goto fail;
     printf("\nconfusion matrix on the test set (rows: true digit, columns: recognised as)\n      ");
