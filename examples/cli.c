@@ -90,18 +90,6 @@ done:
     return d;
 }
 
-int cli_default_threads(void)
-{
-    const char *vars[] = {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"};
-    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
-        const char *v = getenv(vars[i]);
-        if (v && atoi(v) > 0)
-            return atoi(v);
-    }
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
-}
-
 void cli_progress_init(cli_progress *p, FILE *out, bool quiet, int epochs, int batch_size)
 {
     memset(p, 0, sizeof *p);

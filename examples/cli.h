@@ -22,10 +22,6 @@ int cli_parse_u64(const char *prog, const char *opt, const char *arg, uint64_t *
  * (which names the file and what is wrong), then "install it with: `install_hint`", and returns NULL. */
 lenet_dataset *cli_open_idx(const char *prog, const char *dir, const char *prefix, const char *install_hint);
 
-/* The number of threads BLAS runs with when nobody sets it: OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS,
- * else the number of online processors. */
-int cli_default_threads(void);
-
 /* Progress of the training passes on a stream (stderr): a redrawn bar with epoch, batch i/n, running loss
  * and accuracy and the time left when the stream is a terminal; otherwise a plain line at 1/5, 2/5, ... of
  * each epoch; nothing when quiet. */

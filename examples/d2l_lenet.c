@@ -52,7 +52,7 @@ static void usage(FILE *out)
             "  --lr RATE          SGD learning rate (default %.1f; %.1f for --variant modern)\n"
             "  --batch-size N     examples per SGD step (default 128)\n"
             "  --seed N           seed of the Xavier-uniform weights and of the shuffling (default 0)\n"
-            "  --threads N        threads to report (default: OPENBLAS_NUM_THREADS or the processor count)\n"
+            "  --threads N        threads to train with (default: LENET_NUM_THREADS or the processor count)\n"
             "  --data DIR         Fashion-MNIST IDX files (default " DEFAULT_DATA ")\n"
             "  --variant NAME     d2l: Sigmoid and AvgPool2d, as d2l (default)\n"
             "                     modern: ReLU and MaxPool2d\n"
@@ -427,9 +427,12 @@ int main(int argc, char **argv)
     int parsed = parse_options(argc, argv, &o);
     if (parsed != 0)
         return parsed < 0 ? 0 : parsed;
-    /* liblenet has no thread-count call yet and OpenBLAS reads OPENBLAS_NUM_THREADS when it is loaded, before
-     * main, so --threads is only reported in the last line. */
-    int threads = o.threads > 0 ? o.threads : cli_default_threads();
+    /* Without --threads the library's default holds: LENET_NUM_THREADS, else the number of online CPUs. */
+    if (o.threads > 0 && lenet_set_num_threads(o.threads) != LENET_OK) {
+        fprintf(stderr, PROG ": --threads %d: %s\n", o.threads, lenet_last_error());
+        return 2;
+    }
+    int threads = lenet_get_num_threads();
 
     int status = 1;
     FILE *csv = NULL;
