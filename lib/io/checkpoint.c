@@ -351,6 +351,8 @@ static char *optimizer_json(const lenet_optimizer *o, const lenet_optimizer_stat
     for (int i = 0; ok && i < os->n_settings; i++)
         ok = add_exact(settings, os->setting_names[i], os->settings[i]);
     for (int i = 0; ok && i < os->n_buffers; i++) {
+        if (!os->buffers[i])
+            continue; /* not allocated yet: nothing to save */
         cJSON *name = cJSON_CreateString(os->buffer_names[i]);
         ok = name && cJSON_AddItemToArray(buffers, name);
         if (!ok)
@@ -372,8 +374,9 @@ static bool json_list_has(const cJSON *list, const char *name)
     return false;
 }
 
+/* A copy of the optimizer's buffer (zeros if it has none yet) with the trainable slices from the file. */
 static lenet_status stage_buffer(const lenet_model *m, const lenet_st_file *f, const char *buffer_name,
-                                 const float *current, bool in_file, float *out)
+                                 const float *current, float *out)
 {
     if (current)
         memcpy(out, current, m->arena_numel * sizeof(float));
@@ -382,14 +385,9 @@ static lenet_status stage_buffer(const lenet_model *m, const lenet_st_file *f, c
     for (size_t t = 0; t < m->n_params; t++) {
         if (!m->param_trainable[t])
             continue;
-        float *slice = out + m->param_offset[t];
-        if (!in_file) {
-            memset(slice, 0, m->param_tensors[t].numel * sizeof(float));
-            continue;
-        }
         char name[TENSOR_NAME_SIZE];
         snprintf(name, sizeof name, "optimizer.%s.%s", buffer_name, m->param_names[t]);
-        lenet_status st = stage_tensor(f, name, &m->param_tensors[t], slice);
+        lenet_status st = stage_tensor(f, name, &m->param_tensors[t], out + m->param_offset[t]);
         if (st != LENET_OK)
             return st == LENET_ESHAPE ? refail(LENET_EFORMAT, "optimizer state: ") : st;
     }
@@ -423,7 +421,7 @@ static lenet_status stage_optimizer(lenet_optimizer *o, const lenet_st_file *f, 
     so->steps = steps;
     memset(&so->state, 0, sizeof so->state);
     if (o->ops->state) {
-        st = o->ops->state(o, true, &so->state);
+        st = o->ops->state(o, &so->state);
         if (st != LENET_OK)
             goto done;
     }
@@ -453,19 +451,23 @@ static lenet_status stage_optimizer(lenet_optimizer *o, const lenet_st_file *f, 
             goto done;
         }
     }
+    /* A buffer the file holds is staged; one it lacks was not allocated yet when it was saved, which only a run
+     * that took no step can show: the optimizer goes back to not having it. */
     for (int i = 0; i < os->n_buffers; i++) {
-        bool in_file = json_list_has(buffers, os->buffer_names[i]);
-        if (!in_file && steps > 0) {
-            st = lenet__fail(LENET_EFORMAT, "%s: %llu steps were taken but the file holds no %s", f->path,
-                             (unsigned long long)steps, os->buffer_names[i]);
-            goto done;
+        if (!json_list_has(buffers, os->buffer_names[i])) {
+            if (steps > 0) {
+                st = lenet__fail(LENET_EFORMAT, "%s: %llu steps were taken but the file holds no %s", f->path,
+                                 (unsigned long long)steps, os->buffer_names[i]);
+                goto done;
+            }
+            continue;
         }
         so->buffers[i] = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
         if (!so->buffers[i]) {
             st = lenet__oom("optimizer state");
             goto done;
         }
-        st = stage_buffer(m, f, os->buffer_names[i], os->buffers[i], in_file, so->buffers[i]);
+        st = stage_buffer(m, f, os->buffer_names[i], os->buffers[i], so->buffers[i]);
         if (st != LENET_OK)
             goto done;
     }
@@ -648,11 +650,11 @@ static lenet_status save(const lenet_model *m, const lenet_optimizer *o, const l
     if (st == LENET_OK && o) {
         lenet_optimizer_state os = {0};
         if (o->ops->state)
-            st = o->ops->state((lenet_optimizer *)o, false, &os);
+            st = o->ops->state(o, &os);
         if (st == LENET_OK)
             st = add_json_meta(&w, "optimizer", optimizer_json(o, &os));
         for (int b = 0; st == LENET_OK && b < os.n_buffers; b++) {
-            for (size_t t = 0; st == LENET_OK && t < m->n_params; t++) {
+            for (size_t t = 0; st == LENET_OK && os.buffers[b] && t < m->n_params; t++) {
                 if (!m->param_trainable[t])
                     continue;
                 char name[TENSOR_NAME_SIZE];
@@ -799,8 +801,10 @@ static lenet_status load_into(lenet_model *m, lenet_optimizer *o, lenet_iter *it
     /* Everything is checked: commit.  Nothing below can fail. */
     memcpy(m->params, arena, m->arena_numel * sizeof(float));
     if (o) {
-        for (int i = 0; i < so.state.n_buffers; i++)
-            memcpy(so.state.buffers[i], so.buffers[i], m->arena_numel * sizeof(float));
+        for (int i = 0; o->ops->adopt && i < so.state.n_buffers; i++) {
+            o->ops->adopt(o, i, so.buffers[i]);
+            so.buffers[i] = NULL;
+        }
         o->lr = so.lr;
         o->steps = so.steps;
     }

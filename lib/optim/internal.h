@@ -12,11 +12,13 @@ typedef struct lenet_optimizer_ops {
     /* Updates the parameters; the model is built. */
     lenet_status (*step)(lenet_optimizer *o);
     void (*destroy)(lenet_optimizer *o);
-    /* Describes the state a checkpoint saves and restores (see lenet_optimizer_state below).  With `allocate`,
-     * first allocates every buffer the optimizer will use, so a checkpoint can be loaded into it (LENET_ENOMEM;
-     * allocating must not change what the next step computes).  NULL: the optimizer has no state beyond
-     * lr and steps. */
-    lenet_status (*state)(lenet_optimizer *o, bool allocate, lenet_optimizer_state *out);
+    /* Checkpoints (lib/io).  state describes what a checkpoint saves and restores besides lr and steps (see
+     * lenet_optimizer_state below): it only reads the optimizer.  adopt replaces buffer `buffer` (an index into
+     * state's list) with `data`, taking ownership: an arena-sized lenet__malloc_aligned block holding the
+     * checkpoint's values, or NULL to go back to "not allocated yet" (the state of a fresh optimizer); it frees
+     * the old block and cannot fail.  Both NULL: the optimizer has no state beyond lr and steps. */
+    lenet_status (*state)(const lenet_optimizer *o, lenet_optimizer_state *out);
+    void (*adopt)(lenet_optimizer *o, int buffer, float *data);
 } lenet_optimizer_ops;
 
 struct lenet_optimizer {
@@ -40,13 +42,13 @@ struct lenet_optimizer_state {
     int n_settings;
     const char *setting_names[LENET_OPTIM_MAX_STATE];
     double settings[LENET_OPTIM_MAX_STATE];
-    /* Float buffers laid out like the model's parameter arena (arena_numel floats, tensor t at
-     * param_offset[t]); checkpoints store the slices of trainable tensors under
-     * "optimizer.<name>.<parameter name>".  A buffer not yet allocated is left out (NULL is never listed).
-     * Names follow PyTorch's optimizer.state_dict() keys ("momentum_buffer"). */
+    /* Every float buffer the optimizer uses, laid out like the model's parameter arena (arena_numel floats,
+     * tensor t at param_offset[t]), NULL while not allocated yet; checkpoints store the slices of trainable
+     * tensors of the allocated ones under "optimizer.<name>.<parameter name>".  Names follow PyTorch's
+     * optimizer.state_dict() keys ("momentum_buffer"). */
     int n_buffers;
     const char *buffer_names[LENET_OPTIM_MAX_STATE];
-    float *buffers[LENET_OPTIM_MAX_STATE];
+    const float *buffers[LENET_OPTIM_MAX_STATE];
 };
 
 #endif /* LENET_OPTIM_INTERNAL_H */

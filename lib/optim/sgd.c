@@ -49,10 +49,11 @@ static void sgd_destroy(lenet_optimizer *o)
     lenet__free_aligned(((sgd *)o)->velocity);
 }
 
-static lenet_status sgd_state(lenet_optimizer *o, bool allocate, lenet_optimizer_state *out);
+static lenet_status sgd_state(const lenet_optimizer *o, lenet_optimizer_state *out);
+static void sgd_adopt(lenet_optimizer *o, int buffer, float *data);
 
 static const lenet_optimizer_ops sgd_ops = {.name = "SGD", .step = sgd_step, .destroy = sgd_destroy,
-                                            .state = sgd_state};
+                                            .state = sgd_state, .adopt = sgd_adopt};
 
 lenet_optimizer *lenet_sgd_create(lenet_model *m, float lr, float momentum, float weight_decay)
 {
@@ -72,26 +73,27 @@ lenet_optimizer *lenet_sgd_create(lenet_model *m, float lr, float momentum, floa
 
 /* ---- state for checkpoints (lib/io) ---- */
 
-/* The momentum buffer exists once a step with momentum ran; its content is not read on the first step
- * (steps == 0), so allocating it early for a load changes nothing. */
-static lenet_status sgd_state(lenet_optimizer *o, bool allocate, lenet_optimizer_state *out)
+/* The momentum buffer, with momentum only: it exists once a step ran (its content is not read on the first step). */
+static lenet_status sgd_state(const lenet_optimizer *o, lenet_optimizer_state *out)
 {
-    sgd *s = (sgd *)o;
-    lenet_model *m = o->model;
-    if (allocate && s->momentum != 0.0f && !s->velocity && m->built) {
-        s->velocity = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
-        if (!s->velocity)
-            return lenet__oom("SGD momentum buffer");
-    }
+    const sgd *s = (const sgd *)o;
     *out = (lenet_optimizer_state){
         .n_settings = 2,
         .setting_names = {"momentum", "weight_decay"},
         .settings = {s->momentum, s->weight_decay},
     };
-    if (s->velocity) {
+    if (s->momentum != 0.0f) {
         out->n_buffers = 1;
         out->buffer_names[0] = "momentum_buffer";
         out->buffers[0] = s->velocity;
     }
     return LENET_OK;
+}
+
+static void sgd_adopt(lenet_optimizer *o, int buffer, float *data)
+{
+    sgd *s = (sgd *)o;
+    (void)buffer;
+    lenet__free_aligned(s->velocity);
+    s->velocity = data;
 }
