@@ -47,7 +47,8 @@ LENET_API lenet_status lenet_model_save(const lenet_model *m, const char *path);
  * @return a new built model to free with lenet_model_free(), or NULL with lenet_last_error() naming the file
  *         and the problem: LENET_EINVAL (NULL path); LENET_EIO (cannot read); LENET_EFORMAT (not a liblenet
  *         file, or truncated or corrupt: header length, JSON, dtype, offsets, CRC, unknown layer kind, bad layer
- *         arguments, tensors that do not fit the architecture); LENET_ENOMEM.
+ *         arguments, tensors that do not fit the architecture); LENET_EUNSUPPORTED (written by a newer liblenet
+ *         in a format version this one does not read); LENET_ENOMEM.
  */
 LENET_API lenet_model *lenet_model_load(const char *path);
 
@@ -89,7 +90,8 @@ LENET_API lenet_status lenet_checkpoint_save(const lenet_model *m, const lenet_o
  * @return LENET_OK; LENET_EINVAL for NULL model or path, an optimizer bound to another model, or a note that
  *         does not fit in @p note_size; LENET_ESTATE if the model is not built or the model, optimizer or iterator
  *         differs from the saved ones (the message says how); LENET_EIO; LENET_EFORMAT if the file is malformed
- *         or lacks the state of an object passed; LENET_ESHAPE as lenet_model_load_weights(); LENET_ENOMEM.
+ *         or lacks the state of an object passed; LENET_EUNSUPPORTED for a newer format version; LENET_ESHAPE as
+ *         lenet_model_load_weights(); LENET_ENOMEM.
  *         On any failure the model, optimizer, iterator and note are unchanged.
  */
 LENET_API lenet_status lenet_checkpoint_load(lenet_model *m, lenet_optimizer *o, lenet_iter *it, const char *path,
