@@ -109,6 +109,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         lenet_model_free(m);
     } else {
         FUZZ_CHECK(lenet_last_error()[0]);
+        FUZZ_CHECK(lenet__last_status() != LENET_ENOMEM || size > FUZZ_MAX_INPUT);
     }
 
     float *before = copy_params(fixed);
@@ -116,6 +117,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     lenet_status st = lenet_model_load_weights(fixed, path);
     if (st != LENET_OK) {
         FUZZ_CHECK(st < 0 && lenet_last_error()[0]);
+        FUZZ_CHECK(st != LENET_ENOMEM || size > FUZZ_MAX_INPUT);
         FUZZ_CHECK(memcmp(before, fixed->params, fixed->arena_numel * sizeof(float)) == 0);
     }
     free(before);
@@ -136,6 +138,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         changed = true;
     } else {
         FUZZ_CHECK(st < 0 && lenet_last_error()[0]);
+        FUZZ_CHECK(st != LENET_ENOMEM || size > FUZZ_MAX_INPUT);
         FUZZ_CHECK(memcmp(before, fixed->params, fixed->arena_numel * sizeof(float)) == 0);
         FUZZ_CHECK(lenet_iter_position(fixed_iter) == position);
         FUZZ_CHECK(lenet_optimizer_lr(fixed_sgd) == lr);

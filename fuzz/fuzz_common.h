@@ -20,4 +20,8 @@ size_t fuzz_idx(unsigned char *out, int ndims, const uint32_t *dims, size_t payl
 /* The item count an IDX header declares if `data` starts like a raw IDX file, else `fallback`. */
 uint32_t fuzz_idx_count(const uint8_t *data, size_t size, uint32_t fallback);
 
+/* Inputs are at most this large in the corpora and in run-long.sh (-max_len): reading one must never need
+ * gigabytes, so LENET_ENOMEM after such an input is a bug (a size believed before it was checked). */
+#define FUZZ_MAX_INPUT (1u << 20)
+
 #endif /* LENET_FUZZ_COMMON_H */

@@ -4,6 +4,7 @@
 #include <lenet/lenet.h>
 #include <stdlib.h>
 
+#include "core/internal.h"
 #include "exercise.h"
 #include "fuzz_common.h"
 
@@ -26,6 +27,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!d) {
         if (!lenet_last_error()[0])
             abort(); /* every failure must say why */
+        if (lenet__last_status() == LENET_ENOMEM && size <= FUZZ_MAX_INPUT)
+            abort(); /* the reader believed a size the file does not hold */
         return 0;
     }
     fuzz_exercise_dataset(d);

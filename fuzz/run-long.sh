@@ -31,7 +31,7 @@ for t in $targets; do
     [ -f "$src/fuzz/$t.dict" ] && dict="-dict=$src/fuzz/$t.dict"
     echo "== fuzz_$t for ${seconds}s (corpus $work/corpus/$t)"
     # shellcheck disable=SC2086
-    if ! "$build/fuzz/fuzz_$t" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
+    if ! "$build/fuzz/fuzz_$t" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -malloc_limit_mb=1024 -max_len=65536 \
         -print_final_stats=1 -artifact_prefix="$work/crashes/$t/" $dict "$work/corpus/$t" "$src/fuzz/corpus/$t"; then
         failed="$failed $t"
     fi
