@@ -13,7 +13,10 @@ typedef struct sdlm {
     lenet_optimizer base;
     float mu;
     float *hessian;   /* one float per arena slot, allocated with the first estimate */
-    size_t numel;     /* arena size it was allocated for */
+    float *rate;      /* epsilon / (mu + h), recomputed when h or epsilon change */
+    float rate_epsilon;
+    bool rate_stale;
+    size_t numel;     /* arena size they were allocated for */
 } sdlm;
 
 static lenet_status sdlm_step(lenet_optimizer *o)
@@ -23,14 +26,20 @@ static lenet_status sdlm_step(lenet_optimizer *o)
     if (!s->hessian || s->numel != m->arena_numel)
         return lenet__fail(LENET_ESTATE, "SDLM step: estimate the Hessian first (lenet_sdlm_estimate_hessian)");
     const float epsilon = o->lr, mu = s->mu;
+    if (s->rate_stale || s->rate_epsilon != epsilon) {
+        for (size_t i = 0; i < m->arena_numel; i++)
+            s->rate[i] = epsilon / (mu + s->hessian[i]);
+        s->rate_epsilon = epsilon;
+        s->rate_stale = false;
+    }
     for (size_t t = 0; t < m->n_params; t++) {
         if (!m->param_trainable[t])
             continue;
         size_t off = m->param_offset[t], n = m->param_tensors[t].numel;
         float *p = m->params + off;
-        const float *g = m->grads + off, *h = s->hessian + off;
+        const float *g = m->grads + off, *rate = s->rate + off;
         for (size_t i = 0; i < n; i++)
-            p[i] -= epsilon / (mu + h[i]) * g[i];
+            p[i] -= rate[i] * g[i]; /* epsilon / (mu + h) * g */
     }
     return LENET_OK;
 }
@@ -38,6 +47,7 @@ static lenet_status sdlm_step(lenet_optimizer *o)
 static void sdlm_destroy(lenet_optimizer *o)
 {
     lenet__free_aligned(((sdlm *)o)->hessian);
+    lenet__free_aligned(((sdlm *)o)->rate);
 }
 
 static const lenet_optimizer_ops sdlm_ops = {.name = "SDLM", .step = sdlm_step, .destroy = sdlm_destroy};
@@ -82,13 +92,20 @@ lenet_status lenet_sdlm_update_hessian_from_grads(lenet_optimizer *o, double cou
         return lenet__fail(LENET_ESTATE, "sdlm_update_hessian_from_grads: the model is not built");
     if (!s->hessian || s->numel != m->arena_numel) {
         lenet__free_aligned(s->hessian);
+        lenet__free_aligned(s->rate);
         s->numel = 0;
         s->hessian = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
-        if (!s->hessian)
+        s->rate = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
+        if (!s->hessian || !s->rate) {
+            lenet__free_aligned(s->hessian);
+            lenet__free_aligned(s->rate);
+            s->hessian = s->rate = NULL;
             return lenet__oom("SDLM Hessian");
+        }
         s->numel = m->arena_numel;
         gamma = 1.0f; /* the first estimate replaces nothing */
     }
+    s->rate_stale = true;
     /* h <- (1 - gamma) h + gamma * max(0, grads / count) */
     for (size_t i = 0; i < m->arena_numel; i++) {
         float h = (float)(m->grads[i] / count);
