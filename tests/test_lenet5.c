@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "gradcheck.h"
+#include "idxfixture.h"
 #include "model/internal.h"
 #include "testutil.h"
 
@@ -791,6 +792,78 @@ START_TEST(test_sdlm_paper_schedule_and_arguments)
 }
 END_TEST
 
+START_TEST(test_sdlm_estimate_is_the_mean_gauss_newton_over_the_patterns)
+{
+    /* 7 patterns of 2x3 pixels; an estimate over 10 patterns wraps around the 7 (batches of 4: 4, 3, then 3 of
+     * the next pass), so it must equal the mean of the per-pattern curvatures over those 10. */
+    uint8_t pixels[7 * 6], labels[7];
+    for (int k = 0; k < 42; k++)
+        pixels[k] = (uint8_t)(k * 37 % 256);
+    for (int k = 0; k < 7; k++)
+        labels[k] = (uint8_t)(k * 3 % 10);
+    idx_dir_create();
+    idx_bytes ib = idx_images(7, 2, 3, pixels), lb = idx_labels(7, labels);
+    const char *ip = idx_write("i.idx", ib.data, ib.size), *lp = idx_write("l.idx", lb.data, lb.size);
+    lenet_dataset *d = lenet_dataset_open_idx(ip, lp);
+    ck_assert_ptr_nonnull(d);
+    lenet_model *m = MODEL(lenet_flatten(), lenet_linear(84), lenet_scaled_tanh(), lenet_rbf_lenet5());
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 2, 3));
+    randomize_params(m, 80, -0.5f, 0.5f);
+
+    double *want = calloc(m->arena_numel, sizeof *want);
+    lenet_tensor *dy = lenet_tensor_create(2, (int[]){1, 10}), *hy = lenet_tensor_create(2, (int[]){1, 10});
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){1, 1, 2, 3});
+    for (int p = 0; p < 10; p++) {
+        size_t i = (size_t)(p % 7);
+        const lenet_tensor *y;
+        int32_t label = lenet_dataset_label(d, i);
+        ck_assert_lenet_ok(lenet_dataset_image(d, i, lenet_tensor_data(x)));
+        ck_assert_lenet_ok(lenet_model_forward(m, x, &y));
+        ck_assert_lenet_ok(lenet_rbf_loss(y, &label, LENET_RBF_CRITERION_MAP, 0.3f, NULL, dy, hy));
+        ck_assert_lenet_ok(lenet_model_zero_grad(m));
+        ck_assert_lenet_ok(lenet_model_backward_gn(m, dy, hy));
+        for (size_t k = 0; k < m->arena_numel; k++)
+            want[k] += m->grads[k] / 10.0;
+    }
+    lenet_optimizer *o = lenet_sdlm_create(m, 1e-3f, 0.02f);
+    lenet_iter *it = lenet_iter_create(d, 4, false, 0);
+    ck_assert_lenet_ok(lenet_sdlm_estimate_hessian(o, it, 10, LENET_RBF_CRITERION_MAP, 0.3f));
+    for (size_t k = 0; k < m->arena_numel; k++)
+        ck_assert_float_eq(m->grads[k], 0.0f); /* left zeroed */
+    lenet_tensor *h = lenet_tensor_create(1, (int[]){84 * 6});
+    ck_assert_lenet_ok(lenet_sdlm_hessian(o, 0, h));
+    for (size_t k = 0; k < 84 * 6; k++)
+        ck_assert_double_eq_tol(lenet_tensor_cdata(h)[k], want[k], 1e-6 + 1e-4 * want[k]);
+
+    /* The running form blends: h <- (1 - g) h + g * grads / count. */
+    lenet_test_fill(lenet_model_grad(m, 0), 81, 0.0f, 2.0f);
+    float fresh[84 * 6];
+    memcpy(fresh, lenet_tensor_cdata(lenet_model_grad(m, 0)), sizeof fresh);
+    ck_assert_lenet_ok(lenet_sdlm_update_hessian_from_grads(o, 2.0, 0.25f));
+    lenet_tensor *h2 = lenet_tensor_create(1, (int[]){84 * 6});
+    ck_assert_lenet_ok(lenet_sdlm_hessian(o, 0, h2));
+    for (size_t k = 0; k < 84 * 6; k++)
+        ck_assert_double_eq_tol(lenet_tensor_cdata(h2)[k], 0.75 * lenet_tensor_cdata(h)[k] + 0.25 * fresh[k] / 2.0,
+                                1e-6);
+    ck_assert_int_eq(lenet_sdlm_update_hessian_from_grads(o, 1.0, 0.0f), LENET_EINVAL);
+    ck_assert_int_eq(lenet_sdlm_update_hessian_from_grads(o, 0.0, 0.5f), LENET_EINVAL);
+
+    lenet_tensor_free(h);
+    lenet_tensor_free(h2);
+    lenet_tensor_free(x);
+    lenet_tensor_free(dy);
+    lenet_tensor_free(hy);
+    free(want);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+    idx_bytes_free(&ib);
+    idx_bytes_free(&lb);
+    idx_dir_remove();
+}
+END_TEST
+
 /* ---- checkpoints ---- */
 
 START_TEST(test_lenet5_round_trips_through_a_checkpoint)
@@ -860,6 +933,7 @@ static Suite *lenet5_suite(void)
     tcase_add_test(t, test_gauss_newton_refuses_layers_without_a_pass);
     tcase_add_test(t, test_sdlm_steps_by_epsilon_over_mu_plus_the_mean_curvature);
     tcase_add_test(t, test_sdlm_paper_schedule_and_arguments);
+    tcase_add_test(t, test_sdlm_estimate_is_the_mean_gauss_newton_over_the_patterns);
     tcase_add_test(t, test_lenet5_round_trips_through_a_checkpoint);
     suite_add_tcase(s, t);
     return s;
