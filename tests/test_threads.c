@@ -264,7 +264,9 @@ int main(void)
     tcase_add_test(tc, test_set_num_threads_validates_and_restores_default);
     tcase_add_test(tc, test_d2l_training_is_bit_identical_for_1_2_and_4_threads);
     tcase_add_test(tc, test_modern_training_is_bit_identical_for_1_2_and_4_threads);
+#ifndef __SANITIZE_THREAD__ /* ThreadSanitizer cannot start threads after a multi-threaded fork */
     tcase_add_test(tc, test_a_forked_child_trains_on_its_own_threads);
+#endif
     tcase_add_test(tc, test_every_supported_kernel_path_matches_the_reference);
     suite_add_tcase(s, tc);
     return lenet_test_run(s);
