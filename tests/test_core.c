@@ -102,6 +102,26 @@ START_TEST(test_tensor_copy_checks_shapes)
 }
 END_TEST
 
+START_TEST(test_model_reports_its_input_shape_and_output_size)
+{
+    int c = -1, h = -1, w = -1;
+    ck_assert_int_eq(lenet_model_input_shape(NULL, &c, &h, &w), LENET_EINVAL);
+    lenet_model *m = lenet_test_d2l_model();
+    ck_assert_int_eq(lenet_model_input_shape(m, &c, &h, &w), LENET_ESTATE);
+    ck_assert_int_eq(c, -1);
+    ck_assert_uint_eq(lenet_model_output_size(m), 0);
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 28, 28));
+    ck_assert_lenet_ok(lenet_model_input_shape(m, &c, &h, &w));
+    ck_assert_int_eq(c, 1);
+    ck_assert_int_eq(h, 28);
+    ck_assert_int_eq(w, 28);
+    ck_assert_lenet_ok(lenet_model_input_shape(m, NULL, NULL, &w));
+    ck_assert_uint_eq(lenet_model_output_size(m), 10);
+    ck_assert_uint_eq(lenet_model_output_size(NULL), 0);
+    lenet_model_free(m);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("core");
@@ -113,6 +133,7 @@ int main(void)
     tcase_add_test(tc, test_tensor_rejects_bad_shapes_with_message);
     tcase_add_test(tc, test_tensor_accessors_accept_null);
     tcase_add_test(tc, test_tensor_copy_checks_shapes);
+    tcase_add_test(tc, test_model_reports_its_input_shape_and_output_size);
     suite_add_tcase(s, tc);
     return lenet_test_run(s);
 }

@@ -67,6 +67,15 @@ LENET_API lenet_status lenet_model_build(lenet_model *m, int channels, int heigh
 LENET_API bool lenet_model_is_built(const lenet_model *m);
 
 /**
+ * Gives the per-sample input shape the model was built for.  Any output pointer may be NULL.
+ * @return LENET_OK; LENET_EINVAL for a NULL model; LENET_ESTATE if the model is not built (outputs untouched).
+ */
+LENET_API lenet_status lenet_model_input_shape(const lenet_model *m, int *channels, int *height, int *width);
+
+/** Returns the number of outputs per sample (10 for the d2l LeNet), 0 if unbuilt or NULL. */
+LENET_API size_t lenet_model_output_size(const lenet_model *m);
+
+/**
  * (Re)initialises all parameters with @p scheme from @p seed; the same seed gives the same weights on
  * every machine.  Gradients are zeroed.
  * @return LENET_OK; LENET_EINVAL; LENET_ESTATE if the model is not built.

@@ -43,8 +43,9 @@ typedef struct lenet_layer_ops {
     const char *name; /* PyTorch class name */
     /* Output shape for a per-sample input shape; pure (does not change the layer), sets the error on failure. */
     lenet_status (*infer_shape)(const lenet_layer *l, const lenet_shape *in, lenet_shape *out);
-    /* Called once at build with the input shape: records sizes, returns the parameters it needs
-     * (at most LENET_MAX_LAYER_PARAMS) in *count.  May be NULL for layers without parameters or sizes. */
+    /* Called at build with the input shape (and by checkpoint loading to size a file's tensors, so possibly more
+     * than once): records sizes, returns the parameters it needs (at most LENET_MAX_LAYER_PARAMS) in *count.
+     * Must not allocate.  May be NULL for layers without parameters or sizes. */
     lenet_status (*setup)(lenet_layer *l, lenet_param_spec *specs, int *count);
     /* Fills the layer's parameters (l->param) for an init scheme. NULL for layers without parameters. */
     void (*init)(lenet_layer *l, lenet_init scheme, lenet_rng *rng);

@@ -109,6 +109,26 @@ bool lenet_model_is_built(const lenet_model *m)
     return m && m->built;
 }
 
+lenet_status lenet_model_input_shape(const lenet_model *m, int *channels, int *height, int *width)
+{
+    if (!m)
+        return lenet__fail(LENET_EINVAL, "model_input_shape: model is NULL");
+    if (!m->built)
+        return lenet__fail(LENET_ESTATE, "model_input_shape: the model is not built");
+    if (channels)
+        *channels = m->in_shape.dim[0];
+    if (height)
+        *height = m->in_shape.dim[1];
+    if (width)
+        *width = m->in_shape.dim[2];
+    return LENET_OK;
+}
+
+size_t lenet_model_output_size(const lenet_model *m)
+{
+    return (m && m->built) ? m->layers[m->n_layers - 1]->out_size : 0;
+}
+
 /* Allocates the per-tensor tables and the two arenas for `n_params` tensors of `numel` floats in all. */
 static lenet_status alloc_params(lenet_model *m, size_t n_params, size_t numel)
 {
