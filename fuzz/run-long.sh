@@ -29,10 +29,14 @@ for t in $targets; do
     cp -n "$src/fuzz/corpus/$t/"* "$work/corpus/$t/" 2>/dev/null || true
     dict=""
     [ -f "$src/fuzz/$t.dict" ] && dict="-dict=$src/fuzz/$t.dict"
-    echo "== fuzz_$t for ${seconds}s (corpus $work/corpus/$t)"
+    echo "== fuzz_$t for ${seconds}s (corpus $work/corpus/$t, log $work/$t.log)"
     # shellcheck disable=SC2086
-    if ! "$build/fuzz/fuzz_$t" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -malloc_limit_mb=1024 -max_len=65536 \
-        -print_final_stats=1 -artifact_prefix="$work/crashes/$t/" $dict "$work/corpus/$t" "$src/fuzz/corpus/$t"; then
+    if "$build/fuzz/fuzz_$t" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
+        -max_len=65536 -print_final_stats=1 -artifact_prefix="$work/crashes/$t/" $dict \
+        "$work/corpus/$t" "$src/fuzz/corpus/$t" >"$work/$t.log" 2>&1; then
+        grep -E '^(Done|stat::(number_of_executed_units|new_units_added|peak_rss_mb))' "$work/$t.log" || true
+    else
+        tail -n 60 "$work/$t.log"
         failed="$failed $t"
     fi
 done
