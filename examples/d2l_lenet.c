@@ -39,7 +39,7 @@ typedef struct options {
     bool lr_given, quiet;
     uint64_t seed;
     enum variant variant;
-    const char *data, *csv, *plot, *activations;
+    const char *data, *csv, *plot, *activations, *save, *resume;
 } options;
 
 static void usage(FILE *out)
@@ -59,6 +59,8 @@ static void usage(FILE *out)
             "  --csv FILE         write epoch, train loss, train acc, test acc, 5 points an epoch\n"
             "  --plot FILE        draw those curves into FILE.png or FILE.svg\n"
             "  --activations DIR  write conv1 and conv2 feature maps of test pullovers and coats to DIR\n"
+            "  --save FILE        after each epoch, save a training checkpoint (safetensors) to FILE\n"
+            "  --resume FILE      continue the run saved in FILE (same --variant, --batch-size, --seed)\n"
             "  --quiet            no progress on stderr\n"
             "  --help             show this help\n",
             D2L_LR, MODERN_LR);
@@ -68,13 +70,14 @@ static void usage(FILE *out)
 static int parse_options(int argc, char **argv, options *o)
 {
     *o = (options){.epochs = 10, .batch_size = 128, .lr = D2L_LR, .data = DEFAULT_DATA};
-    enum { EPOCHS = 256, LR, BATCH, SEED, THREADS, DATA, VARIANT, CSV, PLOT, ACTIVATIONS, QUIET, HELP };
+    enum { EPOCHS = 256, LR, BATCH, SEED, THREADS, DATA, VARIANT, CSV, PLOT, ACTIVATIONS, SAVE, RESUME, QUIET, HELP };
     static const struct option longopts[] = {
         {"epochs", required_argument, NULL, EPOCHS},   {"lr", required_argument, NULL, LR},
         {"batch-size", required_argument, NULL, BATCH}, {"seed", required_argument, NULL, SEED},
         {"threads", required_argument, NULL, THREADS}, {"data", required_argument, NULL, DATA},
         {"variant", required_argument, NULL, VARIANT}, {"csv", required_argument, NULL, CSV},
         {"plot", required_argument, NULL, PLOT},       {"activations", required_argument, NULL, ACTIVATIONS},
+        {"save", required_argument, NULL, SAVE},       {"resume", required_argument, NULL, RESUME},
         {"quiet", no_argument, NULL, QUIET},           {"help", no_argument, NULL, HELP},
         {NULL, 0, NULL, 0},
     };
@@ -105,6 +108,8 @@ static int parse_options(int argc, char **argv, options *o)
         case CSV: o->csv = optarg; break;
         case PLOT: o->plot = optarg; break;
         case ACTIVATIONS: o->activations = optarg; break;
+        case SAVE: o->save = optarg; break;
+        case RESUME: o->resume = optarg; break;
         case QUIET: o->quiet = true; break;
         case HELP: usage(stdout); return -1;
         default:
@@ -250,7 +255,8 @@ static int write_plot(const char *path, const curves *c, const options *o)
     snprintf(title, sizeof title, "%s LeNet on Fashion-MNIST (lr %g, batch %d, seed %llu)",
              o->variant == VARIANT_MODERN ? "modern" : "d2l", (double)o->lr, o->batch_size,
              (unsigned long long)o->seed);
-    plot_axes axes = {title, "epoch", NULL, 0.0, (double)o->epochs, 0.0, NAN, 640, 440};
+    double first = c->n > 0 ? floor(c->x[0]) : 0.0; /* a resumed run starts after its saved epochs */
+    plot_axes axes = {title, "epoch", NULL, first, (double)o->epochs, 0.0, NAN, 640, 440};
     plot_series series[] = {
         {"train loss", c->x, c->loss, c->n, 0x1f77b4, PLOT_SOLID},
         {"train acc", c->x, c->acc, c->n, 0xbf00bf, PLOT_DASHED},
@@ -452,6 +458,8 @@ int main(int argc, char **argv)
     }
     if (o.plot && check_writable_dir("--plot", o.plot) != 0)
         goto done;
+    if (o.save && check_writable_dir("--save", o.save) != 0)
+        goto done;
     if (o.activations && make_directory(o.activations) != 0)
         goto done;
     if (!(train = cli_open_idx(PROG, o.data, "train", INSTALL_HINT)) ||
@@ -470,6 +478,28 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": %s\n", lenet_last_error());
         goto done;
     }
+    int first_epoch = 1;
+    if (o.resume) {
+        /* The checkpoint restores the weights, the learning rate, and the shuffling generator, so the run
+         * continues bit-identically; its note says which epoch it ended. */
+        char note[64];
+        int done_epochs;
+        if (lenet_checkpoint_load(net, sgd, train_iter, o.resume, note, sizeof note) != LENET_OK) {
+            fprintf(stderr, PROG ": --resume %s: %s\n", o.resume, lenet_last_error());
+            goto done;
+        }
+        if (sscanf(note, "epoch %d", &done_epochs) != 1 || done_epochs < 1) {
+            fprintf(stderr, PROG ": --resume %s: not a checkpoint of " PROG " (its note is '%s')\n", o.resume, note);
+            goto done;
+        }
+        if (done_epochs >= o.epochs) {
+            fprintf(stderr, PROG ": --resume %s: the run already has %d epochs; ask for more with --epochs\n",
+                    o.resume, done_epochs);
+            goto done;
+        }
+        first_epoch = done_epochs + 1;
+        o.lr = lenet_optimizer_lr(sgd);
+    }
     if (csv && fprintf(csv, "epoch,train_loss,train_acc,test_acc\n") < 0)
         goto csv_fail;
 
@@ -480,7 +510,7 @@ int main(int argc, char **argv)
     size_t trained = 0;
     printf("training on cpu\n");
     fflush(stdout);
-    for (int epoch = 1; epoch <= o.epochs; epoch++) {
+    for (int epoch = first_epoch; epoch <= o.epochs; epoch++) {
         size_t examples = lenet_dataset_size(train);
         r.epoch = epoch;
         r.batches = (examples + (size_t)o.batch_size - 1) / (size_t)o.batch_size;
@@ -504,6 +534,14 @@ int main(int argc, char **argv)
         fflush(stdout);
         if (csv && write_csv_epoch(csv, &c, r.epoch_first_point, eval.accuracy) != 0)
             goto csv_fail;
+        if (o.save) {
+            char note[32];
+            snprintf(note, sizeof note, "epoch %d", epoch);
+            if (lenet_checkpoint_save(net, sgd, train_iter, note, o.save) != LENET_OK) {
+                fprintf(stderr, PROG ": --save %s: %s\n", o.save, lenet_last_error());
+                goto done;
+            }
+        }
     }
     printf("loss %.3f, train acc %.3f, test acc %.3f\n", fit.loss, fit.accuracy, eval.accuracy);
     printf("%.1f examples/sec on cpu (%d thread%s)\n", train_seconds > 0 ? (double)trained / train_seconds : 0.0,
