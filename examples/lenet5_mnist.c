@@ -46,7 +46,7 @@ static void usage(FILE *out)
             "  --optimizer sdlm|sgd  SDLM as in the paper (default), or plain SGD for comparison\n"
             "  --lr X                SGD: learning rate of the first two passes, then decreasing as the paper's\n"
             "                        epsilon schedule (default 0.001)\n"
-            "  --mu X                SDLM's mu (default 0.02)\n"
+            "  --mu X                SDLM's mu (default 0.5; the paper's 0.02 diverges here, see docs/lenet5.md)\n"
             "  --criterion map|mse   the paper's MAP criterion (default) or the plain mean-squared one\n"
             "  --map-j X             the MAP constant j (default %g)\n"
             "  --batch N             patterns per update (default 1, as the paper)\n"
@@ -72,7 +72,7 @@ static bool parse_number(const char *s, double *v)
 
 static int parse_options(int argc, char **argv, options *o)
 {
-    *o = (options){.passes = 20, .mu = 0.02f, .map_j = LENET_MAP_J_DEFAULT, .batch = 1, .hessian_samples = 500,
+    *o = (options){.passes = 20, .mu = 0.5f, .map_j = LENET_MAP_J_DEFAULT, .batch = 1, .hessian_samples = 500,
                    .init = LENET_INIT_LECUN, .lr = 0.001f};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
