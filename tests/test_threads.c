@@ -112,13 +112,17 @@ START_TEST(test_a_forked_child_trains_on_its_own_threads)
 {
     size_t n;
     free(train_with_threads(2, false, &n)); /* the parent's pool now exists */
+    fflush(NULL);
     pid_t child = fork();
     ck_assert_int_ge(child, 0);
     if (child == 0) {
         alarm(60); /* a hang fails the test instead of stalling the suite */
         size_t m;
         float *p = train_with_threads(2, false, &m);
-        _exit(p && m == n ? 0 : 1);
+        int ok = p && m == n;
+        free(p);
+        /* exit, not _exit: the library's destructor joins the child's workers, so valgrind sees no leak there. */
+        exit(ok ? 0 : 1);
     }
     int status = 0;
     ck_assert_int_eq(waitpid(child, &status, 0), child);
