@@ -27,9 +27,6 @@
 #define MODERN_LR 0.1f
 #define POINTS_PER_EPOCH 5 /* d2l's Animator draws the train metrics 5 times an epoch */
 
-/* Fashion-MNIST's classes, as d2l's get_fashion_mnist_labels. */
-static const char *const class_names[10] = {"t-shirt", "trouser", "pullover", "dress", "coat",
-                                            "sandal",  "shirt",   "sneaker",  "bag",   "ankle boot"};
 
 enum variant { VARIANT_D2L, VARIANT_MODERN };
 
@@ -60,7 +57,7 @@ static void usage(FILE *out)
             "  --plot FILE        draw those curves into FILE.png or FILE.svg\n"
             "  --activations DIR  write conv1 and conv2 feature maps of test pullovers and coats to DIR\n"
             "  --save FILE        after each epoch, save a training checkpoint (safetensors) to FILE\n"
-            "  --resume FILE      continue the run saved in FILE (same --variant, --batch-size, --seed)\n"
+            "  --resume FILE      continue the run saved in FILE (same --variant and --batch-size)\n"
             "  --quiet            no progress on stderr\n"
             "  --help             show this help\n",
             D2L_LR, MODERN_LR);
@@ -268,6 +265,10 @@ static int write_plot(const char *path, const curves *c, const options *o)
     }
     return 0;
 }
+
+/* Fashion-MNIST's classes, as d2l's get_fashion_mnist_labels. */
+static const char *const class_names[10] = {"t-shirt", "trouser", "pullover", "dress", "coat",
+                                            "sandal",  "shirt",   "sneaker",  "bag",   "ankle boot"};
 
 static void min_max(const float *v, size_t n, float *lo, float *hi)
 {
