@@ -26,6 +26,8 @@
 #define D2L_LR 0.9f
 #define MODERN_LR 0.1f
 #define POINTS_PER_EPOCH 5 /* d2l's Animator draws the train metrics 5 times an epoch */
+#define MAX_EPOCHS 10000
+#define NOTE_LINE 100      /* bytes of one curve point in a checkpoint's note, at most */
 
 
 enum variant { VARIANT_D2L, VARIANT_MODERN };
@@ -83,7 +85,7 @@ static int parse_options(int argc, char **argv, options *o)
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         int bad = 0;
         switch (c) {
-        case EPOCHS: bad = cli_parse_int(PROG, "--epochs", optarg, 1, 10000, &o->epochs); break;
+        case EPOCHS: bad = cli_parse_int(PROG, "--epochs", optarg, 1, MAX_EPOCHS, &o->epochs); break;
         case LR:
             bad = cli_parse_float(PROG, "--lr", optarg, 0.0, 1000.0, &o->lr);
             o->lr_given = true;
@@ -181,7 +183,7 @@ fail:
 /* Training curves: the running train loss and accuracy at the fifths of each epoch and the test accuracy at
  * each epoch's end, x in epochs (d2l's epoch + (i + 1) / num_batches). */
 typedef struct curves {
-    double *x, *loss, *acc;
+    double *x, *loss, *acc, *test_at; /* test_at: the test accuracy at an epoch's last point, else NaN */
     size_t n;
     double *test_x, *test_acc;
     size_t test_n;
@@ -194,9 +196,10 @@ static int curves_init(curves *c, int epochs)
     c->x = malloc(points * sizeof *c->x);
     c->loss = malloc(points * sizeof *c->loss);
     c->acc = malloc(points * sizeof *c->acc);
+    c->test_at = malloc(points * sizeof *c->test_at);
     c->test_x = malloc((size_t)epochs * sizeof *c->test_x);
     c->test_acc = malloc((size_t)epochs * sizeof *c->test_acc);
-    return c->x && c->loss && c->acc && c->test_x && c->test_acc ? 0 : -1;
+    return c->x && c->loss && c->acc && c->test_at && c->test_x && c->test_acc ? 0 : -1;
 }
 
 static void curves_free(curves *c)
@@ -204,6 +207,7 @@ static void curves_free(curves *c)
     free(c->x);
     free(c->loss);
     free(c->acc);
+    free(c->test_at);
     free(c->test_x);
     free(c->test_acc);
 }
@@ -229,16 +233,75 @@ static void on_batch(void *user, size_t done, size_t total, const lenet_metrics 
     c->x[c->n] = (r->epoch - 1) + (double)batch / (double)r->batches;
     c->loss[c->n] = so_far->loss;
     c->acc[c->n] = so_far->accuracy;
+    c->test_at[c->n] = NAN;
     c->n++;
 }
 
-/* Appends this epoch's points to the CSV: the test accuracy on the epoch's last point, blank before. */
-static int write_csv_epoch(FILE *csv, const curves *c, size_t first, double test_acc)
+/* Adds the test accuracy at the end of an epoch, whose last point is the latest. */
+static void curves_add_test(curves *c, int epoch, double accuracy)
+{
+    c->test_x[c->test_n] = epoch;
+    c->test_acc[c->test_n++] = accuracy;
+    if (c->n > 0)
+        c->test_at[c->n - 1] = accuracy;
+}
+
+/* A checkpoint's note: the number of epochs done (so atoi(note) gives it), then the curve points so far, one a
+ * line "x loss acc test" ("nan" for no test), so that a resumed run's CSV and plot cover the whole run. */
+static char *curves_note(const curves *c, int epochs_done)
+{
+    size_t size = 32 + c->n * NOTE_LINE;
+    char *note = malloc(size);
+    if (!note)
+        return NULL;
+    size_t len = (size_t)snprintf(note, size, "%d\n", epochs_done);
+    for (size_t i = 0; i < c->n && len < size; i++)
+        len += (size_t)snprintf(note + len, size - len, "%.17g %.17g %.17g %.17g\n", c->x[i], c->loss[i], c->acc[i],
+                                c->test_at[i]);
+    return note;
+}
+
+/* Reads a note of curves_note() into `c` (made for `epochs` epochs) and the epochs it counts.  Returns -1 if it
+ * is not such a note, 1 if the saved run has `epochs` or more epochs already (c untouched), else 0. */
+static int curves_from_note(curves *c, const char *note, int epochs, int *epochs_done)
+{
+    char *end;
+    long done = strtol(note, &end, 10);
+    if (end == note || done < 1 || done > MAX_EPOCHS)
+        return -1;
+    *epochs_done = (int)done;
+    if (done >= epochs)
+        return 1;
+    size_t capacity = (size_t)epochs * POINTS_PER_EPOCH;
+    c->n = c->test_n = 0;
+    for (const char *p = end;;) {
+        while (*p == ' ' || *p == '\n')
+            p++;
+        if (*p == '\0')
+            return 0;
+        double v[4];
+        for (int k = 0; k < 4; k++) {
+            v[k] = strtod(p, &end);
+            if (end == p)
+                return -1;
+            p = end;
+        }
+        if (c->n == capacity)
+            return -1;
+        c->x[c->n] = v[0], c->loss[c->n] = v[1], c->acc[c->n] = v[2], c->test_at[c->n] = NAN;
+        c->n++;
+        if (!isnan(v[3]))
+            curves_add_test(c, (int)lround(v[0]), v[3]);
+    }
+}
+
+/* Appends the points from `first` on to the CSV: the test accuracy on an epoch's last point, blank before. */
+static int write_csv_rows(FILE *csv, const curves *c, size_t first)
 {
     for (size_t i = first; i < c->n; i++) {
         fprintf(csv, "%.6g,%.6f,%.6f,", c->x[i], c->loss[i], c->acc[i]);
-        if (i + 1 == c->n)
-            fprintf(csv, "%.6f", test_acc);
+        if (!isnan(c->test_at[i]))
+            fprintf(csv, "%.6f", c->test_at[i]);
         fputc('\n', csv);
     }
     return fflush(csv) == 0 && !ferror(csv) ? 0 : -1;
@@ -252,8 +315,7 @@ static int write_plot(const char *path, const curves *c, const options *o)
     snprintf(title, sizeof title, "%s LeNet on Fashion-MNIST (lr %g, batch %d, seed %llu)",
              o->variant == VARIANT_MODERN ? "modern" : "d2l", (double)o->lr, o->batch_size,
              (unsigned long long)o->seed);
-    double first = c->n > 0 ? floor(c->x[0]) : 0.0; /* a resumed run starts after its saved epochs */
-    plot_axes axes = {title, "epoch", NULL, first, (double)o->epochs, 0.0, NAN, 640, 440};
+    plot_axes axes = {title, "epoch", NULL, 0.0, (double)o->epochs, 0.0, NAN, 640, 440};
     plot_series series[] = {
         {"train loss", c->x, c->loss, c->n, 0x1f77b4, PLOT_SOLID},
         {"train acc", c->x, c->acc, c->n, 0xbf00bf, PLOT_DASHED},
@@ -482,18 +544,24 @@ int main(int argc, char **argv)
     int first_epoch = 1;
     if (o.resume) {
         /* The checkpoint restores the weights, the learning rate, and the shuffling generator, so the run
-         * continues bit-identically; its note says which epoch it ended. */
-        char note[64];
-        int done_epochs;
-        if (lenet_checkpoint_load(net, sgd, train_iter, o.resume, note, sizeof note) != LENET_OK) {
-            fprintf(stderr, PROG ": --resume %s: %s\n", o.resume, lenet_last_error());
+         * continues bit-identically; its note holds the epochs done and the curves so far. */
+        size_t note_size = 64 + (size_t)MAX_EPOCHS * POINTS_PER_EPOCH * NOTE_LINE;
+        char *note = malloc(note_size);
+        int done_epochs = 0, parsed_note = -1;
+        lenet_status st = note ? lenet_checkpoint_load(net, sgd, train_iter, o.resume, note, note_size) : LENET_ENOMEM;
+        const char *why = note ? lenet_last_error() : "out of memory";
+        if (st == LENET_OK)
+            parsed_note = curves_from_note(&c, note, o.epochs, &done_epochs);
+        free(note);
+        if (st != LENET_OK) {
+            fprintf(stderr, PROG ": --resume %s: %s\n", o.resume, why);
             goto done;
         }
-        if (sscanf(note, "epoch %d", &done_epochs) != 1 || done_epochs < 1) {
-            fprintf(stderr, PROG ": --resume %s: not a checkpoint of " PROG " (its note is '%s')\n", o.resume, note);
+        if (parsed_note < 0) {
+            fprintf(stderr, PROG ": --resume %s: not a checkpoint of " PROG " (its note is not one)\n", o.resume);
             goto done;
         }
-        if (done_epochs >= o.epochs) {
+        if (parsed_note > 0) {
             fprintf(stderr, PROG ": --resume %s: the run already has %d epochs; ask for more with --epochs\n",
                     o.resume, done_epochs);
             goto done;
@@ -501,7 +569,7 @@ int main(int argc, char **argv)
         first_epoch = done_epochs + 1;
         o.lr = lenet_optimizer_lr(sgd);
     }
-    if (csv && fprintf(csv, "epoch,train_loss,train_acc,test_acc\n") < 0)
+    if (csv && (fprintf(csv, "epoch,train_loss,train_acc,test_acc\n") < 0 || write_csv_rows(csv, &c, 0) != 0))
         goto csv_fail;
 
     run r = {.curves = &c, .batch_size = o.batch_size};
@@ -529,19 +597,19 @@ int main(int argc, char **argv)
         }
         train_seconds += fit.seconds;
         trained += fit.examples;
-        c.test_x[c.test_n] = epoch;
-        c.test_acc[c.test_n++] = eval.accuracy;
+        curves_add_test(&c, epoch, eval.accuracy);
         printf("epoch %d: loss %.3f, train acc %.3f, test acc %.3f\n", epoch, fit.loss, fit.accuracy, eval.accuracy);
         fflush(stdout);
-        if (csv && write_csv_epoch(csv, &c, r.epoch_first_point, eval.accuracy) != 0)
+        if (csv && write_csv_rows(csv, &c, r.epoch_first_point) != 0)
             goto csv_fail;
         if (o.save) {
-            char note[32];
-            snprintf(note, sizeof note, "epoch %d", epoch);
-            if (lenet_checkpoint_save(net, sgd, train_iter, note, o.save) != LENET_OK) {
-                fprintf(stderr, PROG ": --save %s: %s\n", o.save, lenet_last_error());
+            char *note = curves_note(&c, epoch);
+            if (!note || lenet_checkpoint_save(net, sgd, train_iter, note, o.save) != LENET_OK) {
+                fprintf(stderr, PROG ": --save %s: %s\n", o.save, note ? lenet_last_error() : "out of memory");
+                free(note);
                 goto done;
             }
+            free(note);
         }
     }
     printf("loss %.3f, train acc %.3f, test acc %.3f\n", fit.loss, fit.accuracy, eval.accuracy);
