@@ -114,7 +114,7 @@ lenet_dataset *lenet_dataset_open_idx(const char *images_path, const char *label
     lenet_dataset *d = lenet__calloc(1, sizeof *d);
     if (!d)
         return lenet__oom("dataset"), NULL;
-    uint32_t idims[3], ldims[3];
+    uint32_t idims[3] = {0}, ldims[3] = {0};
     if (read_idx(images_path, 3, idims, &d->pixels) != LENET_OK)
         goto fail;
     if (read_idx(labels_path, 1, ldims, &d->labels) != LENET_OK)

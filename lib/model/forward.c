@@ -175,7 +175,7 @@ lenet_status lenet_model_forward(lenet_model *m, const lenet_tensor *x, const le
 {
     if (!m || !x || !y)
         return lenet__fail(LENET_EINVAL, "model_forward: %s is NULL", !m ? "model" : !x ? "input" : "output pointer");
-    int batch;
+    int batch = 0;
     lenet_status st = lenet__model_check_input(m, x, "model_forward", &batch);
     if (st == LENET_OK)
         st = lenet__model_reserve(m, batch);
@@ -291,7 +291,7 @@ lenet_status lenet_model_predict(const lenet_model *m, const lenet_tensor *x, le
         return lenet__fail(LENET_EINVAL, "model_predict: %s is NULL", !m ? "model" : !x ? "input" : "output");
     if (!m->built)
         return lenet__fail(LENET_ESTATE, "model_predict: the model is not built");
-    int batch;
+    int batch = 0;
     lenet_status st = check_input(m, x, "model_predict", &batch);
     if (st != LENET_OK)
         return st;
