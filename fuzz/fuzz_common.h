@@ -1,5 +1,6 @@
-/* Shared by the fuzz targets: lenet reads files by path, so each input is written to a private file
- * (under /dev/shm when it exists, else TMPDIR or /tmp) that lives as long as the process. */
+/* Shared by the fuzz targets: lenet reads files by path, so each input is written to a private file (under
+ * LENET_FUZZ_TMPDIR if set, else /dev/shm when it exists, else TMPDIR or /tmp) that lives as long as the process.
+ * libFuzzer ends with _Exit, which skips the atexit cleanup: run-long.sh gives each run a directory it removes. */
 #ifndef LENET_FUZZ_COMMON_H
 #define LENET_FUZZ_COMMON_H
 

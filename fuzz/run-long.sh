@@ -23,6 +23,11 @@ if [ -z "$targets" ]; then
     done
 fi
 
+# The targets write each input to a file (lenet reads paths); keep those files in a directory removed at the end.
+files=$(mktemp -d "$( [ -d /dev/shm ] && echo /dev/shm || echo "${TMPDIR:-/tmp}")/lenet-fuzz.XXXXXX")
+trap 'rm -rf "$files"' EXIT
+export LENET_FUZZ_TMPDIR="$files"
+
 failed=""
 for t in $targets; do
     mkdir -p "$work/corpus/$t" "$work/crashes/$t"
