@@ -611,6 +611,9 @@ START_TEST(test_range_maps_0_and_255_to_background_and_foreground)
     ck_assert_msg(out[2] == 1.0f && fabsf(out[3]) <= 1e-7f, "reversed: %.9g %.9g", (double)out[2], (double)out[3]);
     ck_assert_int_eq(lenet_dataset_set_range(d, NAN, 1.0f), LENET_EINVAL);
     ck_assert_int_eq(lenet_dataset_set_range(d, 0.0f, INFINITY), LENET_EINVAL);
+    /* Both finite but their difference overflows: every pixel would become NaN. */
+    ck_assert_int_eq(lenet_dataset_set_range(d, -3e38f, 3e38f), LENET_EINVAL);
+    ck_assert_msg(strstr(lenet_last_error(), "difference") != NULL, "message: %s", lenet_last_error());
     ck_assert_int_eq(lenet_dataset_set_padding(d, -1), LENET_EINVAL);
     ck_assert_int_eq(lenet_dataset_set_padding(d, 65), LENET_EINVAL);
     ck_assert_int_eq(lenet_dataset_height(d), 2);

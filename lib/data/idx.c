@@ -163,8 +163,9 @@ lenet_status lenet_dataset_set_range(lenet_dataset *d, float background, float f
 {
     if (!d)
         return lenet__fail(LENET_EINVAL, "dataset_set_range: dataset is NULL");
-    if (!isfinite(background) || !isfinite(foreground))
-        return lenet__fail(LENET_EINVAL, "dataset_set_range: values must be finite");
+    if (!isfinite(background) || !isfinite(foreground) || !isfinite(foreground - background))
+        return lenet__fail(LENET_EINVAL, "dataset_set_range: background %g and foreground %g must be finite and so "
+                                         "must their difference", (double)background, (double)foreground);
     d->background = background;
     d->foreground = foreground;
     return LENET_OK;
