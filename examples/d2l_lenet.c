@@ -24,7 +24,10 @@
 #define DEFAULT_DATA "/usr/share/datasets/fashion-mnist"
 #define INSTALL_HINT "sudo apt-get install dataset-fashion-mnist (or pass --data DIR)"
 #define D2L_LR 0.9f
-#define MODERN_LR 0.1f
+/* The modern variant trains the modern way too: momentum and a cosine-annealed rate (plain SGD at d2l's ReLU rate
+ * 0.1 ends at 0.885-0.888 test accuracy; this reaches about 0.89-0.90 in the same 10 epochs). */
+#define MODERN_LR 0.05f
+#define MODERN_MOMENTUM 0.9f
 #define POINTS_PER_EPOCH 5 /* d2l's Animator draws the train metrics 5 times an epoch */
 #define MAX_EPOCHS 10000
 #define NOTE_LINE 100      /* bytes of one curve point in a checkpoint's note, at most */
@@ -34,8 +37,8 @@ enum variant { VARIANT_D2L, VARIANT_MODERN };
 
 typedef struct options {
     int epochs, batch_size, threads;
-    float lr;
-    bool lr_given, quiet;
+    float lr, momentum;
+    bool lr_given, momentum_given, cosine, schedule_given, quiet;
     uint64_t seed;
     enum variant variant;
     const char *data, *csv, *plot, *activations, *save, *resume;
@@ -48,13 +51,16 @@ static void usage(FILE *out)
             "Trains d2l.ai's LeNet on Fashion-MNIST and prints the metrics like d2l's train_ch6.\n"
             "\n"
             "  --epochs N         passes over the training set (default 10)\n"
-            "  --lr RATE          SGD learning rate (default %.1f; %.1f for --variant modern)\n"
+            "  --lr RATE          SGD learning rate (default %g; %g for --variant modern)\n"
+            "  --momentum M       SGD momentum (default 0, as d2l; %g for --variant modern)\n"
+            "  --schedule NAME    constant learning rate (default), or cosine: annealed towards 0 over the epochs\n"
+            "                     (default for --variant modern)\n"
             "  --batch-size N     examples per SGD step (default 128)\n"
             "  --seed N           seed of the Xavier-uniform weights and of the shuffling (default 0)\n"
             "  --threads N        threads to train with (default: LENET_NUM_THREADS or the processor count)\n"
             "  --data DIR         Fashion-MNIST IDX files (default " DEFAULT_DATA ")\n"
             "  --variant NAME     d2l: Sigmoid and AvgPool2d, as d2l (default)\n"
-            "                     modern: ReLU and MaxPool2d\n"
+            "                     modern: ReLU and MaxPool2d, trained with momentum and a cosine schedule\n"
             "  --csv FILE         write epoch, train loss, train acc, test acc, 5 points an epoch\n"
             "  --plot FILE        draw those curves into FILE.png or FILE.svg\n"
             "  --activations DIR  write conv1 and conv2 feature maps of test pullovers and coats to DIR\n"
@@ -62,16 +68,18 @@ static void usage(FILE *out)
             "  --resume FILE      continue the run saved in FILE (same --variant and --batch-size)\n"
             "  --quiet            no progress on stderr\n"
             "  --help             show this help\n",
-            D2L_LR, MODERN_LR);
+            (double)D2L_LR, (double)MODERN_LR, (double)MODERN_MOMENTUM);
 }
 
 /* Parses the command line; returns -1 to exit 0 (--help), 0 to go on, 2 for a bad command line. */
 static int parse_options(int argc, char **argv, options *o)
 {
     *o = (options){.epochs = 10, .batch_size = 128, .lr = D2L_LR, .data = DEFAULT_DATA};
-    enum { EPOCHS = 256, LR, BATCH, SEED, THREADS, DATA, VARIANT, CSV, PLOT, ACTIVATIONS, SAVE, RESUME, QUIET, HELP };
+    enum { EPOCHS = 256, LR, MOMENTUM, SCHEDULE, BATCH, SEED, THREADS, DATA, VARIANT, CSV, PLOT, ACTIVATIONS, SAVE, RESUME, QUIET, HELP };
     static const struct option longopts[] = {
         {"epochs", required_argument, NULL, EPOCHS},   {"lr", required_argument, NULL, LR},
+        {"momentum", required_argument, NULL, MOMENTUM},
+        {"schedule", required_argument, NULL, SCHEDULE},
         {"batch-size", required_argument, NULL, BATCH}, {"seed", required_argument, NULL, SEED},
         {"threads", required_argument, NULL, THREADS}, {"data", required_argument, NULL, DATA},
         {"variant", required_argument, NULL, VARIANT}, {"csv", required_argument, NULL, CSV},
@@ -89,6 +97,21 @@ static int parse_options(int argc, char **argv, options *o)
         case LR:
             bad = cli_parse_float(PROG, "--lr", optarg, 0.0, 1000.0, &o->lr);
             o->lr_given = true;
+            break;
+        case MOMENTUM:
+            bad = cli_parse_float(PROG, "--momentum", optarg, 0.0, 0.999, &o->momentum);
+            o->momentum_given = true;
+            break;
+        case SCHEDULE:
+            o->schedule_given = true;
+            if (strcmp(optarg, "constant") == 0) {
+                o->cosine = false;
+            } else if (strcmp(optarg, "cosine") == 0) {
+                o->cosine = true;
+            } else {
+                fprintf(stderr, PROG ": --schedule: '%s' is neither constant nor cosine\n", optarg);
+                bad = 1;
+            }
             break;
         case BATCH: bad = cli_parse_int(PROG, "--batch-size", optarg, 1, 1 << 20, &o->batch_size); break;
         case SEED: bad = cli_parse_u64(PROG, "--seed", optarg, &o->seed); break;
@@ -131,6 +154,10 @@ static int parse_options(int argc, char **argv, options *o)
     }
     if (o->variant == VARIANT_MODERN && !o->lr_given)
         o->lr = MODERN_LR;
+    if (o->variant == VARIANT_MODERN && !o->momentum_given)
+        o->momentum = MODERN_MOMENTUM;
+    if (o->variant == VARIANT_MODERN && !o->schedule_given)
+        o->cosine = true;
 #ifdef LENET_HAVE_CAIRO
     if (o->plot && !plot_path_supported(o->plot)) {
         fprintf(stderr, PROG ": --plot %s: the name must end in .png or .svg\n", o->plot);
@@ -535,7 +562,7 @@ int main(int argc, char **argv)
         goto done;
     }
     if (!(net = build_network(o.variant, 12)) || lenet_model_init(net, LENET_INIT_XAVIER_UNIFORM, o.seed) != LENET_OK ||
-        !(sgd = lenet_sgd_create(net, o.lr, 0.0f, 0.0f)) ||
+        !(sgd = lenet_sgd_create(net, o.lr, o.momentum, 0.0f)) ||
         !(train_iter = lenet_iter_create(train, o.batch_size, true, o.seed)) ||
         !(test_iter = lenet_iter_create(test, o.batch_size, false, 0))) {
         fprintf(stderr, PROG ": %s\n", lenet_last_error());
@@ -567,7 +594,8 @@ int main(int argc, char **argv)
             goto done;
         }
         first_epoch = done_epochs + 1;
-        o.lr = lenet_optimizer_lr(sgd);
+        if (!o.cosine) /* a cosine schedule recomputes each epoch's rate from the base rate */
+            o.lr = lenet_optimizer_lr(sgd);
     }
     if (csv && (fprintf(csv, "epoch,train_loss,train_acc,test_acc\n") < 0 || write_csv_rows(csv, &c, 0) != 0))
         goto csv_fail;
@@ -586,6 +614,8 @@ int main(int argc, char **argv)
         r.next_point = 1;
         r.epoch_first_point = c.n;
         cli_progress_begin_epoch(&r.progress, epoch, examples);
+        if (o.cosine) /* lr_e = lr / 2 * (1 + cos(pi * (e - 1) / epochs)): from lr down towards 0 */
+            lenet_optimizer_set_lr(sgd, (float)(0.5 * o.lr * (1.0 + cos(3.14159265358979323846 * (epoch - 1) / o.epochs))));
         lenet_status st = lenet_train_epoch(net, sgd, train_iter, on_batch, &r, &fit);
         cli_progress_end_epoch(&r.progress);
         if (st == LENET_OK)
