@@ -1097,6 +1097,66 @@ START_TEST(test_resume_before_any_step_and_without_momentum)
 }
 END_TEST
 
+/* SDLM's Hessian estimate travels with a checkpoint: the resumed optimizer takes the same steps. */
+START_TEST(test_sdlm_checkpoint_keeps_the_hessian_estimate)
+{
+    make_tmpdir();
+    lenet_model *a = tiny_model(3), *b = tiny_model(4);
+    lenet_optimizer *oa = lenet_sdlm_create(a, 0.01f, 0.02f), *ob = lenet_sdlm_create(b, 0.05f, 0.02f);
+    ck_assert_ptr_nonnull(oa);
+    ck_assert_ptr_nonnull(ob);
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){5, 1, 6, 6});
+    lenet_tensor *dy = lenet_tensor_create(2, (int[]){5, 3});
+    int32_t labels[5] = {0, 1, 2, 1, 0};
+    lenet_test_fill(x, 21, 0.0f, 1.0f);
+    const lenet_tensor *y;
+    float loss;
+    /* Any positive curvature will do: squared gradients of one batch. */
+    ck_assert_lenet_ok(lenet_model_forward(a, x, &y));
+    ck_assert_lenet_ok(lenet_cross_entropy(y, labels, &loss, dy));
+    ck_assert_lenet_ok(lenet_model_zero_grad(a));
+    ck_assert_lenet_ok(lenet_model_backward(a, dy));
+    for (size_t i = 0; i < lenet_model_param_count(a); i++) {
+        float *g = lenet_tensor_data(lenet_model_grad(a, i));
+        for (size_t k = 0; k < lenet_tensor_numel(lenet_model_grad(a, i)); k++)
+            g[k] = g[k] * g[k] * 100.0f;
+    }
+    ck_assert_lenet_ok(lenet_sdlm_set_hessian_from_grads(oa, 1.0));
+    const char *path = tmp_path("sdlm.ckpt");
+    ck_assert_lenet_ok(lenet_checkpoint_save(a, oa, NULL, "sdlm", path));
+    ck_assert_lenet_ok(lenet_checkpoint_load(b, ob, NULL, path, NULL, 0));
+    ck_assert_float_eq(lenet_optimizer_lr(ob), 0.01f);
+    for (size_t i = 0; i < lenet_model_param_count(a); i++) {
+        lenet_tensor *ha = lenet_tensor_create(1, (int[]){(int)lenet_tensor_numel(lenet_model_param(a, i))});
+        lenet_tensor *hb = lenet_tensor_create(1, (int[]){(int)lenet_tensor_numel(lenet_model_param(a, i))});
+        ck_assert_lenet_ok(lenet_sdlm_hessian(oa, i, ha));
+        ck_assert_lenet_ok(lenet_sdlm_hessian(ob, i, hb));
+        ck_assert_mem_eq(lenet_tensor_cdata(ha), lenet_tensor_cdata(hb), lenet_tensor_numel(ha) * sizeof(float));
+        lenet_tensor_free(ha);
+        lenet_tensor_free(hb);
+    }
+    for (int step = 0; step < 3; step++) {
+        lenet_model *ms[2] = {a, b};
+        lenet_optimizer *os[2] = {oa, ob};
+        for (int k = 0; k < 2; k++) {
+            ck_assert_lenet_ok(lenet_model_forward(ms[k], x, &y));
+            ck_assert_lenet_ok(lenet_cross_entropy(y, labels, &loss, dy));
+            ck_assert_lenet_ok(lenet_model_zero_grad(ms[k]));
+            ck_assert_lenet_ok(lenet_model_backward(ms[k], dy));
+            ck_assert_lenet_ok(lenet_optimizer_step(os[k]));
+        }
+    }
+    assert_models_equal(a, b);
+    lenet_tensor_free(x);
+    lenet_tensor_free(dy);
+    lenet_optimizer_free(oa);
+    lenet_optimizer_free(ob);
+    lenet_model_free(a);
+    lenet_model_free(b);
+    remove_tmpdir();
+}
+END_TEST
+
 START_TEST(test_checkpoint_load_refuses_other_objects_and_changes_nothing)
 {
     make_tmpdir();
@@ -1330,6 +1390,7 @@ int main(void)
     tcase_add_test(tc, test_resume_after_an_epoch_is_bit_identical);
     tcase_add_test(tc, test_resume_inside_an_epoch_is_bit_identical);
     tcase_add_test(tc, test_resume_before_any_step_and_without_momentum);
+    tcase_add_test(tc, test_sdlm_checkpoint_keeps_the_hessian_estimate);
     tcase_add_test(tc, test_checkpoint_load_refuses_other_objects_and_changes_nothing);
     tcase_add_test(tc, test_unregistered_layer_kinds_cannot_be_saved);
     tcase_add_test(tc, test_registry_builds_every_kind_under_its_own_name);

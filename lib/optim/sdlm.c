@@ -26,6 +26,12 @@ static lenet_status sdlm_step(lenet_optimizer *o)
     if (!s->hessian || s->numel != m->arena_numel)
         return lenet__fail(LENET_ESTATE, "SDLM step: estimate the Hessian first (lenet_sdlm_estimate_hessian)");
     const float epsilon = o->lr, mu = s->mu;
+    if (!s->rate) { /* a Hessian adopted from a checkpoint comes without its derived rates */
+        s->rate = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
+        if (!s->rate)
+            return lenet__oom("SDLM step sizes");
+        s->rate_stale = true;
+    }
     if (s->rate_stale || s->rate_epsilon != epsilon) {
         for (size_t i = 0; i < m->arena_numel; i++)
             s->rate[i] = epsilon / (mu + s->hessian[i]);
@@ -50,7 +56,33 @@ static void sdlm_destroy(lenet_optimizer *o)
     lenet__free_aligned(((sdlm *)o)->rate);
 }
 
-static const lenet_optimizer_ops sdlm_ops = {.name = "SDLM", .step = sdlm_step, .destroy = sdlm_destroy};
+/* Checkpoints keep mu and the Hessian estimate; the step sizes are derived from them and recomputed. */
+static lenet_status sdlm_state(const lenet_optimizer *o, lenet_optimizer_state *out)
+{
+    const sdlm *s = (const sdlm *)o;
+    *out = (lenet_optimizer_state){
+        .n_settings = 1,
+        .setting_names = {"mu"},
+        .settings = {s->mu},
+        .n_buffers = 1,
+        .buffer_names = {"hessian_diagonal"},
+        .buffers = {s->hessian},
+    };
+    return LENET_OK;
+}
+
+static void sdlm_adopt(lenet_optimizer *o, int buffer, float *data)
+{
+    sdlm *s = (sdlm *)o;
+    (void)buffer;
+    lenet__free_aligned(s->hessian);
+    s->hessian = data;
+    s->numel = data ? o->model->arena_numel : 0;
+    s->rate_stale = true;
+}
+
+static const lenet_optimizer_ops sdlm_ops = {.name = "SDLM", .step = sdlm_step, .destroy = sdlm_destroy,
+                                             .state = sdlm_state, .adopt = sdlm_adopt};
 
 lenet_optimizer *lenet_sdlm_create(lenet_model *m, float epsilon, float mu)
 {
