@@ -71,7 +71,7 @@ lenet_status lenet_model_print(const lenet_model *m, FILE *out)
     if (!m->built)
         return lenet__fail(LENET_ESTATE, "model_print: build the model first (lenet_model_build)");
     char shape[96], params[32], conns[32];
-    int ok = fprintf(out, "%-5s %-12s %-22s %12s %14s\n", "Layer", "Type", "Output shape", "Params", "Connections");
+    int ok = fprintf(out, "%-5s %-14s %-22s %12s %14s\n", "Layer", "Type", "Output shape", "Params", "Connections");
     size_t total_params = 0, total_conns = 0;
     for (size_t i = 0; i < m->n_layers && ok >= 0; i++) {
         const lenet_layer *l = m->layers[i];
@@ -85,7 +85,7 @@ lenet_status lenet_model_print(const lenet_model *m, FILE *out)
         lenet__shape_format(&l->out, shape, sizeof shape);
         with_commas(n, params, sizeof params);
         with_commas(c, conns, sizeof conns);
-        ok = fprintf(out, "%-5zu %-12s %-22s %12s %14s\n", i, l->ops->name, shape, params, conns);
+        ok = fprintf(out, "%-5zu %-14s %-22s %12s %14s\n", i, l->ops->name, shape, params, conns);
     }
     with_commas(total_params, params, sizeof params);
     with_commas(total_conns, conns, sizeof conns);
