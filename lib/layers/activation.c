@@ -24,6 +24,7 @@ static lenet_status same_shape(const lenet_layer *l, const lenet_shape *in, lene
         .infer_shape = same_shape,                                                                        \
         .forward = kind##_forward,                                                                        \
         .backward = kind##_backward,                                                                      \
+        .gn_rule = lenet__gn_one_to_one,                                                                  \
     };                                                                                                    \
     lenet_layer *lenet_##kind(void)                                                                       \
     {                                                                                                     \

@@ -231,6 +231,7 @@ static const lenet_layer_ops conv2d_ops = {
     .forward = conv2d_forward,
     .backward = conv2d_backward,
     .connections = conv2d_connections,
+    .gn_rule = lenet__gn_squares,
 };
 
 lenet_layer *lenet_conv2d(int out_channels, int kernel_size, int stride, int padding)

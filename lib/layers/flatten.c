@@ -26,6 +26,7 @@ static const lenet_layer_ops flatten_ops = {
     .infer_shape = flatten_infer_shape,
     .forward = flatten_forward,
     .backward = flatten_backward,
+    .gn_rule = lenet__gn_one_to_one,
 };
 
 lenet_layer *lenet_flatten(void)

@@ -19,6 +19,18 @@ void *lenet__layer_alloc(size_t size, const lenet_layer_ops *ops, int n_args, co
     return l;
 }
 
+lenet_gn_rule lenet__gn_squares(const lenet_layer *l)
+{
+    (void)l;
+    return LENET_GN_SQUARES;
+}
+
+lenet_gn_rule lenet__gn_one_to_one(const lenet_layer *l)
+{
+    (void)l;
+    return LENET_GN_ONE_TO_ONE;
+}
+
 const char *lenet_layer_name(const lenet_layer *l)
 {
     return l ? l->ops->name : "";

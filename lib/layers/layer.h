@@ -39,6 +39,21 @@ typedef struct lenet_pass {
     float *work;          /* scratch of ops->workspace(l, n) floats, owned by the caller */
 } lenet_pass;
 
+/* The generic Gauss-Newton passes (lib/model/hessian.c) a layer kind may declare exact for itself. */
+typedef enum lenet_gn_rule {
+    LENET_GN_NONE = 0,
+    /* Linear in x and in its parameters, every coefficient a parameter (Conv2d, Linear): the pass is the layer's
+     * own backward run over squared inputs and squared parameters. */
+    LENET_GN_SQUARES,
+    /* Every input reaches at most one output, through a slope J (activations, Flatten, non-overlapping pools):
+     * hx = hy J^2. */
+    LENET_GN_ONE_TO_ONE
+} lenet_gn_rule;
+
+/* The rules for gn_rule ops, shared by the layer files. */
+lenet_gn_rule lenet__gn_squares(const lenet_layer *l);
+lenet_gn_rule lenet__gn_one_to_one(const lenet_layer *l);
+
 typedef struct lenet_layer_ops {
     const char *name; /* PyTorch class name */
     /* Output shape for a per-sample input shape; pure (does not change the layer), sets the error on failure. */
@@ -65,8 +80,10 @@ typedef struct lenet_layer_ops {
      * times f'(x)^2 for a nonlinearity), unless hx is NULL.  For the last layer p->dy holds the loss gradient
      * dE/dy when the caller gave it, for layers whose own curvature enters (RBF: 2 * sum dy); elsewhere it is
      * NULL.  p->x, p->y, p->work as in backward.  Pure over the layer, like backward.
-     * NULL: lib/model/hessian.c falls back to its generic passes (see there) or reports LENET_EUNSUPPORTED. */
+     * NULL: the layer's gn_rule says which generic pass of lib/model/hessian.c is exact for it. */
     void (*backward_gn)(const lenet_layer *l, const lenet_pass *p, const float *hy, float *hx);
+    /* Which generic Gauss-Newton pass is exact for a layer without backward_gn (NULL: none, LENET_EUNSUPPORTED). */
+    lenet_gn_rule (*gn_rule)(const lenet_layer *l);
 } lenet_layer_ops;
 
 struct lenet_layer {

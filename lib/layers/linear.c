@@ -79,6 +79,7 @@ static const lenet_layer_ops linear_ops = {
     .forward = linear_forward,
     .backward = linear_backward,
     .connections = linear_connections,
+    .gn_rule = lenet__gn_squares,
 };
 
 lenet_layer *lenet_linear(int out_features)

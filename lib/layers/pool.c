@@ -75,6 +75,13 @@ static void maxpool_backward(const lenet_layer *l, const lenet_pass *p)
         lenet__maxpool_backward(&pl->geom, (size_t)p->n * pl->geom.c, p->x, p->dy, p->dx);
 }
 
+/* Without overlap (stride >= kernel) every input reaches at most one output. */
+static lenet_gn_rule pool_gn_rule(const lenet_layer *l)
+{
+    const pool2d *pl = (const pool2d *)l;
+    return pl->stride >= pl->kernel_size ? LENET_GN_ONE_TO_ONE : LENET_GN_NONE;
+}
+
 static const lenet_layer_ops avgpool_ops = {
     .name = "AvgPool2d",
     .infer_shape = pool_infer_shape,
@@ -82,6 +89,7 @@ static const lenet_layer_ops avgpool_ops = {
     .forward = avgpool_forward,
     .backward = avgpool_backward,
     .connections = pool_connections,
+    .gn_rule = pool_gn_rule,
 };
 
 static const lenet_layer_ops maxpool_ops = {
@@ -91,6 +99,7 @@ static const lenet_layer_ops maxpool_ops = {
     .forward = maxpool_forward,
     .backward = maxpool_backward,
     .connections = pool_connections,
+    .gn_rule = pool_gn_rule,
 };
 
 static lenet_layer *pool_create(const lenet_layer_ops *ops, int kernel_size, int stride)

@@ -9,38 +9,32 @@
  * A shared weight sums the terms of all its connections.  The results are added into the model's gradient
  * buffers, as backward adds gradients there.
  *
- * Each layer kind provides this pass through ops->backward_gn.  Layers that do not (written before it existed)
- * get a generic pass when their name says it is exact:
- *   - Conv2d, Linear: linear in x and in the parameters, with every coefficient a parameter, so the pass is their
- *     own backward run over squared inputs and squared parameters with hy in place of dy;
- *   - Sigmoid, ReLU, Tanh, Flatten, and AvgPool2d/MaxPool2d whose stride is at least their kernel (no overlap):
- *     every input reaches at most one output, through a slope J, so hx = backward(hy) * backward(1) = hy J^2.
- * Any other layer without ops->backward_gn makes the pass fail with LENET_EUNSUPPORTED, before anything is
- * written. */
+ * Each layer kind provides this pass through ops->backward_gn, or declares through ops->gn_rule which generic
+ * pass is exact for it:
+ *   - LENET_GN_SQUARES (Conv2d, Linear): linear in x and in the parameters, with every coefficient a parameter, so
+ *     the pass is their own backward run over squared inputs and squared parameters with hy in place of dy;
+ *   - LENET_GN_ONE_TO_ONE (activations, Flatten, pools whose stride is at least their kernel): every input reaches
+ *     at most one output, through a slope J, so hx = backward(hy) * backward(1) = hy J^2.
+ * Any other layer makes the pass fail with LENET_EUNSUPPORTED, before anything is written. */
 #include <string.h>
 
 #include "model/internal.h"
 
 typedef enum gn_kind { GN_UNSUPPORTED, GN_OWN, GN_SQUARES, GN_ONE_TO_ONE } gn_kind;
 
-static bool named(const lenet_layer *l, const char *name)
-{
-    return strcmp(l->ops->name, name) == 0;
-}
-
 static gn_kind gn_kind_of(const lenet_layer *l)
 {
     if (l->ops->backward_gn)
         return GN_OWN;
-    if (named(l, "Conv2d") || named(l, "Linear"))
+    switch (l->ops->gn_rule ? l->ops->gn_rule(l) : LENET_GN_NONE) {
+    case LENET_GN_SQUARES:
         return GN_SQUARES;
-    if (l->n_params > 0)
-        return GN_UNSUPPORTED;
-    if (named(l, "Sigmoid") || named(l, "ReLU") || named(l, "Tanh") || named(l, "Flatten"))
-        return GN_ONE_TO_ONE;
-    /* Pools keep (kernel_size, stride) as their constructor arguments. */
-    if ((named(l, "AvgPool2d") || named(l, "MaxPool2d")) && l->n_args >= 2 && l->args[1] >= l->args[0])
-        return GN_ONE_TO_ONE;
+    case LENET_GN_ONE_TO_ONE:
+        /* One-to-one layers have no parameters whose curvature the generic pass could account for. */
+        return l->n_params > 0 ? GN_UNSUPPORTED : GN_ONE_TO_ONE;
+    case LENET_GN_NONE:
+        break;
+    }
     return GN_UNSUPPORTED;
 }
 
