@@ -23,11 +23,6 @@ size_t lenet__alloc_fail_at(size_t n)
     return counted;
 }
 
-size_t lenet__alloc_count(void)
-{
-    return atomic_load(&allocations);
-}
-
 bool lenet__mul_overflows(size_t a, size_t b, size_t *out)
 {
     if (a != 0 && b > SIZE_MAX / a)

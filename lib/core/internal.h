@@ -44,7 +44,6 @@ bool lenet__mul_overflows(size_t a, size_t b, size_t *out);
 /* Test hook (issue: allocation-failure injection): the n-th allocation from now on fails (n >= 1),
  * 0 disables.  Returns the number of allocations counted since the last call. */
 size_t lenet__alloc_fail_at(size_t n);
-size_t lenet__alloc_count(void);
 
 /* ---- threads (threads.c) ---- */
 
@@ -69,8 +68,6 @@ uint64_t lenet__rng_u64(lenet_rng *r);
 float lenet__rng_uniform(lenet_rng *r);
 /* Uniform integer in [0, bound), unbiased (Lemire's method). bound >= 1. */
 uint64_t lenet__rng_below(lenet_rng *r, uint64_t bound);
-/* Standard normal (Box-Muller), for distortions and tests. */
-double lenet__rng_normal(lenet_rng *r);
 
 /* ---- tensors (tensor.c) ---- */
 
@@ -86,8 +83,6 @@ struct lenet_tensor {
 lenet_status lenet__shape_numel(int ndim, const int *shape, size_t *numel);
 /* Initialises a tensor struct that views caller-owned memory (no allocation). */
 void lenet__tensor_view(lenet_tensor *t, int ndim, const int *shape, float *data);
-/* Heap tensor viewing caller memory: freed by lenet_tensor_free without freeing data. */
-lenet_tensor *lenet__tensor_new_view(int ndim, const int *shape, float *data);
 /* Reshapes in place to a shape with the same element count (used for reusable batch buffers). */
 lenet_status lenet__tensor_reshape(lenet_tensor *t, int ndim, const int *shape);
 /* Formats "[1, 6, 28, 28]" into buf. */

@@ -1,6 +1,5 @@
 /* xoshiro256** seeded through splitmix64: fast, with a fixed bit-exact sequence on every platform, so the same
  * seed gives the same weights and the same shuffles everywhere. */
-#include <math.h>
 
 #include "core/internal.h"
 
@@ -52,11 +51,4 @@ uint64_t lenet__rng_below(lenet_rng *r, uint64_t bound)
         if (x >= threshold)
             return x % bound;
     }
-}
-
-double lenet__rng_normal(lenet_rng *r)
-{
-    double u1 = ((double)(lenet__rng_u64(r) >> 11) + 1.0) * 0x1.0p-53;
-    double u2 = (double)(lenet__rng_u64(r) >> 11) * 0x1.0p-53;
-    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }

@@ -32,15 +32,6 @@ void lenet__tensor_view(lenet_tensor *t, int ndim, const int *shape, float *data
     t->owns_data = false;
 }
 
-lenet_tensor *lenet__tensor_new_view(int ndim, const int *shape, float *data)
-{
-    lenet_tensor *t = lenet__malloc(sizeof *t);
-    if (!t)
-        return lenet__oom("tensor"), NULL;
-    lenet__tensor_view(t, ndim, shape, data);
-    return t;
-}
-
 lenet_status lenet__tensor_reshape(lenet_tensor *t, int ndim, const int *shape)
 {
     size_t numel;
