@@ -186,22 +186,6 @@ static double check_close(const char *net, const char *what, const float *ours, 
 
 /* ---- the networks of make_pytorch_fixtures.py, through the public API ---- */
 
-static void add_d2l_lenet(lenet_model *m)
-{
-    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(6, 5, 1, 2)));
-    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
-    ck_assert_lenet_ok(lenet_model_add(m, lenet_avgpool2d(2, 2)));
-    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(16, 5, 1, 0)));
-    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
-    ck_assert_lenet_ok(lenet_model_add(m, lenet_avgpool2d(2, 2)));
-    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
-    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(120)));
-    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
-    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(84)));
-    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
-    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(10)));
-}
-
 static void add_modern(lenet_model *m)
 {
     ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(8, 3, 2, 1)));
@@ -233,7 +217,7 @@ typedef struct network {
     void (*add_layers)(lenet_model *m);
 } network;
 
-static const network D2L_LENET = {"d2l_lenet", add_d2l_lenet};
+static const network D2L_LENET = {"d2l_lenet", lenet_test_add_d2l_layers};
 static const network MODERN = {"modern", add_modern};
 static const network RGB = {"rgb", add_rgb};
 

@@ -13,10 +13,8 @@ int lenet_test_run(Suite *s)
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
-lenet_model *lenet_test_d2l_model(void)
+void lenet_test_add_d2l_layers(lenet_model *m)
 {
-    lenet_model *m = lenet_model_create();
-    ck_assert_ptr_nonnull(m);
     ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(6, 5, 1, 2)));
     ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
     ck_assert_lenet_ok(lenet_model_add(m, lenet_avgpool2d(2, 2)));
@@ -29,6 +27,13 @@ lenet_model *lenet_test_d2l_model(void)
     ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(84)));
     ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
     ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(10)));
+}
+
+lenet_model *lenet_test_d2l_model(void)
+{
+    lenet_model *m = lenet_model_create();
+    ck_assert_ptr_nonnull(m);
+    lenet_test_add_d2l_layers(m);
     return m;
 }
 

@@ -11,6 +11,9 @@
 /* Runs one suite and returns the process exit code. */
 int lenet_test_run(Suite *s);
 
+/* Appends the d2l LeNet's 12 layers to m; fails the test on error. */
+void lenet_test_add_d2l_layers(lenet_model *m);
+
 /* Builds the d2l LeNet (unbuilt); aborts the test on failure. */
 lenet_model *lenet_test_d2l_model(void);
 
