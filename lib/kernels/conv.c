@@ -123,11 +123,42 @@ void lenet__add_bias_rows(size_t rows, size_t cols, const float *bias, size_t nb
 
 void lenet__sum_rows_into(size_t rows, size_t cols, const float *dy, float *db, size_t nbias)
 {
+    /* Independent partial sums: one running sum would wait on each add's latency and never vectorize. */
+    enum { PARTS = 16 };
     for (size_t r = 0; r < rows; r++) {
         const float *row = dy + r * cols;
+        float part[PARTS] = {0};
+        size_t i = 0;
+        for (; i + PARTS <= cols; i += PARTS)
+            for (int j = 0; j < PARTS; j++)
+                part[j] += row[i + j];
         float acc = 0.0f;
-        for (size_t i = 0; i < cols; i++)
+        for (int j = 0; j < PARTS; j++)
+            acc += part[j];
+        for (; i < cols; i++)
             acc += row[i];
         db[r % nbias] += acc;
     }
+}
+
+void lenet__to_lanes_ref(int n, int planes, int h, int w, int p, const float *x, float *xt)
+{
+    const int hp = h + 2 * p, wp = w + 2 * p;
+    const size_t plane = (size_t)h * w, sample = (size_t)planes * plane;
+    memset(xt, 0, (size_t)planes * hp * wp * LENET_LANES * sizeof(float));
+    for (int c = 0; c < planes; c++)
+        for (int y = 0; y < h; y++) {
+            float *out = xt + (((size_t)c * hp + y + p) * wp + p) * LENET_LANES;
+            const float *in = x + (size_t)c * plane + (size_t)y * w;
+            for (int i = 0; i < n; i++)
+                for (int col = 0; col < w; col++)
+                    out[(size_t)col * LENET_LANES + i] = in[(size_t)i * sample + col];
+        }
+}
+
+void lenet__from_lanes_ref(int n, size_t count, const float *yt, float *y)
+{
+    for (int i = 0; i < n; i++)
+        for (size_t q = 0; q < count; q++)
+            y[(size_t)i * count + q] = yt[q * LENET_LANES + i];
 }

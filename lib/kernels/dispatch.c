@@ -15,13 +15,21 @@
 #define ISA_NAME_avx512 ISA_NAME__avx512
 
 #pragma GCC push_options
-#pragma GCC optimize("O3")
+#pragma GCC optimize("O3", "fp-contract=fast")
 #define VW 4
 #define CVW 4
+#define LANES_FWD_NO 2
+#define LANES_FWD_NP 1
+#define LANES_GRAD_NO 1
+#define LANES_GRAD_KB 2
 #define SUFFIX generic
 #include "kernels/simd.inc"
 #undef VW
 #undef CVW
+#undef LANES_FWD_NO
+#undef LANES_FWD_NP
+#undef LANES_GRAD_NO
+#undef LANES_GRAD_KB
 #undef SUFFIX
 #pragma GCC pop_options
 
@@ -29,25 +37,41 @@
 #define HAVE_WIDE 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-#pragma GCC optimize("O3")
+#pragma GCC optimize("O3", "fp-contract=fast")
 #define VW 8
 #define CVW 8
+#define LANES_FWD_NO 2
+#define LANES_FWD_NP 2
+#define LANES_GRAD_NO 2
+#define LANES_GRAD_KB 2
 #define SUFFIX avx2
 #include "kernels/simd.inc"
 #undef VW
 #undef CVW
+#undef LANES_FWD_NO
+#undef LANES_FWD_NP
+#undef LANES_GRAD_NO
+#undef LANES_GRAD_KB
 #undef SUFFIX
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
-#pragma GCC optimize("O3")
+#pragma GCC optimize("O3", "fp-contract=fast")
 #define VW 16
 #define CVW 8
+#define LANES_FWD_NO 4
+#define LANES_FWD_NP 4
+#define LANES_GRAD_NO 4
+#define LANES_GRAD_KB 5
 #define SUFFIX avx512
 #include "kernels/simd.inc"
 #undef VW
 #undef CVW
+#undef LANES_FWD_NO
+#undef LANES_FWD_NP
+#undef LANES_GRAD_NO
+#undef LANES_GRAD_KB
 #undef SUFFIX
 #pragma GCC pop_options
 #endif

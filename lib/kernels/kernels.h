@@ -53,6 +53,10 @@ void lenet__sum_rows_into(size_t rows, size_t cols, const float *dy, float *db, 
 
 /* ---- vector kernels, one table per instruction set (dispatch.c, simd.inc) ---- */
 
+/* Samples across the lanes of the sample-vectorized kernels: a lane tensor (..., LENET_LANES) holds one sample per
+ * lane.  Equal to the model's chunk, so a full chunk fills every lane. */
+#define LENET_LANES 16
+
 typedef struct lenet_kernels {
     const char *isa;   /* "generic", "avx2", "avx512" */
     int vector_width;  /* floats per vector: packed layouts pad output channels to a multiple of it */
@@ -74,6 +78,18 @@ typedef struct lenet_kernels {
      * floats, zero beyond ow). */
     void (*conv_grad_weight_rows)(const lenet_conv_geom *g, int oc, int n, const float *xp, int stride,
                                   const float *dyp, int dstride, float *grad);
+    /* Sample-vectorized stride-1 convolution: yt (oc, oh, ow, LENET_LANES) = bias (NULL: zero) + weight (oc, c, k, k)
+     * * xt, with xt the padded input lane tensor (c, h + 2p, w + 2p, LENET_LANES): its border columns must be zero,
+     * its border rows are never read. */
+    void (*conv_forward_lanes)(const lenet_conv_geom *g, int oc, const float *xt, const float *weight,
+                               const float *bias, float *yt);
+    /* grad (oc, c, k, k) += sum over output pixels and lanes of dyt times xt shifted by each tap; dyt is the output
+     * gradient lane tensor with a border of b pixels that is not read (oc, oh + 2b, ow + 2b, LENET_LANES). */
+    void (*conv_grad_weight_lanes)(const lenet_conv_geom *g, int oc, const float *xt, const float *dyt, int b,
+                                   float *grad);
+    /* As lenet__to_lanes_ref and lenet__from_lanes_ref, transposing 16 x 16 tiles in registers. */
+    void (*to_lanes)(int n, int planes, int h, int w, int p, const float *x, float *xt);
+    void (*from_lanes)(int n, size_t count, const float *yt, float *y);
 } lenet_kernels;
 
 /* The table for this CPU (the widest supported, or LENET_ISA's), chosen once; thread-safe. */
@@ -88,6 +104,11 @@ void lenet__conv_pack_weights(int oc, int c, int k, int vw, const float *weight,
 void lenet__conv_pad_input(const lenet_conv_geom *g, const float *x, float *xp);
 /* As lenet__conv_pad_input with rows of `stride` >= w + 2p floats, zero beyond the padded row. */
 void lenet__conv_pad_input_rows(const lenet_conv_geom *g, const float *x, float *xp, int stride);
+/* Lane tensor (planes, h + 2p, w + 2p, LENET_LANES) from n <= LENET_LANES samples x (n, planes, h, w): sample i in
+ * lane i, zero in the border and in the lanes past n. */
+void lenet__to_lanes_ref(int n, int planes, int h, int w, int p, const float *x, float *xt);
+/* y (n, count) from the first n lanes of the lane tensor yt (count, LENET_LANES). */
+void lenet__from_lanes_ref(int n, size_t count, const float *yt, float *y);
 /* True when the row-vectorized kernels fill more lanes than the channel-vectorized ones for this layer. */
 bool lenet__conv_prefers_rows(const lenet_kernels *k, const lenet_conv_geom *g, int oc);
 

@@ -1,4 +1,5 @@
-/* Conv2d: y = W * x + b over NCHW, through im2col and sgemm per sample. */
+/* Conv2d: y = W * x + b over NCHW, through direct vector kernels (dispatch.c): one sample per lane for full chunks,
+ * output channels or columns across the lanes for a few samples. */
 #include <stdio.h>
 #include <string.h>
 
@@ -74,11 +75,28 @@ static int row_stride(const lenet_conv_geom *g, int width)
     return (g->ow + width - 1) / width * width + g->k - 1;
 }
 
+/* Fewest samples for which the sample-vectorized kernels (one sample per lane) beat the per-sample ones: below it
+ * most lanes would multiply zeros.  Fixed, so the path taken depends on the chunk, never on the thread count. */
+#define LANES_MIN 6
+
+static bool use_lanes(const lenet_conv_geom *g, int n)
+{
+    return g->s == 1 && n >= LANES_MIN;
+}
+
+/* Border that turns the input gradient into a forward convolution of the output gradient (k - 1 - p), when it
+ * exists. */
+static int dx_border(const lenet_conv_geom *g)
+{
+    return g->k - 1 - g->p;
+}
+
 /* Workspace layout for n samples.  Channel-vectorized path: packed weights | padded inputs | transposed output
  * gradients | packed weight gradient.  Row-vectorized path: padded inputs with wide rows | output gradients with
- * wide rows.  Both: im2col columns of one sample (for dx). */
+ * wide rows.  Both: im2col columns of one sample (for dx).  Sample-vectorized path: input lane tensor | output
+ * (gradient) lane tensor, with the border dx needs | flipped weights | input gradient lane tensor. */
 typedef struct conv_work {
-    float *wpack, *xp, *dyt, *dwpack, *cols, *xrows, *dyrows;
+    float *wpack, *xp, *dyt, *dwpack, *cols, *xrows, *dyrows, *xt, *yt, *wflip, *dxt;
 } conv_work;
 
 static size_t work_layout(const conv2d *c, int n, float *base, conv_work *w)
@@ -87,10 +105,15 @@ static size_t work_layout(const conv2d *c, int n, float *base, conv_work *w)
     const size_t taps = (size_t)g->c * g->k * g->k, ocpad = oc_padded(c);
     const size_t xsize = (size_t)g->c * (g->h + 2 * g->p) * (g->w + 2 * g->p), ohw = (size_t)g->oh * g->ow;
     const size_t hp = (size_t)g->h + 2 * g->p, stride = (size_t)row_stride(g, 16), dstride = stride - g->k + 1;
+    const size_t q = dx_border(g) > 0 ? (size_t)dx_border(g) : 0;
     const size_t sizes[] = {(taps + 1) * ocpad, (size_t)n * xsize, (size_t)n * ohw * ocpad, (taps + 1) * ocpad,
                             taps * ohw, (size_t)n * g->c * hp * stride + 16,
-                            (size_t)n * c->out_channels * g->oh * dstride + 16};
-    float **slots[] = {&w->wpack, &w->xp, &w->dyt, &w->dwpack, &w->cols, &w->xrows, &w->dyrows};
+                            (size_t)n * c->out_channels * g->oh * dstride + 16,
+                            xsize * LENET_LANES,
+                            (size_t)c->out_channels * (g->oh + 2 * q) * (g->ow + 2 * q) * LENET_LANES,
+                            taps * c->out_channels, (size_t)g->c * g->h * g->w * LENET_LANES};
+    float **slots[] = {&w->wpack, &w->xp, &w->dyt, &w->dwpack, &w->cols, &w->xrows, &w->dyrows,
+                       &w->xt, &w->yt, &w->wflip, &w->dxt};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         if (base)
@@ -114,6 +137,15 @@ static void conv2d_forward(const lenet_layer *l, const lenet_pass *p, float *y)
     const lenet_kernels *kern = lenet__kernels();
     conv_work w;
     work_layout(c, 1, p->work, &w);
+    if (use_lanes(g, p->n)) {
+        for (int i0 = 0; i0 < p->n; i0 += LENET_LANES) {
+            const int m = p->n - i0 < LENET_LANES ? p->n - i0 : LENET_LANES;
+            kern->to_lanes(m, g->c, g->h, g->w, g->p, p->x + (size_t)i0 * l->in_size, w.xt);
+            kern->conv_forward_lanes(g, c->out_channels, w.xt, l->param[0], l->param[1], w.yt);
+            kern->from_lanes(m, l->out_size, w.yt, y + (size_t)i0 * l->out_size);
+        }
+        return;
+    }
     if (lenet__conv_prefers_rows(kern, g, c->out_channels)) {
         const int stride = row_stride(g, kern->row_width);
         for (int i = 0; i < p->n; i++) {
@@ -181,8 +213,40 @@ static void grad_weight_channels(const conv2d *c, const lenet_pass *p, const len
             p->grads[0][(size_t)o * ckk + t] += w->dwpack[(size_t)t * ocpad + o];
 }
 
+/* The sample-vectorized backward of up to LENET_LANES samples starting at i0.  dW as in conv2d_backward; dX as the
+ * forward convolution of dY, bordered by k - 1 - p, with the weights flipped and their channels swapped:
+ * dX[ci][y][x] = sum over (o, ky, kx) of W[o][ci][k-1-ky][k-1-kx] dYb[o][y + ky][x + kx]. */
+static void backward_lanes(const conv2d *c, const lenet_pass *p, int i0, const lenet_kernels *kern,
+                           const conv_work *w)
+{
+    const lenet_layer *l = &c->base;
+    const lenet_conv_geom *g = &c->geom;
+    const int m = p->n - i0 < LENET_LANES ? p->n - i0 : LENET_LANES, q = dx_border(g);
+    const bool lanes_dx = p->dx && q >= 0;
+    const int border = lanes_dx ? q : 0;
+    kern->to_lanes(m, g->c, g->h, g->w, g->p, p->x + (size_t)i0 * l->in_size, w->xt);
+    kern->to_lanes(m, c->out_channels, g->oh, g->ow, border, p->dy + (size_t)i0 * l->out_size, w->yt);
+    kern->conv_grad_weight_lanes(g, c->out_channels, w->xt, w->yt, border, p->grads[0]);
+    if (!lanes_dx)
+        return;
+    const lenet_conv_geom t = {.c = c->out_channels, .h = g->oh, .w = g->ow, .k = g->k, .s = 1, .p = q,
+                               .oh = g->h, .ow = g->w};
+    kern->conv_forward_lanes(&t, g->c, w->yt, w->wflip, NULL, w->dxt);
+    kern->from_lanes(m, l->in_size, w->dxt, p->dx + (size_t)i0 * l->in_size);
+}
+
+/* wflip (c, oc, k, k) = weight (oc, c, k, k) with channels swapped and each kernel turned by 180 degrees. */
+static void flip_weights(const conv2d *c, const float *weight, float *wflip)
+{
+    const int oc = c->out_channels, ch = c->geom.c, k = c->geom.k, kk = k * k;
+    for (int o = 0; o < oc; o++)
+        for (int ci = 0; ci < ch; ci++)
+            for (int t = 0; t < kk; t++)
+                wflip[((size_t)ci * oc + o) * kk + (kk - 1 - t)] = weight[((size_t)o * ch + ci) * kk + t];
+}
+
 /* dW += sum over samples and pixels of x (shifted by the tap) * dY;  db += sum of dY;
- * dX = col2im(W^T . dY) per sample. */
+ * dX = col2im(W^T . dY) per sample, or the flipped-kernel convolution of backward_lanes. */
 static void conv2d_backward(const lenet_layer *l, const lenet_pass *p)
 {
     const conv2d *c = (const conv2d *)l;
@@ -192,21 +256,20 @@ static void conv2d_backward(const lenet_layer *l, const lenet_pass *p)
     conv_work w;
     work_layout(c, p->n, p->work, &w);
 
-    for (int i = 0; i < p->n; i++) {
-        const float *dyi = p->dy + (size_t)i * l->out_size;
-        for (int o = 0; o < oc; o++) {
-            float sum = 0.0f;
-            for (int q = 0; q < ohw; q++)
-                sum += dyi[(size_t)o * ohw + q];
-            p->grads[1][o] += sum;
-        }
-    }
-    if (lenet__conv_prefers_rows(kern, g, oc))
+    lenet__sum_rows_into((size_t)p->n * oc, (size_t)ohw, p->dy, p->grads[1], (size_t)oc);
+    /* dX through the lanes needs a non-negative border k - 1 - p; wider padding takes the GEMM below. */
+    const bool lanes = use_lanes(g, p->n), lanes_dx = lanes && dx_border(g) >= 0;
+    if (lanes) {
+        if (p->dx && lanes_dx)
+            flip_weights(c, l->param[0], w.wflip);
+        for (int i0 = 0; i0 < p->n; i0 += LENET_LANES)
+            backward_lanes(c, p, i0, kern, &w);
+    } else if (lenet__conv_prefers_rows(kern, g, oc)) {
         grad_weight_rows(c, p, kern, &w);
-    else
+    } else {
         grad_weight_channels(c, p, kern, &w);
-
-    if (p->dx) {
+    }
+    if (p->dx && !lanes_dx) {
         for (int i = 0; i < p->n; i++) {
             const float *dyi = p->dy + (size_t)i * l->out_size;
             lenet__sgemm(true, false, ckk, ohw, oc, 1.0f, l->param[0], ckk, dyi, ohw, 0.0f, w.cols, ohw);
