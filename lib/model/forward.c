@@ -268,13 +268,16 @@ typedef struct predict_job {
     size_t act, work;
 } predict_job;
 
+/* Each worker owns two chunk-sized ping-pong activation buffers and a workspace in the scratch, so the scratch
+ * grows with the thread count, not with the batch, and stays in cache. */
 static void predict_chunk(void *ctx, int c, int worker)
 {
     const predict_job *job = ctx;
     const lenet_model *m = job->m;
     const int start = c * LENET_CHUNK, n = chunk_size(job->batch, start);
-    float *buf[2] = {job->scratch + (size_t)start * m->max_size, job->scratch + job->act + (size_t)start * m->max_size};
-    float *workspace = job->scratch + 2 * job->act + (size_t)worker * job->work;
+    float *own = job->scratch + (size_t)worker * (2 * job->act + job->work);
+    float *buf[2] = {own, own + job->act};
+    float *workspace = own + 2 * job->act;
     const float *in = job->x + (size_t)start * lenet__shape_size(&m->in_shape);
     for (size_t i = 0; i < m->n_layers; i++) {
         const lenet_layer *l = m->layers[i];
@@ -305,11 +308,11 @@ lenet_status lenet_model_predict(const lenet_model *m, const lenet_tensor *x, le
         return lenet__fail(LENET_ESHAPE, "model_predict: output tensor is %s, expected (%d, %zu) elements per sample",
                            got, batch, last->out_size);
     }
-    /* Private scratch (two ping-pong activation buffers and per-thread workspaces), so the model is only read. */
+    /* Private scratch per worker, so the model is only read and any number of threads may predict at once. */
     const int chunks = chunk_count(batch);
     const int threads = threads_for(chunks, 0);
-    const size_t act = (size_t)batch * m->max_size, work = max_workspace(m, LENET_CHUNK);
-    float *scratch = lenet__malloc_aligned((2 * act + (size_t)threads * work + 16) * sizeof(float));
+    const size_t act = ((size_t)LENET_CHUNK * m->max_size + 15) & ~(size_t)15, work = max_workspace(m, LENET_CHUNK);
+    float *scratch = lenet__malloc_aligned(((size_t)threads * (2 * act + work) + 16) * sizeof(float));
     if (!scratch)
         return lenet__oom("prediction scratch");
     predict_job job = {.m = m, .batch = batch, .x = x->data, .y = y->data, .scratch = scratch, .act = act,
