@@ -77,7 +77,7 @@ static int row_stride(const lenet_conv_geom *g, int width)
 
 /* Fewest samples for which the sample-vectorized kernels (one sample per lane) beat the per-sample ones: below it
  * most lanes would multiply zeros.  Fixed, so the path taken depends on the chunk, never on the thread count. */
-#define LANES_MIN 6
+#define LANES_MIN 12
 
 static bool use_lanes(const lenet_conv_geom *g, int n)
 {
