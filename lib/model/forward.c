@@ -57,8 +57,9 @@ lenet_status lenet__model_reserve(lenet_model *m, int batch)
     size_t work = max_workspace(m, LENET_CHUNK);
     size_t chunks = (size_t)chunk_count(batch);
     float **acts = lenet__calloc(m->n_layers + 1, sizeof *acts);
-    float *dbuf0 = lenet__malloc_aligned((size_t)batch * m->max_size * sizeof(float));
-    float *dbuf1 = lenet__malloc_aligned((size_t)batch * m->max_size * sizeof(float));
+    /* Activation gradients live only while their chunk runs, so each worker needs room for one chunk, not the batch. */
+    float *dbuf0 = lenet__malloc_aligned((size_t)threads * LENET_CHUNK * m->max_size * sizeof(float));
+    float *dbuf1 = lenet__malloc_aligned((size_t)threads * LENET_CHUNK * m->max_size * sizeof(float));
     float *workspace = lenet__malloc_aligned(((size_t)threads * work + 16) * sizeof(float));
     float *chunk_grads = lenet__malloc_aligned((chunks * m->arena_numel + 16) * sizeof(float));
     if (!acts || !dbuf0 || !dbuf1 || !workspace || !chunk_grads)
@@ -195,7 +196,7 @@ static void backward_chunk(void *ctx, int c, int worker)
     const int start = c * LENET_CHUNK, n = chunk_size(job->batch, start);
     float *grads = m->chunk_grads + (size_t)c * m->arena_numel, *work = m->work + (size_t)worker * m->work_cap;
     float *grad_ptrs[LENET_MAX_LAYER_PARAMS];
-    const size_t slice = (size_t)start * m->max_size;
+    const size_t slice = (size_t)worker * LENET_CHUNK * m->max_size;
     const float *dy = job->dy + (size_t)start * lenet__model_out_size(m);
     int cur = 0;
     memset(grads, 0, m->arena_numel * sizeof(float));

@@ -29,12 +29,12 @@ struct lenet_model {
     float **grad_ptrs;      /* grad_ptrs[i] = grads + param_offset[i], in layer spec order */
 
     /* Training buffers, grown to the largest batch seen.  A batch is cut into chunks of LENET_CHUNK samples that
-     * run in parallel; each chunk owns the slices [start, start + n) of acts, the slices
-     * [start * max_size, (start + n) * max_size) of dbuf, and its own gradient buffer, so no two threads ever
-     * write the same memory and the result does not depend on the thread count. */
+     * run in parallel; each chunk owns the slices [start, start + n) of acts and its own gradient buffer, and the
+     * worker running it lends it its slices of dbuf and work, so no two threads ever write the same memory and the
+     * result does not depend on the thread count. */
     int batch_cap;
     float **acts;           /* n_layers + 1: acts[0] the input copy, acts[i + 1] the output of layer i */
-    float *dbuf[2];         /* ping-pong gradients of activations */
+    float *dbuf[2];         /* ping-pong gradients of activations: threads_cap slices of LENET_CHUNK samples */
     float *work;            /* threads_cap slices of work_cap floats */
     size_t work_cap;
     int threads_cap;
