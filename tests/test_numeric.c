@@ -290,6 +290,48 @@ START_TEST(test_an_update_that_overflows_restores_the_parameters_of_before_the_s
 }
 END_TEST
 
+START_TEST(test_an_update_that_overflows_also_restores_the_momentum)
+{
+    /* A step that fails must leave no trace: after it, training on with a sane learning rate gives exactly what
+     * a fresh optimizer gives, momentum buffer and step count included. */
+    lenet_dataset *d = make_dataset(8, 4, 2);
+    lenet_model *m = two_linear_model();
+    fill(param_named(m, "1.weight"), 0.0f);
+    fill(param_named(m, "1.bias"), 1e-9f);
+    set_opposite_rows(m, 1e10f);
+    float *before = snapshot(m);
+    lenet_optimizer *o = lenet_sgd_create(m, 1e30f, 0.9f, 0.0f);
+    lenet_iter *it = lenet_iter_create(d, 4, false, 0);
+    ck_assert_int_eq(lenet_train_epoch(m, o, it, NULL, NULL, NULL), LENET_ENUMERIC);
+    ck_assert_msg(strstr(lenet_last_error(), "optimizer's state") != NULL, "message: %s", lenet_last_error());
+    ck_assert_msg(params_equal(m, before), "the parameters are not those of before the step");
+    ck_assert_lenet_ok(lenet_optimizer_set_lr(o, 1e-12f));
+    ck_assert_lenet_ok(lenet_iter_reset(it));
+    for (int epoch = 0; epoch < 2; epoch++)
+        ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, NULL));
+    float *after_failure = snapshot(m);
+
+    lenet_model *fresh = two_linear_model();
+    fill(param_named(fresh, "1.weight"), 0.0f);
+    fill(param_named(fresh, "1.bias"), 1e-9f);
+    set_opposite_rows(fresh, 1e10f);
+    lenet_optimizer *fo = lenet_sgd_create(fresh, 1e-12f, 0.9f, 0.0f);
+    lenet_iter *fit = lenet_iter_create(d, 4, false, 0);
+    for (int epoch = 0; epoch < 2; epoch++)
+        ck_assert_lenet_ok(lenet_train_epoch(fresh, fo, fit, NULL, NULL, NULL));
+    ck_assert_msg(params_equal(fresh, after_failure), "training after the failed step differs from a fresh start");
+    free(before);
+    free(after_failure);
+    lenet_iter_free(fit);
+    lenet_optimizer_free(fo);
+    lenet_model_free(fresh);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    remove_dataset(d);
+}
+END_TEST
+
 START_TEST(test_finite_training_is_not_flagged)
 {
     lenet_dataset *d = make_dataset(48, 28, 10);
@@ -319,6 +361,7 @@ int main(void)
     tcase_add_test(tc, test_an_infinite_bias_of_the_last_layer_is_named_and_evaluate_reports_it_too);
     tcase_add_test(tc, test_a_gradient_that_overflows_is_enumeric_before_the_update);
     tcase_add_test(tc, test_an_update_that_overflows_restores_the_parameters_of_before_the_step);
+    tcase_add_test(tc, test_an_update_that_overflows_also_restores_the_momentum);
     tcase_add_test(tc, test_finite_training_is_not_flagged);
     suite_add_tcase(s, tc);
     return lenet_test_run(s);

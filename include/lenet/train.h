@@ -39,8 +39,9 @@ typedef void (*lenet_progress_fn)(void *user, size_t done, size_t total, const l
  * step.  The pass runs from the iterator's position to its end; an exhausted iterator is first reset
  * (lenet_iter_reset()), so calling this once per epoch visits a new permutation each time.
  * @param progress may be NULL; @param out may be NULL.
- * @return LENET_OK; LENET_EINVAL; LENET_ESHAPE if the batches do not fit the model; LENET_ENUMERIC if the loss
- *         becomes NaN or infinite (the parameters are left as they were before that step).
+ * @return LENET_OK; LENET_EINVAL; LENET_ESHAPE if the batches do not fit the model; LENET_ENUMERIC if the loss,
+ *         a gradient or an updated parameter becomes NaN or infinite (the parameters and the optimizer's state,
+ *         momentum or Hessian estimate included, are left as they were before that step).
  */
 LENET_API lenet_status lenet_train_epoch(lenet_model *m, lenet_optimizer *o, lenet_iter *train,
                                          lenet_progress_fn progress, void *user, lenet_metrics *out);

@@ -1,8 +1,8 @@
 /* The training loop of d2l's train_ch6: forward, cross-entropy, backward, step, with running metrics.
  *
  * Numerical faults (issue 8): a step whose loss, gradients or updated parameters hold a NaN or an infinity
- * returns LENET_ENUMERIC naming the first layer where it appeared, and leaves the parameters as they were before
- * that step.  The checks cost one scan of the gradient arena and one of the parameter arena per step, plus one
+ * returns LENET_ENUMERIC naming the first layer where it appeared, and leaves the parameters and the optimizer's
+ * state (step count, momentum, Hessian estimate) as they were before that step.  The checks cost one scan of the gradient arena and one of the parameter arena per step, plus one
  * copy of the parameter arena (61,706 floats for the d2l LeNet) taken just before the optimizer runs; the
  * activations are scanned only when the loss is not finite, to find the layer that produced it. */
 #define _POSIX_C_SOURCE 200809L
@@ -14,6 +14,7 @@
 #include "lenet/loss.h"
 #include "lenet/train.h"
 #include "model/internal.h"
+#include "optim/internal.h"
 
 static double now_seconds(void)
 {
@@ -99,6 +100,54 @@ static size_t find_non_finite_param(const lenet_model *m, const float *arena, bo
     return m->n_params;
 }
 
+/* What an optimizer step changes besides the parameters: its step count and its state buffers (SGD's momentum,
+ * SDLM's Hessian), so that a step that overflows can be undone completely. */
+typedef struct optim_snapshot {
+    unsigned long long steps;
+    int n_buffers;
+    bool had[LENET_OPTIM_MAX_STATE];
+    float *copy[LENET_OPTIM_MAX_STATE];
+} optim_snapshot;
+
+static lenet_status optim_save(const lenet_optimizer *o, size_t numel, optim_snapshot *s)
+{
+    s->steps = o->steps;
+    s->n_buffers = 0;
+    if (!o->ops->state)
+        return LENET_OK;
+    lenet_optimizer_state state;
+    lenet_status st = o->ops->state(o, &state);
+    if (st != LENET_OK)
+        return st;
+    for (int b = 0; b < state.n_buffers; b++) {
+        s->had[b] = state.buffers[b] != NULL;
+        if (!s->had[b])
+            continue;
+        if (!s->copy[b] && !(s->copy[b] = lenet__malloc_aligned((numel ? numel : 1) * sizeof(float))))
+            return lenet__oom("optimizer state snapshot");
+        memcpy(s->copy[b], state.buffers[b], numel * sizeof(float));
+    }
+    s->n_buffers = state.n_buffers;
+    return LENET_OK;
+}
+
+/* Puts the saved state back; the optimizer takes the copies over, so this cannot fail. */
+static void optim_restore(lenet_optimizer *o, optim_snapshot *s)
+{
+    o->steps = s->steps;
+    for (int b = 0; b < s->n_buffers; b++) {
+        o->ops->adopt(o, b, s->had[b] ? s->copy[b] : NULL);
+        if (s->had[b])
+            s->copy[b] = NULL;
+    }
+}
+
+static void optim_snapshot_free(optim_snapshot *s)
+{
+    for (int b = 0; b < LENET_OPTIM_MAX_STATE; b++)
+        lenet__free_aligned(s->copy[b]);
+}
+
 /* One pass over `it`; with `o` NULL it only evaluates. */
 static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it, lenet_progress_fn progress,
                              void *user, lenet_metrics *out)
@@ -116,6 +165,7 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
     size_t seen = 0, correct = 0;
     lenet_tensor *dlogits = NULL;
     float *saved = NULL; /* the parameters before the current optimizer step */
+    optim_snapshot saved_state = {0};
     lenet_status st;
     lenet_metrics so_far = {0};
     for (;;) {
@@ -181,6 +231,9 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
                 break;
             }
             memcpy(saved, m->params, m->arena_numel * sizeof(float));
+            st = optim_save(o, m->arena_numel, &saved_state);
+            if (st != LENET_OK)
+                break;
             st = lenet_optimizer_step(o);
             if (st != LENET_OK)
                 break;
@@ -188,9 +241,11 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
                 size_t t = find_non_finite_param(m, m->params, false);
                 size_t layer = t < m->n_params ? m->param_layer[t] : 0;
                 memcpy(m->params, saved, m->arena_numel * sizeof(float));
+                optim_restore(o, &saved_state);
                 st = lenet__fail(LENET_ENUMERIC,
                                  "%s after %zu examples: the update made %s in layer %zu (%s) not finite (learning rate "
-                                 "%g too large?); the parameters are restored to their values before this step",
+                                 "%g too large?); the parameters and the optimizer's state are restored to their values "
+                                 "before this step",
                                  who, seen, t < m->n_params ? m->param_names[t] : "?", layer,
                                  m->layers[layer]->ops->name, (double)lenet_optimizer_lr(o));
                 break;
@@ -204,6 +259,7 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
     }
     lenet_tensor_free(dlogits);
     lenet__free_aligned(saved);
+    optim_snapshot_free(&saved_state);
     if (st == LENET_OK && out)
         *out = so_far;
     return st;
