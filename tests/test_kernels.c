@@ -253,6 +253,411 @@ START_TEST(test_col2im_counts_each_input_once_per_window_covering_it)
 }
 END_TEST
 
+/* ---- sample-vectorized convolution: LENET_LANES samples across the lanes of lane tensors ---- */
+
+static const char *const isa_names[] = {"generic", "avx2", "avx512"};
+
+/* Fills out with the kernel tables this CPU supports, generic first, and returns how many; the default selection is
+ * back in place on return. */
+static int supported_kernels(const lenet_kernels *out[3])
+{
+    int count = 0;
+    for (size_t i = 0; i < sizeof isa_names / sizeof isa_names[0]; i++) {
+        if (!lenet__kernels_force(isa_names[i]))
+            continue;
+        out[count] = lenet__kernels();
+        ck_assert_str_eq(out[count]->isa, isa_names[i]);
+        count++;
+    }
+    ck_assert(lenet__kernels_force(NULL));
+    ck_assert_msg(count >= 1 && strcmp(out[0]->isa, "generic") == 0, "the generic kernels must always be available");
+    return count;
+}
+
+/* Index of the first float whose bits differ between a and b, or n when all n are identical (NaN included). */
+static size_t first_difference(const float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof(float)) != 0)
+            return i;
+    return n;
+}
+
+/* Index of lane tensor element (plane, y, x, lane) in a tensor of (hp, wp) planes. */
+static size_t lane_index(int plane, int y, int x, int lane, int hp, int wp)
+{
+    return (((size_t)plane * hp + y) * wp + x) * LENET_LANES + lane;
+}
+
+/* One convolution of the lane sweep: stride 1, `oc` output channels, with or without a bias. */
+typedef struct lane_case {
+    lenet_conv_geom g;
+    int oc;
+    bool bias;
+} lane_case;
+
+enum { MAX_LANE_CASES = 1000 };
+
+/* The sweep: kernels 1..5 with padding 0..k+1, so both p <= k - 1 and wider padding; out channels 1..9 and 16;
+ * output widths 1..9, 10, 14 and 28.  Each (k, p) meets every channel count and every width, and each (channels,
+ * width) pair meets some k, so every remainder of the kernels' channel, pixel and tap tiles comes up.  Input
+ * channels (1..3), heights and the bias vary along.  Returns the number of cases. */
+static size_t lane_cases(lane_case cases[MAX_LANE_CASES])
+{
+    static const int channels[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16};
+    static const int widths[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 28};
+    const int nc = (int)(sizeof channels / sizeof channels[0]), nw = (int)(sizeof widths / sizeof widths[0]);
+    size_t count = 0;
+    for (int k = 1; k <= 5; k++) {
+        for (int p = 0; p <= k + 1; p++) {
+            for (int ci = 0; ci < nc; ci++) {
+                for (int wi = 0; wi < nw; wi++) {
+                    if ((ci + wi + k) % 3 != 0)
+                        continue;
+                    const int ow = widths[wi], w = ow - 2 * p + k - 1; /* ow = w + 2p - k + 1 */
+                    if (w < 1)
+                        continue; /* padding wider than the output allows */
+                    int oh = 1 + (int)(count % 3), h = oh - 2 * p + k - 1;
+                    if (h < 1) {
+                        h = 1 + (int)(count % 3);
+                        oh = h + 2 * p - k + 1;
+                    }
+                    ck_assert_uint_lt(count, MAX_LANE_CASES);
+                    lane_case *lc = &cases[count];
+                    lc->g = make_geom(1 + (int)(count % 3), h, w, k, 1, p);
+                    ck_assert_int_eq(lc->g.oh, oh);
+                    ck_assert_int_eq(lc->g.ow, ow);
+                    lc->oc = channels[ci];
+                    lc->bias = count % 2 == 0;
+                    count++;
+                }
+            }
+        }
+    }
+    return count;
+}
+
+#define LANE_CASE_FMT GEOM_FMT " oc=%d"
+#define LANE_CASE_ARGS(lc) GEOM_ARGS((lc).g), (lc).oc
+
+START_TEST(test_lane_transposes_match_their_references_bit_for_bit_on_every_isa)
+{
+    /* planes, h, w, p: LeNet's shapes, plane sizes below 16 values in all and sizes that are not multiples of 16. */
+    static const int shapes[][4] = {{6, 14, 14, 0}, {6, 14, 14, 2}, {1, 28, 28, 2}, {16, 10, 10, 4}, {16, 5, 5, 0},
+                                    {3, 3, 3, 0},   {3, 3, 3, 1},   {1, 2, 2, 0},   {1, 2, 2, 3},   {1, 4, 4, 0},
+                                    {1, 4, 4, 1},   {2, 1, 9, 1},   {1, 1, 17, 0},  {5, 3, 1, 2}};
+    static const size_t counts[] = {1, 4, 15, 16, 17, 27, 33, 100, 784, 1176};
+    static const int ns[] = {1, 5, 15, 16};
+    enum { GUARD = 2 * LENET_LANES }; /* NaN past the end of each output: it must survive */
+    const lenet_kernels *kerns[3];
+    const int nk = supported_kernels(kerns);
+    lenet_rng rng;
+    lenet__rng_seed(&rng, 1616);
+
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int planes = shapes[si][0], h = shapes[si][1], w = shapes[si][2], p = shapes[si][3];
+        const int hp = h + 2 * p, wp = w + 2 * p;
+        const size_t sample = (size_t)planes * h * w, tsize = (size_t)planes * hp * wp * LENET_LANES;
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+            const int n = ns[ni];
+            float *x = floats((size_t)n * sample), *want = floats(tsize + GUARD), *got = floats(tsize + GUARD);
+            fill_uniform(&rng, x, (size_t)n * sample, -1.0f, 1.0f);
+            fill_nan(want, tsize + GUARD);
+            lenet__to_lanes_ref(n, planes, h, w, p, x, want);
+            /* The reference itself: sample i's pixel at its padded place in lane i; zero in the border and in the
+             * lanes past n, over the garbage that was there.  (One assertion per check: Check reports each.) */
+            float *expect = floats(tsize + GUARD);
+            fill_nan(expect, tsize + GUARD);
+            for (int c = 0; c < planes; c++)
+                for (int y = 0; y < hp; y++)
+                    for (int col = 0; col < wp; col++)
+                        for (int i = 0; i < LENET_LANES; i++) {
+                            const bool inside = i < n && y >= p && y < p + h && col >= p && col < p + w;
+                            expect[lane_index(c, y, col, i, hp, wp)] =
+                                inside ? x[(size_t)i * sample + ((size_t)c * h + y - p) * w + col - p] : 0.0f;
+                        }
+            size_t at = first_difference(want, expect, tsize + GUARD);
+            ck_assert_msg(at == tsize + GUARD, "to_lanes_ref n=%d planes=%d h=%d w=%d p=%d: float %zu of %zu is %g, want %g",
+                          n, planes, h, w, p, at, tsize, want[at], expect[at]);
+            free(expect);
+
+            for (int ki = 0; ki < nk; ki++) {
+                fill_nan(got, tsize + GUARD);
+                kerns[ki]->to_lanes(n, planes, h, w, p, x, got);
+                at = first_difference(got, want, tsize + GUARD);
+                ck_assert_msg(at == tsize + GUARD,
+                              "%s to_lanes n=%d planes=%d h=%d w=%d p=%d: float %zu of %zu is %g, reference %g",
+                              kerns[ki]->isa, n, planes, h, w, p, at, tsize, got[at], want[at]);
+            }
+            free(x);
+            free(want);
+            free(got);
+        }
+    }
+
+    for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) {
+        const size_t count = counts[ci];
+        float *yt = floats(count * LENET_LANES);
+        /* Every lane holds data, so copying a lane past n would show. */
+        fill_uniform(&rng, yt, count * LENET_LANES, -1.0f, 1.0f);
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+            const int n = ns[ni];
+            const size_t size = (size_t)n * count;
+            float *want = floats(size + GUARD), *got = floats(size + GUARD);
+            fill_nan(want, size + GUARD);
+            lenet__from_lanes_ref(n, count, yt, want);
+            size_t wrong = 0;
+            for (int i = 0; i < n; i++)
+                for (size_t q = 0; q < count; q++)
+                    wrong += want[(size_t)i * count + q] != yt[q * LENET_LANES + i];
+            for (int j = 0; j < GUARD; j++)
+                wrong += !isnan(want[size + j]);
+            ck_assert_msg(wrong == 0, "from_lanes_ref n=%d count=%zu: %zu values wrong or written past the end", n,
+                          count, wrong);
+            for (int ki = 0; ki < nk; ki++) {
+                fill_nan(got, size + GUARD);
+                kerns[ki]->from_lanes(n, count, yt, got);
+                const size_t at = first_difference(got, want, size + GUARD);
+                ck_assert_msg(at == size + GUARD, "%s from_lanes n=%d count=%zu: float %zu of %zu is %g, reference %g",
+                              kerns[ki]->isa, n, count, at, size, got[at], want[at]);
+            }
+            free(want);
+            free(got);
+        }
+        free(yt);
+    }
+}
+END_TEST
+
+START_TEST(test_lane_convolution_matches_reference_per_sample_on_every_isa_and_tile_remainder)
+{
+    lane_case *cases = malloc(MAX_LANE_CASES * sizeof *cases);
+    ck_assert_ptr_nonnull(cases);
+    const size_t ncases = lane_cases(cases);
+    const lenet_kernels *kerns[3];
+    const int nk = supported_kernels(kerns);
+    lenet_rng rng;
+    lenet__rng_seed(&rng, 4242);
+    for (size_t ci = 0; ci < ncases; ci++) {
+        const lane_case lc = cases[ci];
+        const lenet_conv_geom *g = &lc.g;
+        const int L = LENET_LANES, hp = g->h + 2 * g->p, wp = g->w + 2 * g->p;
+        const size_t in_size = (size_t)g->c * g->h * g->w, out_size = (size_t)lc.oc * g->oh * g->ow;
+        const size_t nweight = (size_t)lc.oc * g->c * g->k * g->k, tsize = (size_t)g->c * hp * wp * L;
+        float *x = floats(L * in_size), *weight = floats(nweight), *bias = floats((size_t)lc.oc);
+        float *xt = floats(tsize), *yt = floats(out_size * L), *got = floats(L * out_size), *want = floats(L * out_size);
+        fill_uniform(&rng, x, L * in_size, -1.0f, 1.0f);
+        fill_uniform(&rng, weight, nweight, -1.0f, 1.0f);
+        fill_uniform(&rng, bias, (size_t)lc.oc, -1.0f, 1.0f);
+        const float *b = lc.bias ? bias : NULL;
+        for (int i = 0; i < L; i++)
+            lenet__conv2d_ref(g, lc.oc, x + i * in_size, weight, b, want + i * out_size);
+
+        lenet__to_lanes_ref(L, g->c, g->h, g->w, g->p, x, xt);
+        /* The border rows are documented as never read: NaN there would poison any output that read them.  The
+         * border columns must stay zero. */
+        for (int c = 0; c < g->c; c++)
+            for (int y = 0; y < hp; y++)
+                if (y < g->p || y >= g->p + g->h)
+                    fill_nan(xt + lane_index(c, y, 0, 0, hp, wp), (size_t)wp * L);
+        for (int ki = 0; ki < nk; ki++) {
+            fill_nan(yt, out_size * L);
+            kerns[ki]->conv_forward_lanes(g, lc.oc, xt, weight, b, yt);
+            lenet__from_lanes_ref(L, out_size, yt, got);
+            const double err = lenet_test_max_rel_err(got, want, L * out_size, 1.0);
+            ck_assert_msg(err < 1e-5, "%s case %zu " LANE_CASE_FMT " bias=%d: worst error %g", kerns[ki]->isa, ci,
+                          LANE_CASE_ARGS(lc), lc.bias, err);
+        }
+        free(x);
+        free(weight);
+        free(bias);
+        free(xt);
+        free(yt);
+        free(got);
+        free(want);
+    }
+    free(cases);
+}
+END_TEST
+
+START_TEST(test_lane_weight_gradient_matches_double_sum_and_never_reads_the_border)
+{
+    lane_case *cases = malloc(MAX_LANE_CASES * sizeof *cases);
+    ck_assert_ptr_nonnull(cases);
+    const size_t ncases = lane_cases(cases);
+    const lenet_kernels *kerns[3];
+    const int nk = supported_kernels(kerns);
+    lenet_rng rng;
+    lenet__rng_seed(&rng, 777);
+    double worst = 0.0;
+    for (size_t ci = 0; ci < ncases; ci++) {
+        const lane_case lc = cases[ci];
+        const lenet_conv_geom *g = &lc.g;
+        const int L = LENET_LANES, k = g->k, hp = g->h + 2 * g->p, wp = g->w + 2 * g->p;
+        const size_t in_size = (size_t)g->c * g->h * g->w, out_size = (size_t)lc.oc * g->oh * g->ow;
+        const size_t nweight = (size_t)lc.oc * g->c * k * k;
+        float *x = floats(L * in_size), *dy = floats(L * out_size), *xt = floats((size_t)g->c * hp * wp * L);
+        float *grad0 = floats(nweight), *grad = floats(nweight);
+        double *want = malloc(nweight * sizeof *want), *scale = malloc(nweight * sizeof *scale);
+        ck_assert(want && scale);
+        fill_uniform(&rng, x, L * in_size, -1.0f, 1.0f);
+        fill_uniform(&rng, dy, L * out_size, -1.0f, 1.0f);
+        fill_uniform(&rng, grad0, nweight, -1.0f, 1.0f); /* the kernel adds to what is there */
+        lenet__to_lanes_ref(L, g->c, g->h, g->w, g->p, x, xt);
+
+        /* dW[o][c][ky][kx] = sum over samples and output pixels of dy[o][oy][ox] * xpadded[c][oy + ky][ox + kx]. */
+        for (int o = 0; o < lc.oc; o++)
+            for (int c = 0; c < g->c; c++)
+                for (int ky = 0; ky < k; ky++)
+                    for (int kx = 0; kx < k; kx++) {
+                        double acc = 0.0, mag = 0.0;
+                        for (int i = 0; i < L; i++)
+                            for (int oy = 0; oy < g->oh; oy++) {
+                                const int iy = oy + ky - g->p;
+                                if (iy < 0 || iy >= g->h)
+                                    continue;
+                                for (int ox = 0; ox < g->ow; ox++) {
+                                    const int ix = ox + kx - g->p;
+                                    if (ix < 0 || ix >= g->w)
+                                        continue;
+                                    const double term =
+                                        (double)dy[i * out_size + ((size_t)o * g->oh + oy) * g->ow + ox] *
+                                        x[i * in_size + ((size_t)c * g->h + iy) * g->w + ix];
+                                    acc += term;
+                                    mag += fabs(term);
+                                }
+                            }
+                        const size_t t = (((size_t)o * g->c + c) * k + ky) * k + kx;
+                        want[t] = grad0[t] + acc;
+                        scale[t] = fabs(want[t]) + mag;
+                    }
+
+        for (int border = 0; border <= 3; border += 3) {
+            const int dh = g->oh + 2 * border, dw = g->ow + 2 * border;
+            float *dyt = floats((size_t)lc.oc * dh * dw * L);
+            /* NaN in the border: one read of it would turn a gradient into NaN. */
+            fill_nan(dyt, (size_t)lc.oc * dh * dw * L);
+            for (int i = 0; i < L; i++)
+                for (int o = 0; o < lc.oc; o++)
+                    for (int oy = 0; oy < g->oh; oy++)
+                        for (int ox = 0; ox < g->ow; ox++)
+                            dyt[lane_index(o, oy + border, ox + border, i, dh, dw)] =
+                                dy[i * out_size + ((size_t)o * g->oh + oy) * g->ow + ox];
+            for (int ki = 0; ki < nk; ki++) {
+                memcpy(grad, grad0, nweight * sizeof(float));
+                kerns[ki]->conv_grad_weight_lanes(g, lc.oc, xt, dyt, border, grad);
+                /* Float sums of many terms: the error bound grows with the sum of their magnitudes. */
+                double err = 0.0;
+                size_t at = 0;
+                for (size_t t = 0; t < nweight; t++) {
+                    const double e = fabs((double)grad[t] - want[t]) / (scale[t] + 1.0);
+                    if (!(e <= err)) { /* NaN included */
+                        err = isnan(e) ? INFINITY : e;
+                        at = t;
+                    }
+                }
+                ck_assert_msg(err < 1e-6, "%s case %zu " LANE_CASE_FMT " border %d: dW[%zu] = %.9g, want %.9g",
+                              kerns[ki]->isa, ci, LANE_CASE_ARGS(lc), border, at, grad[at], want[at]);
+                if (err > worst)
+                    worst = err;
+            }
+            free(dyt);
+        }
+        free(x);
+        free(dy);
+        free(xt);
+        free(grad0);
+        free(grad);
+        free(want);
+        free(scale);
+    }
+    free(cases);
+    fprintf(stderr, "lane weight gradient: worst error %g\n", worst);
+}
+END_TEST
+
+START_TEST(test_lane_input_gradient_is_the_flipped_kernel_forward_convolution)
+{
+    /* conv2d's backward_lanes: for stride 1, dX[c][y][x] = sum over (o, ky, kx) of w[o][c][ky][kx] dy[o][y + p - ky][x + p - kx]
+     * is the forward convolution of dy bordered by q = k - 1 - p with wflip[c][o] = w[o][c] turned by 180 degrees. */
+    lane_case *cases = malloc(MAX_LANE_CASES * sizeof *cases);
+    ck_assert_ptr_nonnull(cases);
+    const size_t ncases = lane_cases(cases);
+    const lenet_kernels *kerns[3];
+    const int nk = supported_kernels(kerns);
+    lenet_rng rng;
+    lenet__rng_seed(&rng, 31337);
+    int tested = 0;
+    for (size_t ci = 0; ci < ncases; ci++) {
+        const lane_case lc = cases[ci];
+        const lenet_conv_geom *g = &lc.g;
+        const int k = g->k, kk = k * k, q = k - 1 - g->p;
+        if (q < 0)
+            continue; /* the layer takes col2im for padding wider than k - 1 */
+        /* Full chunks and partial ones: n samples of LENET_LANES. */
+        const int n = ci % 2 ? LENET_LANES : 1 + (int)(ci / 2 % LENET_LANES);
+        const int dh = g->oh + 2 * q, dw = g->ow + 2 * q;
+        const size_t in_size = (size_t)g->c * g->h * g->w, out_size = (size_t)lc.oc * g->oh * g->ow;
+        const size_t nweight = (size_t)lc.oc * g->c * kk;
+        float *dy = floats(n * out_size), *weight = floats(nweight), *wflip = floats(nweight);
+        float *dyt = floats((size_t)lc.oc * dh * dw * LENET_LANES), *dxt = floats(in_size * LENET_LANES);
+        float *dx = floats(n * in_size), *want = floats(n * in_size);
+        fill_uniform(&rng, dy, n * out_size, -1.0f, 1.0f);
+        fill_uniform(&rng, weight, nweight, -1.0f, 1.0f);
+        for (int o = 0; o < lc.oc; o++)
+            for (int c = 0; c < g->c; c++)
+                for (int t = 0; t < kk; t++)
+                    wflip[((size_t)c * lc.oc + o) * kk + (kk - 1 - t)] = weight[((size_t)o * g->c + c) * kk + t];
+
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < g->c; c++)
+                for (int y = 0; y < g->h; y++)
+                    for (int x = 0; x < g->w; x++) {
+                        double acc = 0.0;
+                        for (int o = 0; o < lc.oc; o++)
+                            for (int ky = 0; ky < k; ky++) {
+                                const int oy = y + g->p - ky;
+                                if (oy < 0 || oy >= g->oh)
+                                    continue;
+                                for (int kx = 0; kx < k; kx++) {
+                                    const int ox = x + g->p - kx;
+                                    if (ox < 0 || ox >= g->ow)
+                                        continue;
+                                    acc += (double)weight[(((size_t)o * g->c + c) * k + ky) * k + kx] *
+                                           dy[i * out_size + ((size_t)o * g->oh + oy) * g->ow + ox];
+                                }
+                            }
+                        want[i * in_size + ((size_t)c * g->h + y) * g->w + x] = (float)acc;
+                    }
+
+        const lenet_conv_geom t = {.c = lc.oc, .h = g->oh, .w = g->ow, .k = k, .s = 1, .p = q, .oh = g->h,
+                                   .ow = g->w};
+        for (int ki = 0; ki < nk; ki++) {
+            /* As backward_lanes: garbage in every buffer first, then to_lanes, the convolution, from_lanes. */
+            fill_nan(dyt, (size_t)lc.oc * dh * dw * LENET_LANES);
+            fill_nan(dxt, in_size * LENET_LANES);
+            fill_nan(dx, n * in_size);
+            kerns[ki]->to_lanes(n, lc.oc, g->oh, g->ow, q, dy, dyt);
+            kerns[ki]->conv_forward_lanes(&t, g->c, dyt, wflip, NULL, dxt);
+            kerns[ki]->from_lanes(n, in_size, dxt, dx);
+            const double err = lenet_test_max_rel_err(dx, want, n * in_size, 1.0);
+            ck_assert_msg(err < 1e-5, "%s case %zu " LANE_CASE_FMT " n=%d: worst error %g", kerns[ki]->isa, ci,
+                          LANE_CASE_ARGS(lc), n, err);
+        }
+        tested++;
+        free(dy);
+        free(weight);
+        free(wflip);
+        free(dyt);
+        free(dxt);
+        free(dx);
+        free(want);
+    }
+    ck_assert_int_gt(tested, 100);
+    free(cases);
+}
+END_TEST
+
 /* ---- pooling ---- */
 
 static void naive_avgpool(const lenet_conv_geom *g, size_t planes, const float *x, float *y)
@@ -462,6 +867,10 @@ int main(void)
     tcase_add_test(tc, test_conv2d_ref_matches_hand_computed_stride_and_padding);
     tcase_add_test(tc, test_col2im_is_the_adjoint_of_im2col);
     tcase_add_test(tc, test_col2im_counts_each_input_once_per_window_covering_it);
+    tcase_add_test(tc, test_lane_transposes_match_their_references_bit_for_bit_on_every_isa);
+    tcase_add_test(tc, test_lane_convolution_matches_reference_per_sample_on_every_isa_and_tile_remainder);
+    tcase_add_test(tc, test_lane_weight_gradient_matches_double_sum_and_never_reads_the_border);
+    tcase_add_test(tc, test_lane_input_gradient_is_the_flipped_kernel_forward_convolution);
     tcase_add_test(tc, test_pooling_kernels_match_naive_loops_over_random_geometries);
     tcase_add_test(tc, test_maxpool_kernel_gives_tied_gradient_to_first_maximum);
     tcase_add_test(tc, test_maxpool_kernel_propagates_nan_as_pytorch);
