@@ -43,7 +43,7 @@
 #define LANES_FWD_NO 2
 #define LANES_FWD_NP 2
 #define LANES_GRAD_NO 2
-#define LANES_GRAD_KB 2
+#define LANES_GRAD_KB 3
 #define SUFFIX avx2
 #include "kernels/simd.inc"
 #undef VW
