@@ -227,11 +227,20 @@ typedef struct cxt {
     fixture *fx;
     lenet_model *m;
     lenet_tensor *x;
-    const int32_t *labels;
+    int32_t *labels;
     int batch, classes;
 } cxt;
 
-static void cxt_open(cxt *c, const network *net)
+/* Full chunks of 16 samples take the per-lane kernels, smaller ones the per-sample kernels (lib/layers/conv2d.c):
+ * the fixture's batch repeated this many times covers both in one pass, and as the loss is a mean over the batch,
+ * PyTorch's loss and gradients still apply. */
+static int replicas_for_both_paths(int batch)
+{
+    return (16 + 2 + batch - 1) / batch;
+}
+
+/* Loads the fixture of `net` with its batch repeated `replicas` times. */
+static void cxt_open(cxt *c, const network *net, int replicas)
 {
     char file[96];
     snprintf(file, sizeof file, "pytorch_%s.bin", net->name);
@@ -244,18 +253,22 @@ static void cxt_open(cxt *c, const network *net)
     ck_assert_msg(labels && labels->dtype == FX_INT32 && labels->ndim == 1 && labels->dims[0] == input->dims[0],
                   "%s: labels must be int32 (N)", file);
     ck_assert_int_eq(logits->ndim, 2);
-    c->batch = input->dims[0];
+    c->batch = input->dims[0] * replicas;
     c->classes = logits->dims[1];
-    c->labels = labels->data;
+    c->labels = malloc((size_t)c->batch * sizeof *c->labels);
+    ck_assert_ptr_nonnull(c->labels);
+    for (int r = 0; r < replicas; r++)
+        memcpy(c->labels + (size_t)r * input->dims[0], labels->data, (size_t)input->dims[0] * sizeof *c->labels);
 
     c->m = lenet_model_create();
     ck_assert_ptr_nonnull(c->m);
     net->add_layers(c->m);
     ck_assert_lenet_ok(lenet_model_build(c->m, input->dims[1], input->dims[2], input->dims[3]));
 
-    c->x = lenet_tensor_create(4, input->dims);
+    c->x = lenet_tensor_create(4, (int[]){c->batch, input->dims[1], input->dims[2], input->dims[3]});
     ck_assert_ptr_nonnull(c->x);
-    memcpy(lenet_tensor_data(c->x), input->data, input->numel * sizeof(float));
+    for (int r = 0; r < replicas; r++)
+        memcpy(lenet_tensor_data(c->x) + (size_t)r * input->numel, input->data, input->numel * sizeof(float));
 
     /* Weights by state_dict name: every liblenet parameter has its PyTorch tensor of the same shape, and
      * every PyTorch parameter is used once (same count, distinct names). */
@@ -280,6 +293,7 @@ static void cxt_open(cxt *c, const network *net)
 
 static void cxt_close(cxt *c)
 {
+    free(c->labels);
     lenet_tensor_free(c->x);
     lenet_model_free(c->m);
     fixture_free(c->fx);
@@ -297,30 +311,34 @@ static float forward_backward(cxt *c, const lenet_tensor **logits, lenet_tensor 
     return loss;
 }
 
-static void check_logits_and_loss(const network *net)
+static void check_logits_and_loss(const network *net, int replicas)
 {
     cxt c;
-    cxt_open(&c, net);
+    cxt_open(&c, net, replicas);
     const lenet_tensor *logits = NULL;
     float loss = forward_backward(&c, &logits, NULL);
     const fx_array *ref_logits = fixture_floats(c.fx, "logits");
-    assert_same_shape(logits, ref_logits, "logits");
-    check_close(net->name, "logits", lenet_tensor_cdata(logits), ref_logits->data, ref_logits->numel);
+    ck_assert_int_eq(lenet_tensor_dim(logits, 0), c.batch);
+    const float *got = lenet_tensor_cdata(logits);
+    for (int r = 0; r < replicas; r++)
+        check_close(net->name, "logits", got + (size_t)r * ref_logits->numel, ref_logits->data, ref_logits->numel);
     const fx_array *ref_loss = fixture_floats(c.fx, "loss");
     check_close(net->name, "loss", &loss, ref_loss->data, 1);
     /* The thread-safe inference path (its own scratch) gives the same numbers. */
-    lenet_tensor *predicted = lenet_tensor_create(2, ref_logits->dims);
+    lenet_tensor *predicted = lenet_tensor_create(2, (int[]){c.batch, c.classes});
     ck_assert_ptr_nonnull(predicted);
     ck_assert_lenet_ok(lenet_model_predict(c.m, c.x, predicted));
-    check_close(net->name, "predict", lenet_tensor_cdata(predicted), ref_logits->data, ref_logits->numel);
+    for (int r = 0; r < replicas; r++)
+        check_close(net->name, "predict", lenet_tensor_cdata(predicted) + (size_t)r * ref_logits->numel,
+                    ref_logits->data, ref_logits->numel);
     lenet_tensor_free(predicted);
     cxt_close(&c);
 }
 
-static void check_gradients(const network *net)
+static void check_gradients(const network *net, int replicas)
 {
     cxt c;
-    cxt_open(&c, net);
+    cxt_open(&c, net, replicas);
     const lenet_tensor *logits = NULL;
     lenet_tensor *dlogits = lenet_tensor_create(2, (int[]){c.batch, c.classes});
     ck_assert_ptr_nonnull(dlogits);
@@ -337,10 +355,10 @@ static void check_gradients(const network *net)
     cxt_close(&c);
 }
 
-static void check_sgd_steps(const network *net)
+static void check_sgd_steps(const network *net, int replicas)
 {
     cxt c;
-    cxt_open(&c, net);
+    cxt_open(&c, net, replicas);
     const lenet_tensor *logits = NULL;
     lenet_tensor *dlogits = lenet_tensor_create(2, (int[]){c.batch, c.classes});
     lenet_optimizer *opt = lenet_sgd_create(c.m, SGD_LR, SGD_MOMENTUM, SGD_WEIGHT_DECAY);
@@ -371,6 +389,71 @@ static void check_sgd_steps(const network *net)
     lenet_tensor_free(dlogits);
     cxt_close(&c);
 }
+
+/* The batch size of a network's fixture. */
+static int fixture_batch(const char *name)
+{
+    char file[96];
+    snprintf(file, sizeof file, "pytorch_%s.bin", name);
+    fixture *fx = fixture_load(file);
+    int batch = fixture_floats(fx, "input")->dims[0];
+    fixture_free(fx);
+    return batch;
+}
+
+START_TEST(test_d2l_lenet_logits_and_loss_match_pytorch_in_full_chunks)
+{
+    check_logits_and_loss(&D2L_LENET, replicas_for_both_paths(fixture_batch("d2l_lenet")));
+}
+END_TEST
+
+START_TEST(test_d2l_lenet_gradients_match_pytorch_in_full_chunks)
+{
+    check_gradients(&D2L_LENET, replicas_for_both_paths(fixture_batch("d2l_lenet")));
+}
+END_TEST
+
+START_TEST(test_d2l_lenet_three_sgd_steps_match_pytorch_in_full_chunks)
+{
+    check_sgd_steps(&D2L_LENET, replicas_for_both_paths(fixture_batch("d2l_lenet")));
+}
+END_TEST
+
+START_TEST(test_modern_logits_and_loss_match_pytorch_in_full_chunks)
+{
+    check_logits_and_loss(&MODERN, replicas_for_both_paths(fixture_batch("modern")));
+}
+END_TEST
+
+START_TEST(test_modern_gradients_match_pytorch_in_full_chunks)
+{
+    check_gradients(&MODERN, replicas_for_both_paths(fixture_batch("modern")));
+}
+END_TEST
+
+START_TEST(test_modern_three_sgd_steps_match_pytorch_in_full_chunks)
+{
+    check_sgd_steps(&MODERN, replicas_for_both_paths(fixture_batch("modern")));
+}
+END_TEST
+
+START_TEST(test_rgb_non_square_logits_and_loss_match_pytorch_in_full_chunks)
+{
+    check_logits_and_loss(&RGB, replicas_for_both_paths(fixture_batch("rgb")));
+}
+END_TEST
+
+START_TEST(test_rgb_non_square_gradients_match_pytorch_in_full_chunks)
+{
+    check_gradients(&RGB, replicas_for_both_paths(fixture_batch("rgb")));
+}
+END_TEST
+
+START_TEST(test_rgb_non_square_three_sgd_steps_match_pytorch_in_full_chunks)
+{
+    check_sgd_steps(&RGB, replicas_for_both_paths(fixture_batch("rgb")));
+}
+END_TEST
 
 /* lenet_model_summary of an unbuilt network for a batch of 1 equals PyTorch's shape loop byte for byte. */
 static void check_summary(const network *net, int channels, int height, int width)
@@ -405,19 +488,19 @@ static void check_summary(const network *net, int channels, int height, int widt
 
 START_TEST(test_d2l_lenet_logits_and_loss_match_pytorch)
 {
-    check_logits_and_loss(&D2L_LENET);
+    check_logits_and_loss(&D2L_LENET, 1);
 }
 END_TEST
 
 START_TEST(test_d2l_lenet_gradients_match_pytorch)
 {
-    check_gradients(&D2L_LENET);
+    check_gradients(&D2L_LENET, 1);
 }
 END_TEST
 
 START_TEST(test_d2l_lenet_three_sgd_steps_match_pytorch)
 {
-    check_sgd_steps(&D2L_LENET);
+    check_sgd_steps(&D2L_LENET, 1);
 }
 END_TEST
 
@@ -429,19 +512,19 @@ END_TEST
 
 START_TEST(test_modern_logits_and_loss_match_pytorch)
 {
-    check_logits_and_loss(&MODERN);
+    check_logits_and_loss(&MODERN, 1);
 }
 END_TEST
 
 START_TEST(test_modern_gradients_match_pytorch)
 {
-    check_gradients(&MODERN);
+    check_gradients(&MODERN, 1);
 }
 END_TEST
 
 START_TEST(test_modern_three_sgd_steps_match_pytorch)
 {
-    check_sgd_steps(&MODERN);
+    check_sgd_steps(&MODERN, 1);
 }
 END_TEST
 
@@ -453,19 +536,19 @@ END_TEST
 
 START_TEST(test_rgb_non_square_logits_and_loss_match_pytorch)
 {
-    check_logits_and_loss(&RGB);
+    check_logits_and_loss(&RGB, 1);
 }
 END_TEST
 
 START_TEST(test_rgb_non_square_gradients_match_pytorch)
 {
-    check_gradients(&RGB);
+    check_gradients(&RGB, 1);
 }
 END_TEST
 
 START_TEST(test_rgb_non_square_three_sgd_steps_match_pytorch)
 {
-    check_sgd_steps(&RGB);
+    check_sgd_steps(&RGB, 1);
 }
 END_TEST
 
@@ -523,6 +606,15 @@ int main(void)
     tcase_add_test(tc, test_rgb_non_square_gradients_match_pytorch);
     tcase_add_test(tc, test_rgb_non_square_three_sgd_steps_match_pytorch);
     tcase_add_test(tc, test_rgb_non_square_summary_matches_pytorch_shape_loop);
+    tcase_add_test(tc, test_d2l_lenet_logits_and_loss_match_pytorch_in_full_chunks);
+    tcase_add_test(tc, test_d2l_lenet_gradients_match_pytorch_in_full_chunks);
+    tcase_add_test(tc, test_d2l_lenet_three_sgd_steps_match_pytorch_in_full_chunks);
+    tcase_add_test(tc, test_modern_logits_and_loss_match_pytorch_in_full_chunks);
+    tcase_add_test(tc, test_modern_gradients_match_pytorch_in_full_chunks);
+    tcase_add_test(tc, test_modern_three_sgd_steps_match_pytorch_in_full_chunks);
+    tcase_add_test(tc, test_rgb_non_square_logits_and_loss_match_pytorch_in_full_chunks);
+    tcase_add_test(tc, test_rgb_non_square_gradients_match_pytorch_in_full_chunks);
+    tcase_add_test(tc, test_rgb_non_square_three_sgd_steps_match_pytorch_in_full_chunks);
     tcase_add_test(tc, test_cross_entropy_of_logits_near_1000_matches_pytorch);
     suite_add_tcase(s, tc);
     return lenet_test_run(s);
