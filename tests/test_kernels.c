@@ -709,6 +709,47 @@ START_TEST(test_lane_input_gradient_is_the_flipped_kernel_forward_convolution)
 }
 END_TEST
 
+/* ---- small products for chunks of samples ---- */
+
+START_TEST(test_small_gemm_matches_naive_product_on_every_isa_and_tile_remainder)
+{
+    /* Rows 1..17 and columns around every vector width cover each tile and the scalar tail; C starts as NaN, so
+     * every element must be written, and the leading dimensions are wider than the rows. */
+    const lenet_kernels *tables[3];
+    const int count = supported_kernels(tables);
+    static const int widths[] = {1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 64, 65, 84, 120, 400};
+    lenet_rng rng;
+    lenet__rng_seed(&rng, 23);
+    for (int t = 0; t < count; t++) {
+        for (int m = 1; m <= 17; m++) {
+            for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+                const int n = widths[wi], k = rand_int(&rng, 1, 130);
+                const int lda = k + rand_int(&rng, 0, 3), ldb = n + rand_int(&rng, 0, 3), ldc = n + rand_int(&rng, 0, 3);
+                float *a = floats((size_t)m * lda), *b = floats((size_t)k * ldb), *c = floats((size_t)m * ldc);
+                float *want = floats((size_t)m * ldc);
+                fill_uniform(&rng, a, (size_t)m * lda, -1.0f, 1.0f);
+                fill_uniform(&rng, b, (size_t)k * ldb, -1.0f, 1.0f);
+                fill_nan(c, (size_t)m * ldc);
+                naive_gemm(false, false, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, want, ldc);
+                tables[t]->gemm_nn(m, n, k, a, lda, b, ldb, c, ldc);
+                double worst = 0.0;
+                for (int r = 0; r < m; r++)
+                    for (int j = 0; j < n; j++) {
+                        double got = c[(size_t)r * ldc + j], ref = want[(size_t)r * ldc + j];
+                        double err = fabs(got - ref) / (1.0 + fabs(ref));
+                        worst = err > worst || got != got ? (got != got ? INFINITY : err) : worst;
+                    }
+                ck_assert_msg(worst < 1e-5, "%s: m %d n %d k %d: worst error %g", tables[t]->isa, m, n, k, worst);
+                free(a);
+                free(b);
+                free(c);
+                free(want);
+            }
+        }
+    }
+}
+END_TEST
+
 /* ---- pooling ---- */
 
 static void naive_avgpool(const lenet_conv_geom *g, size_t planes, const float *x, float *y)
@@ -922,6 +963,7 @@ int main(void)
     tcase_add_test(tc, test_lane_convolution_matches_reference_per_sample_on_every_isa_and_tile_remainder);
     tcase_add_test(tc, test_lane_weight_gradient_matches_double_sum_and_never_reads_the_border);
     tcase_add_test(tc, test_lane_input_gradient_is_the_flipped_kernel_forward_convolution);
+    tcase_add_test(tc, test_small_gemm_matches_naive_product_on_every_isa_and_tile_remainder);
     tcase_add_test(tc, test_pooling_kernels_match_naive_loops_over_random_geometries);
     tcase_add_test(tc, test_maxpool_kernel_gives_tied_gradient_to_first_maximum);
     tcase_add_test(tc, test_maxpool_kernel_propagates_nan_as_pytorch);

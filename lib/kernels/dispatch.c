@@ -22,6 +22,8 @@
 #define LANES_FWD_NP 1
 #define LANES_GRAD_NO 1
 #define LANES_GRAD_KB 2
+#define GEMM_MR 2
+#define GEMM_NR 2
 #define SUFFIX generic
 #include "kernels/simd.inc"
 #undef VW
@@ -30,6 +32,8 @@
 #undef LANES_FWD_NP
 #undef LANES_GRAD_NO
 #undef LANES_GRAD_KB
+#undef GEMM_MR
+#undef GEMM_NR
 #undef SUFFIX
 #pragma GCC pop_options
 
@@ -44,6 +48,8 @@
 #define LANES_FWD_NP 2
 #define LANES_GRAD_NO 2
 #define LANES_GRAD_KB 3
+#define GEMM_MR 4
+#define GEMM_NR 2
 #define SUFFIX avx2
 #include "kernels/simd.inc"
 #undef VW
@@ -52,6 +58,8 @@
 #undef LANES_FWD_NP
 #undef LANES_GRAD_NO
 #undef LANES_GRAD_KB
+#undef GEMM_MR
+#undef GEMM_NR
 #undef SUFFIX
 #pragma GCC pop_options
 
@@ -64,6 +72,8 @@
 #define LANES_FWD_NP 4
 #define LANES_GRAD_NO 4
 #define LANES_GRAD_KB 5
+#define GEMM_MR 4
+#define GEMM_NR 4
 #define SUFFIX avx512
 #include "kernels/simd.inc"
 #undef VW
@@ -72,6 +82,8 @@
 #undef LANES_FWD_NP
 #undef LANES_GRAD_NO
 #undef LANES_GRAD_KB
+#undef GEMM_MR
+#undef GEMM_NR
 #undef SUFFIX
 #pragma GCC pop_options
 #endif

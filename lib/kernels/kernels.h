@@ -90,6 +90,10 @@ typedef struct lenet_kernels {
     /* As lenet__to_lanes_ref and lenet__from_lanes_ref, transposing 16 x 16 tiles in registers. */
     void (*to_lanes)(int n, int planes, int h, int w, int p, const float *x, float *xt);
     void (*from_lanes)(int n, size_t count, const float *yt, float *y);
+    /* C (m x n) = A (m x k) . B (k x n), row-major with leading dimensions, for small m: a chunk of samples times a
+     * weight matrix.  Plain loops over the columns of C, so unlike OpenBLAS's small-matrix kernels it never
+     * allocates; tested against lenet__sgemm. */
+    void (*gemm_nn)(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c, int ldc);
 } lenet_kernels;
 
 /* The table for this CPU (the widest supported, or LENET_ISA's), chosen once; thread-safe. */

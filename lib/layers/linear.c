@@ -62,7 +62,7 @@ static void linear_backward(const lenet_layer *l, const lenet_pass *p)
             p->grads[1][o] += dyi[o];
     }
     if (p->dx)
-        lenet__sgemm(false, false, p->n, in, out, 1.0f, p->dy, out, l->param[0], in, 0.0f, p->dx, in);
+        lenet__kernels()->gemm_nn(p->n, in, out, p->dy, out, l->param[0], in, p->dx, in);
 }
 
 static size_t linear_connections(const lenet_layer *l)
