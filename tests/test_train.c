@@ -319,6 +319,231 @@ START_TEST(test_evaluate_matches_a_manual_pass_and_leaves_the_parameters)
 }
 END_TEST
 
+/* ---- criteria ---- */
+
+/* conv(4, k3, p1) tanh flatten linear(3) RBF(2 centres in 3-D): outputs are penalties, the smallest wins. */
+static lenet_model *rbf_model(uint64_t seed)
+{
+    static const float centers[2 * 3] = {1.0f, -1.0f, 1.0f, -1.0f, 1.0f, -1.0f};
+    lenet_model *m = lenet_model_create();
+    ck_assert_ptr_nonnull(m);
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(4, 3, 1, 1)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_tanh()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(3)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_rbf(2, 3, centers)));
+    ck_assert_lenet_ok(lenet_model_build(m, 1, SIDE, SIDE));
+    ck_assert_lenet_ok(lenet_model_init(m, LENET_INIT_XAVIER_UNIFORM, seed));
+    return m;
+}
+
+START_TEST(test_training_with_the_cross_entropy_criterion_equals_the_default)
+{
+    /* lenet_train_epoch, lenet_train_epoch_with(NULL) and with lenet_criterion_cross_entropy() are one loop. */
+    lenet_dataset *d = halves("train", 48, 21, NULL);
+    lenet_criterion *ce = lenet_criterion_cross_entropy();
+    ck_assert_ptr_nonnull(ce);
+    float *after[3];
+    lenet_metrics mt[3];
+    for (int run = 0; run < 3; run++) {
+        lenet_model *m = tiny_model(SIDE, 2, 22);
+        lenet_optimizer *o = lenet_sgd_create(m, 0.05f, 0.9f, 0.0f);
+        lenet_iter *it = lenet_iter_create(d, 16, true, 23);
+        for (int epoch = 0; epoch < 2; epoch++) {
+            if (run == 0)
+                ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, &mt[run]));
+            else
+                ck_assert_lenet_ok(lenet_train_epoch_with(m, o, it, run == 1 ? NULL : ce, NULL, NULL, &mt[run]));
+        }
+        after[run] = snapshot(m);
+        lenet_iter_free(it);
+        lenet_optimizer_free(o);
+        lenet_model_free(m);
+    }
+    lenet_model *probe = tiny_model(SIDE, 2, 22);
+    const size_t n = lenet_model_param_numel(probe);
+    lenet_model_free(probe);
+    for (int run = 1; run < 3; run++) {
+        ck_assert_msg(memcmp(after[run], after[0], n * sizeof(float)) == 0, "run %d differs from lenet_train_epoch", run);
+        ck_assert(mt[run].loss == mt[0].loss && mt[run].accuracy == mt[0].accuracy);
+    }
+    for (int run = 0; run < 3; run++)
+        free(after[run]);
+    lenet_criterion_free(ce);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_an_rbf_network_trains_with_the_map_criterion_and_is_scored_by_its_smallest_penalty)
+{
+    lenet_dataset *train = halves("train", 64, 31, NULL), *test = halves("test", 32, 32, NULL);
+    lenet_model *m = rbf_model(33);
+    lenet_criterion *map = lenet_criterion_rbf(LENET_RBF_CRITERION_MAP, LENET_MAP_J_DEFAULT);
+    lenet_optimizer *o = lenet_sgd_create(m, 0.02f, 0.0f, 0.0f);
+    lenet_iter *it = lenet_iter_create(train, 16, true, 34), *test_it = lenet_iter_create(test, 16, false, 0);
+    ck_assert_ptr_nonnull(map);
+    ck_assert_ptr_nonnull(o);
+    lenet_metrics first = {0}, last = {0};
+    for (int epoch = 0; epoch < 12; epoch++)
+        ck_assert_lenet_ok(lenet_train_epoch_with(m, o, it, map, NULL, NULL, epoch == 0 ? &first : &last));
+    ck_assert_msg(last.loss < 0.5 * first.loss, "MAP loss went from %g to %g", first.loss, last.loss);
+    ck_assert_msg(last.accuracy > 0.95, "training accuracy %g", last.accuracy);
+
+    /* evaluate_with agrees with a pass by hand: predict, lenet_rbf_loss, the smallest penalty. */
+    lenet_metrics ev;
+    ck_assert_lenet_ok(lenet_evaluate_with(m, test_it, map, &ev));
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){1, 1, SIDE, SIDE}), *y = lenet_tensor_create(2, (int[]){1, 2});
+    double sum = 0.0;
+    size_t correct = 0;
+    for (size_t i = 0; i < lenet_dataset_size(test); i++) {
+        ck_assert_lenet_ok(lenet_dataset_image(test, i, lenet_tensor_data(x)));
+        ck_assert_lenet_ok(lenet_model_predict(m, x, y));
+        int32_t label = lenet_dataset_label(test, i), cls;
+        float loss;
+        ck_assert_lenet_ok(lenet_rbf_loss(y, &label, LENET_RBF_CRITERION_MAP, LENET_MAP_J_DEFAULT, &loss, NULL, NULL));
+        sum += loss;
+        ck_assert_lenet_ok(lenet_criterion_classify(map, y, &cls));
+        const float *p = lenet_tensor_cdata(y);
+        ck_assert_int_eq(cls, p[1] < p[0] ? 1 : 0);
+        correct += cls == label;
+    }
+    double loss = sum / (double)lenet_dataset_size(test);
+    ck_assert_msg(fabs(ev.loss - loss) <= 1e-5 * fabs(loss), "loss %.9g, by hand %.9g", ev.loss, loss);
+    ck_assert_msg(ev.accuracy == (double)correct / (double)lenet_dataset_size(test), "accuracy %g, by hand %zu/%zu",
+                  ev.accuracy, correct, lenet_dataset_size(test));
+    ck_assert_msg(ev.accuracy > 0.9, "test accuracy %g", ev.accuracy);
+    lenet_tensor_free(x);
+    lenet_tensor_free(y);
+    lenet_iter_free(it);
+    lenet_iter_free(test_it);
+    lenet_optimizer_free(o);
+    lenet_criterion_free(map);
+    lenet_model_free(m);
+    lenet_dataset_free(train);
+    lenet_dataset_free(test);
+}
+END_TEST
+
+/* A custom criterion: half the squared distance to the one-hot label, and a rule of its own (the largest output,
+ * unless told otherwise) that counts its calls. */
+typedef struct custom_state {
+    int loss_calls, classify_calls;
+    lenet_status fail_with; /* LENET_OK: compute */
+    int32_t force_class;    /* >= 0: the rule answers this */
+} custom_state;
+
+static lenet_status squared_loss(void *user, const lenet_tensor *y, const int32_t *labels, float *loss,
+                                 lenet_tensor *dy)
+{
+    custom_state *st = user;
+    st->loss_calls++;
+    if (st->fail_with != LENET_OK)
+        return st->fail_with;
+    const int n = lenet_tensor_dim(y, 0), k = lenet_tensor_dim(y, 1);
+    const float *v = lenet_tensor_cdata(y);
+    double sum = 0.0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < k; j++) {
+            float diff = v[(size_t)i * k + j] - (j == labels[i] ? 1.0f : 0.0f);
+            sum += 0.5 * (double)diff * diff;
+            if (dy)
+                lenet_tensor_data(dy)[(size_t)i * k + j] = diff / (float)n;
+        }
+    *loss = (float)(sum / n);
+    return LENET_OK;
+}
+
+static int32_t largest(void *user, const float *y, int k)
+{
+    custom_state *st = user;
+    st->classify_calls++;
+    if (st->force_class >= 0)
+        return st->force_class;
+    int32_t best = 0;
+    for (int j = 1; j < k; j++)
+        if (y[j] > y[best])
+            best = j;
+    return best;
+}
+
+START_TEST(test_a_custom_criterion_drives_training_and_its_failures_are_reported)
+{
+    lenet_dataset *d = halves("train", 64, 41, NULL);
+    lenet_model *m = tiny_model(SIDE, 2, 42);
+    custom_state st = {.force_class = -1};
+    lenet_criterion *c = lenet_criterion_custom(squared_loss, largest, &st);
+    lenet_optimizer *o = lenet_sgd_create(m, 0.05f, 0.0f, 0.0f);
+    lenet_iter *it = lenet_iter_create(d, 16, true, 43);
+    ck_assert_ptr_nonnull(c);
+    lenet_metrics first, last;
+    for (int epoch = 0; epoch < 8; epoch++)
+        ck_assert_lenet_ok(lenet_train_epoch_with(m, o, it, c, NULL, NULL, epoch == 0 ? &first : &last));
+    ck_assert_int_eq(st.loss_calls, 8 * 4);
+    ck_assert_int_eq(st.classify_calls, 8 * 64);
+    ck_assert_msg(last.loss < 0.1 * first.loss, "loss went from %g to %g", first.loss, last.loss);
+    ck_assert_msg(last.accuracy > 0.95, "accuracy %g", last.accuracy);
+
+    /* A loss that fails stops the pass before its step, with the status it returned and a message. */
+    float *before = snapshot(m);
+    st.fail_with = LENET_EINVAL;
+    lenet_clear_error();
+    ck_assert_int_eq(lenet_train_epoch_with(m, o, it, c, NULL, NULL, NULL), LENET_EINVAL);
+    ck_assert_msg(strstr(lenet_last_error(), "custom loss") != NULL, "message: %s", lenet_last_error());
+    assert_params_equal(m, before, "after the custom loss failed");
+    /* A rule that answers outside the classes is EINVAL. */
+    st.fail_with = LENET_OK;
+    st.force_class = 2;
+    ck_assert_int_eq(lenet_evaluate_with(m, it, c, NULL), LENET_EINVAL);
+    ck_assert_msg(strstr(lenet_last_error(), "class 2") != NULL, "message: %s", lenet_last_error());
+    free(before);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_criterion_free(c);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_criterion_constructors_and_calls_reject_bad_arguments)
+{
+    ck_assert_ptr_null(lenet_criterion_rbf((lenet_rbf_criterion)7, 1.0f));
+    ck_assert_msg(strstr(lenet_last_error(), "unknown criterion 7") != NULL, "message: %s", lenet_last_error());
+    ck_assert_ptr_null(lenet_criterion_rbf(LENET_RBF_CRITERION_MAP, NAN));
+    ck_assert_msg(strstr(lenet_last_error(), "finite") != NULL, "message: %s", lenet_last_error());
+    lenet_criterion *mse = lenet_criterion_rbf(LENET_RBF_CRITERION_MSE, NAN); /* j is ignored for MSE */
+    ck_assert_ptr_nonnull(mse);
+    ck_assert_ptr_null(lenet_criterion_custom(NULL, NULL, NULL));
+    ck_assert_msg(strstr(lenet_last_error(), "loss function is NULL") != NULL, "message: %s", lenet_last_error());
+    lenet_criterion_free(NULL);
+
+    lenet_tensor *y = lenet_tensor_create(2, (int[]){2, 3}), *bad = lenet_tensor_create(2, (int[]){2, 4});
+    lenet_tensor *flat = lenet_tensor_create(1, (int[]){6});
+    const int32_t labels[2] = {0, 2}, wrong[2] = {0, 3};
+    int32_t classes[2];
+    float loss;
+    ck_assert_int_eq(lenet_criterion_loss(NULL, y, labels, &loss, NULL), LENET_EINVAL);
+    ck_assert_int_eq(lenet_criterion_loss(mse, y, NULL, &loss, NULL), LENET_EINVAL);
+    ck_assert_int_eq(lenet_criterion_loss(mse, y, labels, NULL, NULL), LENET_EINVAL);
+    ck_assert_int_eq(lenet_criterion_loss(mse, y, labels, &loss, bad), LENET_ESHAPE);
+    ck_assert_int_eq(lenet_criterion_loss(mse, y, wrong, &loss, NULL), LENET_EINVAL);
+    ck_assert_int_eq(lenet_criterion_loss(mse, flat, labels, &loss, NULL), LENET_ESHAPE);
+    ck_assert_int_eq(lenet_criterion_classify(mse, y, NULL), LENET_EINVAL);
+    ck_assert_int_eq(lenet_criterion_classify(mse, flat, classes), LENET_ESHAPE);
+    /* MSE over penalties: the mean penalty of the right class; the smallest penalty wins. */
+    const float values[6] = {0.5f, 2.0f, 3.0f, 4.0f, 1.0f, 0.25f};
+    memcpy(lenet_tensor_data(y), values, sizeof values);
+    ck_assert_lenet_ok(lenet_criterion_loss(mse, y, labels, &loss, NULL));
+    ck_assert_float_eq_tol(loss, (0.5f + 0.25f) / 2.0f, 1e-7f);
+    ck_assert_lenet_ok(lenet_criterion_classify(mse, y, classes));
+    ck_assert_int_eq(classes[0], 0);
+    ck_assert_int_eq(classes[1], 2);
+    lenet_tensor_free(y);
+    lenet_tensor_free(bad);
+    lenet_tensor_free(flat);
+    lenet_criterion_free(mse);
+}
+END_TEST
+
 START_TEST(test_consecutive_epochs_match_a_manual_loop_that_resets_the_iterator)
 {
     /* train_epoch twice on one iterator == forward, cross-entropy, zero_grad, backward, step over two passes,
@@ -585,6 +810,10 @@ int main(void)
     tcase_add_test(tc, test_labels_outside_the_model_classes_are_einval);
     tcase_add_test(tc, test_null_arguments_are_einval);
     tcase_add_test(tc, test_a_model_built_for_another_input_size_is_eshape);
+    tcase_add_test(tc, test_training_with_the_cross_entropy_criterion_equals_the_default);
+    tcase_add_test(tc, test_an_rbf_network_trains_with_the_map_criterion_and_is_scored_by_its_smallest_penalty);
+    tcase_add_test(tc, test_a_custom_criterion_drives_training_and_its_failures_are_reported);
+    tcase_add_test(tc, test_criterion_constructors_and_calls_reject_bad_arguments);
     suite_add_tcase(s, tc);
     return lenet_test_run(s);
 }

@@ -12,6 +12,7 @@
 #include "lenet/layer.h"
 #include "lenet/model.h"
 #include "lenet/loss.h"
+#include "lenet/criterion.h"
 #include "lenet/optim.h"
 #include "lenet/data.h"
 #include "lenet/train.h"

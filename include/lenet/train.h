@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 
+#include "lenet/criterion.h"
 #include "lenet/data.h"
 #include "lenet/export.h"
 #include "lenet/model.h"
@@ -22,8 +23,8 @@ extern "C" {
  * The one public struct: plain data owned by the caller; new fields are only ever added at the end.
  */
 typedef struct lenet_metrics {
-    double loss;      /**< Mean cross-entropy per example. */
-    double accuracy;  /**< Fraction of examples whose largest logit is the label. */
+    double loss;      /**< Mean loss per example: cross-entropy, or the criterion's. */
+    double accuracy;  /**< Fraction of examples whose predicted class (largest logit, or the criterion's) is the label. */
     double seconds;   /**< Wall-clock time of the pass. */
     size_t examples;  /**< Examples seen. */
 } lenet_metrics;
@@ -47,11 +48,29 @@ LENET_API lenet_status lenet_train_epoch(lenet_model *m, lenet_optimizer *o, len
                                          lenet_progress_fn progress, void *user, lenet_metrics *out);
 
 /**
+ * As lenet_train_epoch(), scoring each batch with @p criterion (borrowed; NULL: softmax cross-entropy): its loss
+ * and gradient drive the step, and its decision rule counts the accuracy, so LeNet-5's RBF outputs train with
+ * lenet_criterion_rbf().
+ * @return as lenet_train_epoch(), or the status of a custom criterion that fails (the step is then not taken).
+ */
+LENET_API lenet_status lenet_train_epoch_with(lenet_model *m, lenet_optimizer *o, lenet_iter *train,
+                                              const lenet_criterion *criterion, lenet_progress_fn progress,
+                                              void *user, lenet_metrics *out);
+
+/**
  * Computes the mean loss and accuracy over a full pass of @p test (reset first if exhausted) without
  * changing the parameters.
  * @return as lenet_train_epoch().
  */
 LENET_API lenet_status lenet_evaluate(lenet_model *m, lenet_iter *test, lenet_metrics *out);
+
+/**
+ * As lenet_evaluate(), with the loss and the decision rule of @p criterion (borrowed; NULL: cross-entropy and the
+ * largest logit).
+ * @return as lenet_evaluate(), or the status of a custom criterion that fails.
+ */
+LENET_API lenet_status lenet_evaluate_with(lenet_model *m, lenet_iter *test, const lenet_criterion *criterion,
+                                           lenet_metrics *out);
 
 #ifdef __cplusplus
 }

@@ -1,4 +1,5 @@
-/* The training loop of d2l's train_ch6: forward, cross-entropy, backward, step, with running metrics.
+/* The training loop of d2l's train_ch6: forward, loss (cross-entropy or a criterion's), backward, step, with
+ * running metrics.
  *
  * Numerical faults (issue 8): a step whose loss, gradients or updated parameters hold a NaN or an infinity
  * returns LENET_ENUMERIC naming the first layer where it appeared, and leaves the parameters and the optimizer's
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "lenet/criterion.h"
 #include "lenet/loss.h"
 #include "lenet/train.h"
 #include "model/internal.h"
@@ -23,19 +25,36 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static size_t count_correct(const lenet_tensor *logits, const int32_t *labels)
+/* The batch's loss and gradient: the criterion's, or softmax cross-entropy without one. */
+static lenet_status batch_loss(const lenet_criterion *c, const lenet_tensor *y, const int32_t *labels, float *loss,
+                               lenet_tensor *dy)
 {
-    size_t correct = 0;
-    int n = logits->shape[0], k = logits->shape[1];
-    for (int i = 0; i < n; i++) {
-        const float *row = logits->data + (size_t)i * k;
-        int best = 0;
-        for (int j = 1; j < k; j++)
-            if (row[j] > row[best])
-                best = j;
-        correct += best == labels[i];
+    return c ? lenet_criterion_loss(c, y, labels, loss, dy) : lenet_cross_entropy(y, labels, loss, dy);
+}
+
+/* How many of the batch's outputs predict their label: the criterion's rule (into the caller's `classes` of N), or
+ * the largest logit without one. */
+static lenet_status count_correct(const lenet_criterion *c, const lenet_tensor *y, const int32_t *labels,
+                                  int32_t *classes, size_t *correct)
+{
+    const int n = y->shape[0], k = y->shape[1];
+    if (c) {
+        lenet_status st = lenet_criterion_classify(c, y, classes);
+        if (st != LENET_OK)
+            return st;
+    } else {
+        for (int i = 0; i < n; i++) {
+            const float *row = y->data + (size_t)i * k;
+            int best = 0;
+            for (int j = 1; j < k; j++)
+                if (row[j] > row[best])
+                    best = j;
+            classes[i] = best;
+        }
     }
-    return correct;
+    for (int i = 0; i < n; i++)
+        *correct += classes[i] == labels[i];
+    return LENET_OK;
 }
 
 /* True when all n floats are finite: one branch-free pass over the exponent bits, which vectorizes. */
@@ -149,8 +168,8 @@ static void optim_snapshot_free(optim_snapshot *s)
 }
 
 /* One pass over `it`; with `o` NULL it only evaluates. */
-static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it, lenet_progress_fn progress,
-                             void *user, lenet_metrics *out)
+static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it, const lenet_criterion *crit,
+                             lenet_progress_fn progress, void *user, lenet_metrics *out)
 {
     if (!m || !it)
         return lenet__fail(LENET_EINVAL, "%s: %s is NULL", o ? "train_epoch" : "evaluate", !m ? "model" : "iterator");
@@ -164,6 +183,8 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
     double start = now_seconds(), loss_sum = 0.0;
     size_t seen = 0, correct = 0;
     lenet_tensor *dlogits = NULL;
+    int32_t *classes = NULL; /* the predicted classes of the current batch */
+    int classes_cap = 0;
     float *saved = NULL; /* the parameters before the current optimizer step */
     optim_snapshot saved_state = {0};
     lenet_status st;
@@ -207,8 +228,17 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
                 break;
             }
         }
+        if (batch > classes_cap) {
+            lenet__free(classes);
+            classes_cap = 0;
+            if (!(classes = lenet__malloc((size_t)batch * sizeof *classes))) {
+                st = lenet__oom("predicted classes");
+                break;
+            }
+            classes_cap = batch;
+        }
         float loss;
-        st = lenet_cross_entropy(logits, labels, &loss, o ? dlogits : NULL);
+        st = batch_loss(crit, logits, labels, &loss, o ? dlogits : NULL);
         if (st == LENET_ENUMERIC) {
             st = report_forward_fault(m, batch, who, seen);
             break;
@@ -217,7 +247,11 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
             lenet__error_prefix("%s after %zu examples: ", who, seen);
             break;
         }
-        correct += count_correct(logits, labels);
+        st = count_correct(crit, logits, labels, classes, &correct);
+        if (st != LENET_OK) {
+            lenet__error_prefix("%s after %zu examples: ", who, seen);
+            break;
+        }
         if (o) {
             lenet_model_zero_grad(m);
             lenet__model_backward_raw(m, dlogits->data);
@@ -258,6 +292,7 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
             progress(user, seen, total, &so_far);
     }
     lenet_tensor_free(dlogits);
+    lenet__free(classes);
     lenet__free_aligned(saved);
     optim_snapshot_free(&saved_state);
     if (st == LENET_OK && out)
@@ -268,12 +303,25 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
 lenet_status lenet_train_epoch(lenet_model *m, lenet_optimizer *o, lenet_iter *train, lenet_progress_fn progress,
                                void *user, lenet_metrics *out)
 {
+    return lenet_train_epoch_with(m, o, train, NULL, progress, user, out);
+}
+
+lenet_status lenet_train_epoch_with(lenet_model *m, lenet_optimizer *o, lenet_iter *train,
+                                    const lenet_criterion *criterion, lenet_progress_fn progress, void *user,
+                                    lenet_metrics *out)
+{
     if (!o)
         return lenet__fail(LENET_EINVAL, "train_epoch: optimizer is NULL");
-    return run_pass(m, o, train, progress, user, out);
+    return run_pass(m, o, train, criterion, progress, user, out);
 }
 
 lenet_status lenet_evaluate(lenet_model *m, lenet_iter *test, lenet_metrics *out)
 {
-    return run_pass(m, NULL, test, NULL, NULL, out);
+    return lenet_evaluate_with(m, test, NULL, out);
+}
+
+lenet_status lenet_evaluate_with(lenet_model *m, lenet_iter *test, const lenet_criterion *criterion,
+                                 lenet_metrics *out)
+{
+    return run_pass(m, NULL, test, criterion, NULL, NULL, out);
 }
