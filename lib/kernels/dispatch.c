@@ -26,15 +26,6 @@
 #define GEMM_NR 2
 #define SUFFIX generic
 #include "kernels/simd.inc"
-#undef VW
-#undef CVW
-#undef LANES_FWD_NO
-#undef LANES_FWD_NP
-#undef LANES_GRAD_NO
-#undef LANES_GRAD_KB
-#undef GEMM_MR
-#undef GEMM_NR
-#undef SUFFIX
 #pragma GCC pop_options
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(LENET_NO_WIDE_VECTORS)
@@ -52,15 +43,6 @@
 #define GEMM_NR 2
 #define SUFFIX avx2
 #include "kernels/simd.inc"
-#undef VW
-#undef CVW
-#undef LANES_FWD_NO
-#undef LANES_FWD_NP
-#undef LANES_GRAD_NO
-#undef LANES_GRAD_KB
-#undef GEMM_MR
-#undef GEMM_NR
-#undef SUFFIX
 #pragma GCC pop_options
 
 #pragma GCC push_options
@@ -76,15 +58,6 @@
 #define GEMM_NR 4
 #define SUFFIX avx512
 #include "kernels/simd.inc"
-#undef VW
-#undef CVW
-#undef LANES_FWD_NO
-#undef LANES_FWD_NP
-#undef LANES_GRAD_NO
-#undef LANES_GRAD_KB
-#undef GEMM_MR
-#undef GEMM_NR
-#undef SUFFIX
 #pragma GCC pop_options
 #endif
 
