@@ -10,6 +10,27 @@ typedef struct sgd {
     float *velocity; /* one float per arena slot, allocated at the first step */
 } sgd;
 
+/* One tensor's update, for a compile-time `decay` so that every case is one branch-free loop that vectorizes (and
+ * without weight decay g is used as is, as PyTorch skips the term). */
+static inline void sgd_tensor(size_t n, float *p, const float *g, float *b, bool first, float lr, float mu, float wd,
+                              bool decay)
+{
+    if (!b) {
+        for (size_t i = 0; i < n; i++)
+            p[i] -= lr * (decay ? g[i] + wd * p[i] : g[i]);
+    } else if (first) {
+        for (size_t i = 0; i < n; i++) {
+            b[i] = decay ? g[i] + wd * p[i] : g[i];
+            p[i] -= lr * b[i];
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            b[i] = mu * b[i] + (decay ? g[i] + wd * p[i] : g[i]);
+            p[i] -= lr * b[i];
+        }
+    }
+}
+
 /* For every trainable parameter p with gradient g:
  *   g = g + wd * p;  b = first step ? g : momentum * b + g;  p = p - lr * b   (b = g without momentum) */
 static lenet_status sgd_step(lenet_optimizer *o)
@@ -27,19 +48,11 @@ static lenet_status sgd_step(lenet_optimizer *o)
         if (!m->param_trainable[t])
             continue;
         size_t off = m->param_offset[t], n = m->param_tensors[t].numel;
-        float *p = m->params + off;
-        const float *g = m->grads + off;
         float *b = s->velocity ? s->velocity + off : NULL;
-        for (size_t i = 0; i < n; i++) {
-            float d = g[i];
-            if (wd != 0.0f)
-                d += wd * p[i];
-            if (b) {
-                b[i] = first ? d : mu * b[i] + d;
-                d = b[i];
-            }
-            p[i] -= lr * d;
-        }
+        if (wd != 0.0f)
+            sgd_tensor(n, m->params + off, m->grads + off, b, first, lr, mu, wd, true);
+        else
+            sgd_tensor(n, m->params + off, m->grads + off, b, first, lr, mu, wd, false);
     }
     return LENET_OK;
 }
