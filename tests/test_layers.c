@@ -819,15 +819,15 @@ START_TEST(test_backward_accumulates_until_zero_grad)
 }
 END_TEST
 
-START_TEST(test_backward_of_a_batch_equals_the_sum_of_its_samples)
+/* The loss sums over the batch, so the gradient of a batch is the sum of its samples' gradients, whether it comes
+ * from one backward or from one accumulated backward per sample (batches of different sizes).  19 samples: more
+ * than one chunk of the model's parallel driver, and a ragged last chunk; the full chunk takes the per-lane
+ * convolution kernels, single samples the per-sample ones. */
+static void check_batch_equals_sum_of_samples(lenet_model *m, int channels, int side)
 {
-    /* The loss sums over the batch, so the gradient of a batch is the sum of its samples' gradients, whether it
-     * comes from one backward or from one accumulated backward per sample (batches of different sizes).  19
-     * samples: more than one chunk of the model's parallel driver, and a ragged last chunk. */
     enum { N = 19, OUT = 3 };
-    lenet_model *m = MODEL(lenet_conv2d(2, 3, 1, 1), lenet_sigmoid(), lenet_avgpool2d(2, 2), lenet_conv2d(3, 2, 1, 0),
-                           lenet_tanh(), lenet_maxpool2d(2, 1), lenet_flatten(), lenet_linear(OUT));
-    lenet_tensor *batch_x = random_image(N, 1, 6, 6, 80, -1.0f, 1.0f);
+    const size_t plane = (size_t)channels * side * side;
+    lenet_tensor *batch_x = random_image(N, channels, side, side, 80, -1.0f, 1.0f);
     lenet_tensor *batch_dy = lenet_tensor_create(2, (int[]){N, OUT});
     lenet_test_fill(batch_dy, 81, -1.0f, 1.0f);
     const lenet_tensor *y;
@@ -840,7 +840,7 @@ START_TEST(test_backward_of_a_batch_equals_the_sum_of_its_samples)
 
     ck_assert_lenet_ok(lenet_model_zero_grad(m));
     for (int i = 0; i < N; i++) {
-        lenet_tensor *x = image(1, 1, 6, 6, lenet_tensor_cdata(batch_x) + (size_t)i * 36);
+        lenet_tensor *x = image(1, channels, side, side, lenet_tensor_cdata(batch_x) + (size_t)i * plane);
         lenet_tensor *dy = lenet_tensor_create(2, (int[]){1, OUT});
         memcpy(lenet_tensor_data(dy), lenet_tensor_cdata(batch_dy) + (size_t)i * OUT, OUT * sizeof(float));
         ck_assert_lenet_ok(lenet_model_forward(m, x, &y));
@@ -858,6 +858,25 @@ START_TEST(test_backward_of_a_batch_equals_the_sum_of_its_samples)
     lenet_tensor_free(batch_x);
     lenet_tensor_free(batch_dy);
     lenet_model_free(m);
+}
+
+START_TEST(test_backward_of_a_batch_equals_the_sum_of_its_samples)
+{
+    check_batch_equals_sum_of_samples(MODEL(lenet_conv2d(2, 3, 1, 1), lenet_sigmoid(), lenet_avgpool2d(2, 2),
+                                            lenet_conv2d(3, 2, 1, 0), lenet_tanh(), lenet_maxpool2d(2, 1),
+                                            lenet_flatten(), lenet_linear(3)),
+                                      1, 6);
+}
+END_TEST
+
+START_TEST(test_backward_of_a_batch_equals_the_sum_of_its_samples_for_wide_padding_and_strides)
+{
+    /* Padding wider than k - 1 (the per-lane input gradient does not apply: the GEMM path takes it), a stride of 2
+     * (per-sample kernels only) and enough channels for several register tiles. */
+    check_batch_equals_sum_of_samples(MODEL(lenet_conv2d(4, 3, 1, 1), lenet_tanh(), lenet_conv2d(5, 2, 1, 2),
+                                            lenet_sigmoid(), lenet_conv2d(9, 3, 2, 1), lenet_flatten(),
+                                            lenet_linear(3)),
+                                      2, 7);
 }
 END_TEST
 
@@ -1305,6 +1324,7 @@ int main(void)
     tcase_add_test(backward, test_gradcheck_fails_on_a_wrong_gradient_and_names_it);
     tcase_add_test(backward, test_backward_accumulates_until_zero_grad);
     tcase_add_test(backward, test_backward_of_a_batch_equals_the_sum_of_its_samples);
+    tcase_add_test(backward, test_backward_of_a_batch_equals_the_sum_of_its_samples_for_wide_padding_and_strides);
     tcase_add_test(backward, test_layer_backward_adds_into_parameter_gradients_and_overwrites_dx);
     suite_add_tcase(s, backward);
 
