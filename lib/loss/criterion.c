@@ -122,7 +122,8 @@ static int32_t argmin(const float *row, int k)
 lenet_status lenet_criterion_classify(const lenet_criterion *c, const lenet_tensor *y, int32_t *classes)
 {
     if (!c || !y || !classes)
-        return lenet__fail(LENET_EINVAL, "criterion_classify: %s is NULL", !c ? "criterion" : !y ? "output" : "classes");
+        return lenet__fail(LENET_EINVAL, "criterion_classify: %s is NULL",
+                           !c ? "criterion" : !y ? "output" : "classes");
     if (y->ndim != 2)
         return lenet__fail(LENET_ESHAPE, "criterion_classify: outputs must be (N, classes), got %d dimensions",
                            y->ndim);

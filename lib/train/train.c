@@ -3,9 +3,10 @@
  *
  * Numerical faults (issue 8): a step whose loss, gradients or updated parameters hold a NaN or an infinity
  * returns LENET_ENUMERIC naming the first layer where it appeared, and leaves the parameters and the optimizer's
- * state (step count, momentum, Hessian estimate) as they were before that step.  The checks cost one scan of the gradient arena and one of the parameter arena per step, plus one
- * copy of the parameter arena (61,706 floats for the d2l LeNet) taken just before the optimizer runs; the
- * activations are scanned only when the loss is not finite, to find the layer that produced it. */
+ * state (step count, momentum, Hessian estimate) as they were before that step.  The checks cost one scan of the
+ * gradient arena and one of the parameter arena per step, plus copies of the parameter arena (61,706 floats for the
+ * d2l LeNet) and of the optimizer's buffers taken just before the optimizer runs; the activations are scanned only
+ * when the loss is not finite, to find the layer that produced it. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdint.h>
