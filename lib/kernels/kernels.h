@@ -46,6 +46,16 @@ void lenet__relu_backward(size_t count, const float *y, const float *dy, float *
 void lenet__tanh_forward(size_t count, const float *x, float *y);
 void lenet__tanh_backward(size_t count, const float *y, const float *dy, float *dx);
 
+/* The index of the first largest of k values: the class a row of logits predicts. */
+static inline int lenet__argmax(const float *row, int k)
+{
+    int best = 0;
+    for (int j = 1; j < k; j++)
+        if (row[j] > row[best])
+            best = j;
+    return best;
+}
+
 /* y[i] += b[i / inner % outer]-style bias add: each of `rows` rows of `cols` gets bias[row % nbias]. */
 void lenet__add_bias_rows(size_t rows, size_t cols, const float *bias, size_t nbias, float *y);
 /* db[r % nbias] += sum of row r of dy (rows x cols). */

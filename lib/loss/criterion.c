@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include "core/internal.h"
+#include "kernels/kernels.h"
 #include "lenet/criterion.h"
 
 typedef enum criterion_kind { KIND_CROSS_ENTROPY, KIND_RBF, KIND_CUSTOM } criterion_kind;
@@ -101,15 +102,6 @@ lenet_status lenet_criterion_loss(const lenet_criterion *c, const lenet_tensor *
     return LENET_OK;
 }
 
-static int32_t argmax(const float *row, int k)
-{
-    int32_t best = 0;
-    for (int j = 1; j < k; j++)
-        if (row[j] > row[best])
-            best = j;
-    return best;
-}
-
 static int32_t argmin(const float *row, int k)
 {
     int32_t best = 0;
@@ -132,7 +124,7 @@ lenet_status lenet_criterion_classify(const lenet_criterion *c, const lenet_tens
         const float *row = y->data + (size_t)i * k;
         int32_t best = c->kind == KIND_RBF ? argmin(row, k)
                        : c->kind == KIND_CUSTOM && c->classify ? c->classify(c->user, row, k)
-                                                               : argmax(row, k);
+                                                               : lenet__argmax(row, k);
         if (best < 0 || best >= k)
             return lenet__fail(LENET_EINVAL, "criterion_classify: the custom rule chose class %d of sample %d, outside "
                                "[0, %d)", (int)best, i, k);

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels/kernels.h"
 #include "model/internal.h"
 
 /* Parameters summed per reduction task: large enough to amortize the hand-out, small enough to balance. */
@@ -342,10 +343,7 @@ lenet_status lenet_model_classify(const lenet_model *m, const lenet_tensor *x, i
     lenet_status st = lenet_model_predict(m, x, y);
     for (int i = 0; st == LENET_OK && i < n; i++) {
         const float *row = y->data + (size_t)i * k;
-        int best = 0;
-        for (int j = 1; j < k; j++)
-            if (row[j] > row[best])
-                best = j;
+        const int best = lenet__argmax(row, k);
         if (classes)
             classes[i] = best;
         if (probs) {

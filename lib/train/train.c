@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kernels/kernels.h"
 #include "lenet/criterion.h"
 #include "lenet/loss.h"
 #include "lenet/train.h"
@@ -44,14 +45,8 @@ static lenet_status count_correct(const lenet_criterion *c, const lenet_tensor *
         if (st != LENET_OK)
             return st;
     } else {
-        for (int i = 0; i < n; i++) {
-            const float *row = y->data + (size_t)i * k;
-            int best = 0;
-            for (int j = 1; j < k; j++)
-                if (row[j] > row[best])
-                    best = j;
-            classes[i] = best;
-        }
+        for (int i = 0; i < n; i++)
+            classes[i] = lenet__argmax(y->data + (size_t)i * k, k);
     }
     for (int i = 0; i < n; i++)
         *correct += classes[i] == labels[i];
