@@ -109,47 +109,21 @@ static size_t partial_workspace(const lenet_layer *l, int n)
     return 2 * cols_size(pc) + 2 * dense_size(pc);
 }
 
+/* The geometry of the dense convolution (stride 1, no padding) for the shared im2col and col2im kernels. */
+static lenet_conv_geom dense_geom(const partial_conv *pc)
+{
+    return (lenet_conv_geom){.c = pc->in_channels, .h = pc->h, .w = pc->w, .k = pc->kernel_size, .s = 1, .p = 0,
+                             .oh = pc->oh, .ow = pc->ow};
+}
+
 /* cols[(i k + u) k + v][r ow + c] = x[i][r + u][c + v] (squared when asked), one sample. */
 static void im2col(const partial_conv *pc, const float *x, float *cols, bool squared)
 {
-    const int k = pc->kernel_size, oh = pc->oh, ow = pc->ow, w = pc->w;
-    for (int i = 0; i < pc->in_channels; i++) {
-        const float *xi = x + (size_t)i * pc->h * w;
-        for (int u = 0; u < k; u++) {
-            for (int v = 0; v < k; v++) {
-                float *row = cols + ((size_t)(i * k + u) * k + v) * oh * ow;
-                for (int r = 0; r < oh; r++) {
-                    const float *src = xi + (size_t)(r + u) * w + v;
-                    float *dst = row + (size_t)r * ow;
-                    if (squared)
-                        for (int c = 0; c < ow; c++)
-                            dst[c] = src[c] * src[c];
-                    else
-                        memcpy(dst, src, sizeof(float) * (size_t)ow);
-                }
-            }
-        }
-    }
-}
-
-/* dx[i][r + u][c + v] += dcols[(i k + u) k + v][r ow + c], one sample (dx zeroed by the caller). */
-static void col2im(const partial_conv *pc, const float *dcols, float *dx)
-{
-    const int k = pc->kernel_size, oh = pc->oh, ow = pc->ow, w = pc->w;
-    for (int i = 0; i < pc->in_channels; i++) {
-        float *dxi = dx + (size_t)i * pc->h * w;
-        for (int u = 0; u < k; u++) {
-            for (int v = 0; v < k; v++) {
-                const float *row = dcols + ((size_t)(i * k + u) * k + v) * oh * ow;
-                for (int r = 0; r < oh; r++) {
-                    float *dst = dxi + (size_t)(r + u) * w + v;
-                    const float *src = row + (size_t)r * ow;
-                    for (int c = 0; c < ow; c++)
-                        dst[c] += src[c];
-                }
-            }
-        }
-    }
+    const lenet_conv_geom g = dense_geom(pc);
+    lenet__im2col(&g, x, cols);
+    if (squared)
+        for (size_t t = 0; t < cols_size(pc); t++)
+            cols[t] *= cols[t];
 }
 
 /* dense[o][i k k + t] = weight[c][t] (squared when asked) for each connection c = (o, i), else 0. */
@@ -176,9 +150,7 @@ static void partial_forward(const lenet_layer *l, const lenet_pass *p, float *y)
         float *yn = y + (size_t)n * l->out_size;
         im2col(pc, p->x + (size_t)n * l->in_size, cols, false);
         lenet__sgemm(false, false, pc->out_channels, ohw, ckk, 1.0f, dense, ckk, cols, ohw, 0.0f, yn, ohw);
-        for (int o = 0; o < pc->out_channels; o++)
-            for (int t = 0; t < ohw; t++)
-                yn[(size_t)o * ohw + t] += l->param[1][o];
+        lenet__add_bias_rows((size_t)pc->out_channels, (size_t)ohw, l->param[1], (size_t)pc->out_channels, yn);
     }
 }
 
@@ -193,23 +165,17 @@ static void partial_pass(const partial_conv *pc, const lenet_pass *p, const floa
     const size_t k2 = (size_t)pc->kernel_size * pc->kernel_size;
     float *cols = p->work, *dcols = p->work + cols_size(pc);
     float *dense = dcols + cols_size(pc), *ddense = dense + dense_size(pc);
+    const lenet_conv_geom g = dense_geom(pc);
     densify(pc, l->param[0], dense, squared);
     memset(ddense, 0, sizeof(float) * dense_size(pc));
-    if (dx)
-        memset(dx, 0, sizeof(float) * (size_t)p->n * l->in_size);
     for (int n = 0; n < p->n; n++) {
         const float *dyn = dy + (size_t)n * l->out_size;
         im2col(pc, p->x + (size_t)n * l->in_size, cols, squared);
         lenet__sgemm(false, true, pc->out_channels, ckk, ohw, 1.0f, dyn, ohw, cols, ohw, 1.0f, ddense, ckk);
-        for (int o = 0; o < pc->out_channels; o++) {
-            float sum = 0.0f;
-            for (int t = 0; t < ohw; t++)
-                sum += dyn[(size_t)o * ohw + t];
-            p->grads[1][o] += sum;
-        }
+        lenet__sum_rows_into((size_t)pc->out_channels, (size_t)ohw, dyn, p->grads[1], (size_t)pc->out_channels);
         if (dx) {
             lenet__sgemm(true, false, ckk, ohw, pc->out_channels, 1.0f, dense, ckk, dyn, ohw, 0.0f, dcols, ohw);
-            col2im(pc, dcols, dx + (size_t)n * l->in_size);
+            lenet__col2im(&g, dcols, dx + (size_t)n * l->in_size);
         }
     }
     for (int c = 0; c < pc->n_conn; c++) {
