@@ -26,7 +26,7 @@ static lenet_status sdlm_step(lenet_optimizer *o)
     if (!s->hessian || s->numel != m->arena_numel)
         return lenet__fail(LENET_ESTATE, "SDLM step: estimate the Hessian first (lenet_sdlm_estimate_hessian)");
     const float epsilon = o->lr, mu = s->mu;
-    if (!s->rate) { /* a Hessian adopted from a checkpoint comes without its derived rates */
+    if (!s->rate) { /* first step on this estimate's size, or a Hessian adopted from a checkpoint */
         s->rate = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
         if (!s->rate)
             return lenet__oom("SDLM step sizes");
@@ -123,17 +123,14 @@ lenet_status lenet_sdlm_update_hessian_from_grads(lenet_optimizer *o, double cou
     if (!m->built)
         return lenet__fail(LENET_ESTATE, "sdlm_update_hessian_from_grads: the model is not built");
     if (!s->hessian || s->numel != m->arena_numel) {
+        /* The step sizes are derived: sdlm_step allocates them again for the new size. */
         lenet__free_aligned(s->hessian);
         lenet__free_aligned(s->rate);
+        s->rate = NULL;
         s->numel = 0;
         s->hessian = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
-        s->rate = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
-        if (!s->hessian || !s->rate) {
-            lenet__free_aligned(s->hessian);
-            lenet__free_aligned(s->rate);
-            s->hessian = s->rate = NULL;
+        if (!s->hessian)
             return lenet__oom("SDLM Hessian");
-        }
         s->numel = m->arena_numel;
         gamma = 1.0f; /* the first estimate replaces nothing */
     }
