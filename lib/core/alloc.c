@@ -23,14 +23,6 @@ size_t lenet__alloc_fail_at(size_t n)
     return counted;
 }
 
-bool lenet__mul_overflows(size_t a, size_t b, size_t *out)
-{
-    if (a != 0 && b > SIZE_MAX / a)
-        return true;
-    *out = a * b;
-    return false;
-}
-
 void *lenet__malloc(size_t size)
 {
     if (should_fail())

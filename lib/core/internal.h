@@ -38,8 +38,34 @@ void lenet__free(void *p);
 /* Aligned to 64 bytes for vector kernels; free with lenet__free_aligned. */
 void *lenet__malloc_aligned(size_t size);
 void lenet__free_aligned(void *p);
-/* size = count * size or false on overflow. */
-bool lenet__mul_overflows(size_t a, size_t b, size_t *out);
+/* ---- checked arithmetic: every size, offset and count derived from input goes through these ----
+ * Each returns true on overflow (leaving *out unspecified) and otherwise stores the exact result. */
+
+static inline bool lenet__mul_overflows(size_t a, size_t b, size_t *out)
+{
+    return __builtin_mul_overflow(a, b, out);
+}
+
+static inline bool lenet__add_overflows(size_t a, size_t b, size_t *out)
+{
+    return __builtin_add_overflow(a, b, out);
+}
+
+static inline bool lenet__int_mul_overflows(int a, int b, int *out)
+{
+    return __builtin_mul_overflow(a, b, out);
+}
+
+static inline bool lenet__int_add_overflows(int a, int b, int *out)
+{
+    return __builtin_add_overflow(a, b, out);
+}
+
+/* ---- files (file.c) ---- */
+
+/* Opens `path` for reading, refusing anything but a regular file (a FIFO or device would block or never end)
+ * without blocking on it.  On success *fd is a blocking descriptor the caller closes. */
+lenet_status lenet__open_regular(const char *path, int *fd);
 
 /* Test hook (issue: allocation-failure injection): the n-th allocation from now on fails (n >= 1),
  * 0 disables.  Returns the number of allocations counted since the last call. */
