@@ -404,6 +404,68 @@ START_TEST(test_model_build_that_does_not_fit_names_the_layer_and_stays_unbuilt)
 }
 END_TEST
 
+/* Builds a fresh model of the given layers for a (c, h, w) input and expects LENET_ESHAPE with every word of
+ * `expect` in the message, nothing built and nothing allocated for parameters. */
+static void expect_too_large(lenet_layer *const *layers, size_t count, int c, int h, int w, const char *const *expect,
+                             size_t n_expect)
+{
+    lenet_model *m = lenet_model_create();
+    for (size_t i = 0; i < count; i++)
+        ck_assert_lenet_ok(lenet_model_add(m, layers[i]));
+    lenet_clear_error();
+    ck_assert_int_eq(lenet_model_build(m, c, h, w), LENET_ESHAPE);
+    for (size_t i = 0; i < n_expect; i++)
+        ck_assert_msg(strstr(lenet_last_error(), expect[i]) != NULL, "expected '%s' in: %s", expect[i],
+                      lenet_last_error());
+    ck_assert(!lenet_model_is_built(m));
+    ck_assert_uint_eq(lenet_model_param_count(m), 0);
+    /* The summary builds on the way and reports the same failure, printing nothing. */
+    FILE *out = tmpfile();
+    ck_assert_int_eq(lenet_model_summary(m, 1, c, h, w, out), LENET_ESHAPE);
+    ck_assert_int_eq(ftell(out), 0);
+    fclose(out);
+    ck_assert(!lenet_model_is_built(m));
+    lenet_model_free(m);
+}
+
+START_TEST(test_model_build_refuses_padding_that_overflows_the_geometry)
+{
+    /* Conv2d(2, 3, 1, INT_MAX): h + 2p wrapped around int and passed the kernel-size check. */
+    const char *expect[] = {"layer 0 (Conv2d)", "padding 2147483647", "overflows"};
+    expect_too_large((lenet_layer *[]){lenet_conv2d(2, 3, 1, 2147483647), lenet_flatten(), lenet_linear(3)}, 3, 1, 6,
+                     6, expect, 3);
+    /* Large but not overflowing padding: the padded input is over the per-sample limit. */
+    const char *expect_padded[] = {"layer 0 (Conv2d)", "padded input", "LENET_MAX_SAMPLE_ELEMENTS"};
+    expect_too_large((lenet_layer *[]){lenet_conv2d(1, 1, 1, 1 << 20)}, 1, 1, 1, 1, expect_padded, 3);
+}
+END_TEST
+
+START_TEST(test_model_build_refuses_an_output_too_large_for_flatten)
+{
+    /* Conv2d(1, 1, 1, 32768) on 1x1x1 makes 1x65537x65537: Flatten used to truncate it to 131,073 features. */
+    const char *expect[] = {"layer 0 (Conv2d)", "65537", "LENET_MAX_SAMPLE_ELEMENTS"};
+    expect_too_large((lenet_layer *[]){lenet_conv2d(1, 1, 1, 32768), lenet_flatten(), lenet_linear(2)}, 3, 1, 1, 1,
+                     expect, 3);
+}
+END_TEST
+
+START_TEST(test_model_build_refuses_parameter_arenas_over_the_limits)
+{
+    /* The reported case: an input of 2^31 elements, then Linear(2^30) and Linear(INT_MAX). */
+    const char *expect_input[] = {"input", "LENET_MAX_SAMPLE_ELEMENTS"};
+    expect_too_large((lenet_layer *[]){lenet_flatten(), lenet_linear(1 << 30), lenet_linear(2147483647)}, 3, 1, 2,
+                     1073741823, expect_input, 2);
+    /* One weight over the per-tensor limit: 2^14 features x 2^15 outputs. */
+    const char *expect_tensor[] = {"layer 1 (Linear)", "weight", "LENET_MAX_PARAM_ELEMENTS"};
+    expect_too_large((lenet_layer *[]){lenet_flatten(), lenet_linear(1 << 15)}, 2, 1, 1, 1 << 14, expect_tensor, 3);
+    /* Each weight at the per-tensor limit, four of them over the model's. */
+    const char *expect_model[] = {"layer 4 (Linear)", "LENET_MAX_MODEL_ELEMENTS"};
+    expect_too_large((lenet_layer *[]){lenet_flatten(), lenet_linear(1 << 14), lenet_linear(1 << 14),
+                                       lenet_linear(1 << 14), lenet_linear(1 << 14)},
+                     5, 1, 1, 1 << 14, expect_model, 2);
+}
+END_TEST
+
 START_TEST(test_model_builds_lazily_on_first_forward)
 {
     lenet_model *m = lenet_test_d2l_model();
@@ -1302,6 +1364,9 @@ int main(void)
     tcase_add_test(tc, test_model_build_twice_same_shape_ok_other_shape_estate);
     tcase_add_test(tc, test_model_build_rejects_bad_arguments);
     tcase_add_test(tc, test_model_build_that_does_not_fit_names_the_layer_and_stays_unbuilt);
+    tcase_add_test(tc, test_model_build_refuses_padding_that_overflows_the_geometry);
+    tcase_add_test(tc, test_model_build_refuses_an_output_too_large_for_flatten);
+    tcase_add_test(tc, test_model_build_refuses_parameter_arenas_over_the_limits);
     tcase_add_test(tc, test_model_builds_lazily_on_first_forward);
     tcase_add_test(tc, test_model_forward_on_unbuilt_model_with_bad_input_leaves_it_unbuilt);
     suite_add_tcase(s, tc);

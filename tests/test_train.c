@@ -745,6 +745,34 @@ START_TEST(test_null_arguments_are_einval)
 }
 END_TEST
 
+START_TEST(test_an_optimizer_of_another_model_is_einval_and_trains_nothing)
+{
+    lenet_dataset *d = halves("set", 8, 25, NULL);
+    lenet_model *m = tiny_model(SIDE, 2, 26), *other = tiny_model(SIDE, 3, 27);
+    lenet_optimizer *o = lenet_sgd_create(other, 0.1f, 0.0f, 0.0f);
+    lenet_iter *it = lenet_iter_create(d, 4, false, 0);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_ptr_nonnull(it);
+    const size_t numel = lenet_tensor_numel(lenet_model_param(m, 0));
+    float *before = malloc(numel * sizeof *before);
+    ck_assert_ptr_nonnull(before);
+    memcpy(before, lenet_tensor_cdata(lenet_model_param(m, 0)), numel * sizeof *before);
+    lenet_metrics mt = {0};
+    ck_assert_int_eq(lenet_train_epoch(m, o, it, NULL, NULL, &mt), LENET_EINVAL);
+    ck_assert_msg(strstr(lenet_last_error(), "another model") != NULL, "message: %s", lenet_last_error());
+    ck_assert_int_eq(lenet_train_epoch_with(m, o, it, NULL, NULL, NULL, &mt), LENET_EINVAL);
+    ck_assert_uint_eq(lenet_iter_position(it), 0);
+    ck_assert_uint_eq(mt.examples, 0);
+    ck_assert_mem_eq(before, lenet_tensor_cdata(lenet_model_param(m, 0)), numel * sizeof *before);
+    free(before);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(other);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
 START_TEST(test_a_model_built_for_another_input_size_is_eshape)
 {
     lenet_dataset *d = halves("set", 8, 24, NULL);
@@ -809,6 +837,7 @@ int main(void)
     tcase_add_test(tc, test_a_step_that_overflows_the_parameters_is_rolled_back);
     tcase_add_test(tc, test_labels_outside_the_model_classes_are_einval);
     tcase_add_test(tc, test_null_arguments_are_einval);
+    tcase_add_test(tc, test_an_optimizer_of_another_model_is_einval_and_trains_nothing);
     tcase_add_test(tc, test_a_model_built_for_another_input_size_is_eshape);
     tcase_add_test(tc, test_training_with_the_cross_entropy_criterion_equals_the_default);
     tcase_add_test(tc, test_an_rbf_network_trains_with_the_map_criterion_and_is_scored_by_its_smallest_penalty);

@@ -22,6 +22,22 @@
 extern "C" {
 #endif
 
+/**
+ * @name Size limits
+ * The largest networks a model accepts, checked when it is built (from lenet_model_build(), the first forward,
+ * or a checkpoint), so that every size computed from them afterwards fits without overflow.  A model over a
+ * limit fails to build with LENET_ESHAPE naming the layer; nothing is allocated for it.
+ * @{
+ */
+/** Elements of one sample's activation at any point of the network: the input, every layer's output, and the
+ *  padded input a convolution reads (2^28, 1 GiB of floats). */
+#define LENET_MAX_SAMPLE_ELEMENTS ((size_t)1 << 28)
+/** Elements of one parameter tensor (2^28). */
+#define LENET_MAX_PARAM_ELEMENTS ((size_t)1 << 28)
+/** Elements of all parameter tensors of one model together (2^30, 4 GiB of floats). */
+#define LENET_MAX_MODEL_ELEMENTS ((size_t)1 << 30)
+/** @} */
+
 /** An opaque sequential model (PyTorch nn.Sequential). */
 typedef struct lenet_model lenet_model;
 

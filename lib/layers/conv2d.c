@@ -19,7 +19,10 @@ static lenet_status conv2d_geometry(const conv2d *c, const lenet_shape *in, lene
         return st;
     *g = (lenet_conv_geom){.c = in->dim[0], .h = in->dim[1], .w = in->dim[2],
                            .k = c->kernel_size, .s = c->stride, .p = c->padding};
-    int padded_h = g->h + 2 * g->p, padded_w = g->w + 2 * g->p;
+    int padded_h, padded_w;
+    st = lenet__padded_check(&c->base, in, g->p, &padded_h, &padded_w);
+    if (st != LENET_OK)
+        return st;
     if (padded_h < g->k || padded_w < g->k)
         return lenet__fail(LENET_ESHAPE, "Conv2d: kernel %dx%d is larger than the padded input %dx%d (input %dx%d, padding %d)",
                            g->k, g->k, padded_h, padded_w, g->h, g->w, g->p);

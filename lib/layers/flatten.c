@@ -6,7 +6,12 @@
 static lenet_status flatten_infer_shape(const lenet_layer *l, const lenet_shape *in, lenet_shape *out)
 {
     (void)l;
-    *out = (lenet_shape){.ndim = 1, .dim = {(int)lenet__shape_size(in)}};
+    size_t features;
+    lenet_status st = lenet__shape_check(in, "Flatten: the input", &features);
+    if (st != LENET_OK)
+        return st;
+    _Static_assert(LENET_MAX_SAMPLE_ELEMENTS <= 0x7fffffff, "a per-sample size fits the int of a shape");
+    *out = (lenet_shape){.ndim = 1, .dim = {(int)features}};
     return LENET_OK;
 }
 

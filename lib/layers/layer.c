@@ -53,6 +53,45 @@ size_t lenet__shape_size(const lenet_shape *s)
     return n;
 }
 
+lenet_status lenet__shape_check(const lenet_shape *s, const char *what, size_t *size)
+{
+    if (s->ndim < 1 || s->ndim > LENET_MAX_SAMPLE_DIMS)
+        return lenet__fail(LENET_ESHAPE, "%s has %d dimensions per sample, expected 1 to %d", what, s->ndim,
+                           LENET_MAX_SAMPLE_DIMS);
+    size_t n = 1;
+    for (int i = 0; i < s->ndim; i++) {
+        if (s->dim[i] < 1)
+            return lenet__fail(LENET_ESHAPE, "%s dimension %d has size %d, expected >= 1", what, i, s->dim[i]);
+        if (lenet__mul_overflows(n, (size_t)s->dim[i], &n) || n > LENET_MAX_SAMPLE_ELEMENTS) {
+            char shape[64];
+            lenet__shape_format(s, shape, sizeof shape);
+            return lenet__fail(LENET_ESHAPE, "%s %s has more than the %zu elements per sample a model supports "
+                               "(LENET_MAX_SAMPLE_ELEMENTS)", what, shape, LENET_MAX_SAMPLE_ELEMENTS);
+        }
+    }
+    if (size)
+        *size = n;
+    return LENET_OK;
+}
+
+lenet_status lenet__padded_check(const lenet_layer *l, const lenet_shape *in, int pad, int *padded_h, int *padded_w)
+{
+    int border, h, w;
+    if (lenet__int_mul_overflows(pad, 2, &border) || lenet__int_add_overflows(in->dim[1], border, &h) ||
+        lenet__int_add_overflows(in->dim[2], border, &w))
+        return lenet__fail(LENET_ESHAPE, "%s: padding %d on a %dx%d input overflows", l->ops->name, pad, in->dim[1],
+                           in->dim[2]);
+    lenet_shape padded = {.ndim = 3, .dim = {in->dim[0], h, w}};
+    char what[64];
+    snprintf(what, sizeof what, "%s: the padded input", l->ops->name);
+    lenet_status st = lenet__shape_check(&padded, what, NULL);
+    if (st != LENET_OK)
+        return st;
+    *padded_h = h;
+    *padded_w = w;
+    return LENET_OK;
+}
+
 bool lenet__shape_equal(const lenet_shape *a, const lenet_shape *b)
 {
     if (a->ndim != b->ndim)

@@ -103,7 +103,15 @@ struct lenet_layer {
  * Returns NULL with LENET_ENOMEM set. */
 void *lenet__layer_alloc(size_t size, const lenet_layer_ops *ops, int n_args, const double *args);
 
+/* Elements of a shape already checked by lenet__shape_check (so the product cannot overflow). */
 size_t lenet__shape_size(const lenet_shape *s);
+/* Checks a per-sample shape: 1 to LENET_MAX_SAMPLE_DIMS dimensions, each >= 1, at most LENET_MAX_SAMPLE_ELEMENTS
+ * elements in all (computed with checked arithmetic).  `what` names it in the message ("output").  Stores the
+ * element count in *size when it is not NULL. */
+lenet_status lenet__shape_check(const lenet_shape *s, const char *what, size_t *size);
+/* Checks that a (C, H, W) image padded by `pad` on every side stays within the limits, and stores the padded
+ * height and width.  For layers whose kernels read a padded copy of their input. */
+lenet_status lenet__padded_check(const lenet_layer *l, const lenet_shape *in, int pad, int *padded_h, int *padded_w);
 bool lenet__shape_equal(const lenet_shape *a, const lenet_shape *b);
 void lenet__shape_format(const lenet_shape *s, char *buf, size_t size);
 

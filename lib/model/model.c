@@ -157,11 +157,15 @@ static lenet_status alloc_params(lenet_model *m, size_t n_params, size_t numel)
 static lenet_status infer_layers(lenet_model *m, lenet_shape in, lenet_param_spec (*specs)[LENET_MAX_LAYER_PARAMS],
                                  int *spec_counts)
 {
-    m->max_size = lenet__shape_size(&in);
+    lenet_status st = lenet__shape_check(&in, "model_build: the input", &m->max_size);
+    if (st != LENET_OK)
+        return st;
     for (size_t i = 0; i < m->n_layers; i++) {
         lenet_layer *l = m->layers[i];
         lenet_shape out;
-        lenet_status st = l->ops->infer_shape(l, &in, &out);
+        st = l->ops->infer_shape(l, &in, &out);
+        if (st == LENET_OK)
+            st = lenet__shape_check(&out, "output", NULL);
         if (st == LENET_OK) {
             l->in = in;
             l->out = out;
@@ -179,6 +183,24 @@ static lenet_status infer_layers(lenet_model *m, lenet_shape in, lenet_param_spe
             m->max_size = l->out_size;
         in = out;
     }
+    return LENET_OK;
+}
+
+/* Adds one parameter tensor to the arena's element count, each tensor starting 64-byte aligned, within the
+ * model's limits. */
+static lenet_status arena_add(const lenet_param_spec *spec, size_t *numel)
+{
+    size_t count;
+    lenet_status st = lenet__shape_numel(spec->ndim, spec->shape, &count);
+    if (st != LENET_OK)
+        return st;
+    if (count > LENET_MAX_PARAM_ELEMENTS)
+        return lenet__fail(LENET_ESHAPE, "%s has %zu elements, more than the %zu a parameter may have "
+                           "(LENET_MAX_PARAM_ELEMENTS)", spec->suffix, count, LENET_MAX_PARAM_ELEMENTS);
+    count = (count + 15) & ~(size_t)15;
+    if (lenet__add_overflows(*numel, count, numel) || *numel > LENET_MAX_MODEL_ELEMENTS)
+        return lenet__fail(LENET_ESHAPE, "the parameters exceed the %zu elements a model may have "
+                           "(LENET_MAX_MODEL_ELEMENTS)", LENET_MAX_MODEL_ELEMENTS);
     return LENET_OK;
 }
 
@@ -223,12 +245,12 @@ lenet_status lenet_model_build(lenet_model *m, int channels, int height, int wid
     size_t n_params = 0, numel = 0;
     for (size_t i = 0; i < m->n_layers; i++) {
         for (int j = 0; j < spec_counts[i]; j++) {
-            size_t count;
-            st = lenet__shape_numel(specs[i][j].ndim, specs[i][j].shape, &count);
-            if (st != LENET_OK)
+            st = arena_add(&specs[i][j], &numel);
+            if (st != LENET_OK) {
+                lenet__error_prefix("layer %zu (%s): ", i, m->layers[i]->ops->name);
                 goto fail;
+            }
             n_params++;
-            numel += (count + 15) & ~(size_t)15; /* each tensor starts 64-byte aligned */
         }
     }
     st = alloc_params(m, n_params, numel);

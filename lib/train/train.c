@@ -308,6 +308,8 @@ lenet_status lenet_train_epoch_with(lenet_model *m, lenet_optimizer *o, lenet_it
 {
     if (!o)
         return lenet__fail(LENET_EINVAL, "train_epoch: optimizer is NULL");
+    if (m && o->model != m)
+        return lenet__fail(LENET_EINVAL, "train_epoch: the optimizer was created for another model");
     return run_pass(m, o, train, criterion, progress, user, out);
 }
 
