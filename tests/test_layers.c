@@ -655,7 +655,7 @@ static lenet_status scale_infer_shape(const lenet_layer *l, const lenet_shape *i
 static lenet_status scale_setup(lenet_layer *l, lenet_param_spec *specs, int *count)
 {
     (void)l;
-    specs[0] = (lenet_param_spec){"weight", 1, {1}, true};
+    specs[0] = (lenet_param_spec){.suffix = "weight", .ndim = 1, .shape = {1}, .trainable = true};
     *count = 1;
     return LENET_OK;
 }
@@ -1232,21 +1232,64 @@ START_TEST(test_constructors_reject_non_positive_arguments_with_a_message)
 }
 END_TEST
 
+/* The README's first program with the first add unchecked and failing: the model must not run without it. */
+START_TEST(test_a_failed_add_is_sticky_until_the_model_is_freed)
+{
+    lenet_model *m = lenet_model_create();
+    lenet_model_add(m, lenet_conv2d(0, 5, 1, 0));
+    /* Later adds take their layer, free it and report the first failure. */
+    ck_assert_int_eq(lenet_model_add(m, lenet_sigmoid()), LENET_EINVAL);
+    assert_error_mentions("out_channels 0");
+    ck_assert_int_eq(lenet_model_add(m, lenet_flatten()), LENET_EINVAL);
+    ck_assert_int_eq(lenet_model_add(m, lenet_linear(10)), LENET_EINVAL);
+    ck_assert_uint_eq(lenet_model_layer_count(m), 0);
+    lenet_clear_error();
+    ck_assert_int_eq(lenet_model_build(m, 1, 28, 28), LENET_EINVAL);
+    assert_error_mentions("could not be added");
+    assert_error_mentions("out_channels 0");
+    ck_assert(!lenet_model_is_built(m));
+    FILE *out = tmpfile();
+    ck_assert_int_eq(lenet_model_summary(m, 1, 1, 28, 28, out), LENET_EINVAL);
+    ck_assert_int_eq(ftell(out), 0);
+    fclose(out);
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){2, 1, 28, 28}), *y = lenet_tensor_create(2, (int[]){2, 10});
+    const lenet_tensor *out_y = NULL;
+    ck_assert_int_eq(lenet_model_forward(m, x, &out_y), LENET_EINVAL);
+    ck_assert_ptr_null(out_y);
+    ck_assert_int_eq(lenet_model_predict(m, x, y), LENET_EINVAL);
+    assert_error_mentions("model_predict");
+    ck_assert_int_eq(lenet_model_classify(m, x, NULL, NULL), LENET_EINVAL);
+    lenet_tensor_free(x);
+    lenet_tensor_free(y);
+    lenet_model_free(m);
+
+    /* An add refused after build sticks too: the caller meant a bigger network than the one that would run. */
+    m = MODEL(lenet_flatten());
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 2, 2));
+    ck_assert_int_eq(lenet_model_add(m, lenet_linear(3)), LENET_ESTATE);
+    ck_assert_int_eq(lenet_model_build(m, 1, 2, 2), LENET_ESTATE);
+    assert_error_mentions("after the model is built");
+    lenet_model_free(m);
+}
+END_TEST
+
 START_TEST(test_model_add_of_a_failed_constructor_returns_its_status)
 {
     lenet_model *m = lenet_model_create();
     ck_assert_ptr_nonnull(m);
     ck_assert_int_eq(lenet_model_add(m, lenet_conv2d(6, 0, 1, 0)), LENET_EINVAL);
     assert_error_mentions("Conv2d"); /* the constructor's message is kept */
-    ck_assert_int_eq(lenet_model_add(m, lenet_linear(0)), LENET_EINVAL);
-    assert_error_mentions("Linear");
     ck_assert_uint_eq(lenet_model_layer_count(m), 0);
+    lenet_model_free(m);
     /* After another kind of failure, a constructor's failure still reports EINVAL, not the older status. */
+    m = lenet_model_create();
     ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(1, 9, 1, 0)));
     ck_assert_int_eq(lenet_model_build(m, 1, 4, 4), LENET_ESHAPE);
     ck_assert_int_eq(lenet_model_add(m, lenet_maxpool2d(2, 0)), LENET_EINVAL);
     assert_error_mentions("MaxPool2d");
+    lenet_model_free(m);
     /* A plain NULL with no failed constructor before it is still an invalid argument. */
+    m = MODEL(lenet_flatten());
     lenet_clear_error();
     ck_assert_int_eq(lenet_model_add(m, NULL), LENET_EINVAL);
     ck_assert_uint_eq(lenet_model_layer_count(m), 1);
@@ -1341,6 +1384,7 @@ int main(void)
     TCase *api = tcase_create("constructors");
     tcase_add_test(api, test_constructors_reject_non_positive_arguments_with_a_message);
     tcase_add_test(api, test_model_add_of_a_failed_constructor_returns_its_status);
+    tcase_add_test(api, test_a_failed_add_is_sticky_until_the_model_is_freed);
     tcase_add_test(api, test_layer_names_are_pytorch_class_names);
     suite_add_tcase(s, api);
     return lenet_test_run(s);

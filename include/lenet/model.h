@@ -60,6 +60,9 @@ LENET_API void lenet_model_free(lenet_model *m);
 /**
  * Appends a layer.  Always takes ownership of @p l, also when it fails (the layer is then freed).
  * A NULL layer returns the error of the constructor that produced it (its message is kept).
+ * A failed add is sticky: the model would otherwise run without that layer, so from then on every
+ * lenet_model_add(), build, forward, summary, print, predict, classify and training call on this model returns
+ * the same status with the first failure's message, until the model is freed.
  * @return LENET_OK; LENET_EINVAL for NULL; LENET_ESTATE once the model is built; LENET_ENOMEM.
  */
 LENET_API lenet_status lenet_model_add(lenet_model *m, lenet_layer *l);
@@ -78,6 +81,20 @@ LENET_API const lenet_layer *lenet_model_layer(const lenet_model *m, size_t i);
  *         when a layer does not fit its input; LENET_ENOMEM.  On failure the model stays unbuilt.
  */
 LENET_API lenet_status lenet_model_build(lenet_model *m, int channels, int height, int width);
+
+/**
+ * Sets training or evaluation mode, as PyTorch's module.train() / module.eval().  A new model is in training
+ * mode.  In training mode BatchNorm normalises with the batch's statistics and updates its running statistics,
+ * and Dropout drops; in evaluation mode BatchNorm uses its running statistics and Dropout passes its input
+ * through.  lenet_model_forward() runs in the current mode; lenet_train_epoch() trains in training mode and
+ * lenet_evaluate() runs in evaluation mode, each restoring the mode it found; lenet_model_predict() and
+ * lenet_model_classify() always run in evaluation mode and never change the model.
+ * @return LENET_OK; LENET_EINVAL for a NULL model.
+ */
+LENET_API lenet_status lenet_model_set_training(lenet_model *m, bool training);
+
+/** Returns true when the model is in training mode (false for NULL). */
+LENET_API bool lenet_model_is_training(const lenet_model *m);
 
 /** Returns true once lenet_model_build() (or the first forward or summary) has succeeded. */
 LENET_API bool lenet_model_is_built(const lenet_model *m);
@@ -134,12 +151,41 @@ LENET_API lenet_tensor *lenet_model_grad(lenet_model *m, size_t i);
 LENET_API const char *lenet_model_param_name(const lenet_model *m, size_t i);
 
 /**
- * Runs the forward pass on a batch @p x of shape (N, C, H, W) and keeps the activations for backward.
- * Builds the model from x's shape on first use.
- * @param y receives the output (N, ...), borrowed: valid until the next forward or until the model is freed.
- * @return LENET_OK; LENET_EINVAL for NULL; LENET_ESHAPE if x does not match the built input shape.
+ * Returns the number of buffers: non-trainable state such as BatchNorm's running statistics, kept beside the
+ * parameters (never given gradients or updated by an optimizer).  0 for NULL or an unbuilt model.
+ */
+LENET_API size_t lenet_model_buffer_count(const lenet_model *m);
+
+/**
+ * Returns buffer @p i, numbered as PyTorch's state_dict() orders a layer's buffers after its parameters.
+ * Borrowed: valid until the model is freed; writable, to set running statistics.  A buffer that PyTorch keeps
+ * as int64 (num_batches_tracked) holds its count as a float here (exact up to 2^24) and is saved as I64.
+ * NULL if out of range.
+ */
+LENET_API lenet_tensor *lenet_model_buffer(lenet_model *m, size_t i);
+
+/** Returns the state_dict name of buffer @p i ("1.running_mean", "1.running_var", ...), or NULL. */
+LENET_API const char *lenet_model_buffer_name(const lenet_model *m, size_t i);
+
+/**
+ * Runs the forward pass, in the model's current mode, on a batch @p x of shape (N, C, H, W) and keeps the
+ * activations for backward and lenet_model_activation().  Builds the model from x's shape on first use.
+ * @param y receives the output (N, ...), borrowed from the model: valid until the next lenet_model_forward(),
+ *          lenet_train_epoch*() or lenet_evaluate*() call on this model, or until it is freed (those calls reuse
+ *          the activation buffers).  lenet_model_backward(), lenet_model_predict() and lenet_model_classify()
+ *          leave it valid.
+ * @return LENET_OK; LENET_EINVAL for NULL; LENET_ESHAPE if x does not match the built input shape; the error of
+ *         a failed lenet_model_add(); LENET_ENOMEM.
  */
 LENET_API lenet_status lenet_model_forward(lenet_model *m, const lenet_tensor *x, const lenet_tensor **y);
+
+/**
+ * Returns layer @p i's output from the last forward pass (lenet_model_forward(), or the last batch of
+ * lenet_train_epoch*() / lenet_evaluate*()), shaped (N, ...) like the output.  Borrowed from the model: valid as
+ * the output of lenet_model_forward() is, until the next forward, train, evaluate or free.  NULL before any
+ * forward pass or if @p i is out of range.
+ */
+LENET_API const lenet_tensor *lenet_model_activation(const lenet_model *m, size_t i);
 
 /**
  * Back-propagates @p dy (the loss gradient w.r.t. the last forward's output, same shape) and adds the

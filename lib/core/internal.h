@@ -89,6 +89,9 @@ typedef struct lenet_rng {
 } lenet_rng;
 
 void lenet__rng_seed(lenet_rng *r, uint64_t seed);
+/* A seed derived from two values (a stream's seed and an index): streams for different indices are unrelated, so
+ * per-sample random numbers need not depend on how a batch is cut. */
+uint64_t lenet__rng_mix(uint64_t a, uint64_t b);
 uint64_t lenet__rng_u64(lenet_rng *r);
 /* Uniform in [0, 1) with 24 random bits, exactly representable as float. */
 float lenet__rng_uniform(lenet_rng *r);

@@ -16,6 +16,12 @@ static uint64_t rotl(uint64_t x, int k)
     return (x << k) | (x >> (64 - k));
 }
 
+uint64_t lenet__rng_mix(uint64_t a, uint64_t b)
+{
+    uint64_t x = a ^ splitmix64(&b);
+    return splitmix64(&x);
+}
+
 void lenet__rng_seed(lenet_rng *r, uint64_t seed)
 {
     uint64_t x = seed;

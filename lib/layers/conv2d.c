@@ -51,8 +51,8 @@ static lenet_status conv2d_setup(lenet_layer *l, lenet_param_spec *specs, int *c
     if (st != LENET_OK)
         return st;
     int k = c->kernel_size;
-    specs[0] = (lenet_param_spec){"weight", 4, {c->out_channels, c->geom.c, k, k}, true};
-    specs[1] = (lenet_param_spec){"bias", 1, {c->out_channels}, true};
+    specs[0] = (lenet_param_spec){.suffix = "weight", .ndim = 4, .shape = {c->out_channels, c->geom.c, k, k}, .trainable = true};
+    specs[1] = (lenet_param_spec){.suffix = "bias", .ndim = 1, .shape = {c->out_channels}, .trainable = true};
     *count = 2;
     return LENET_OK;
 }

@@ -13,6 +13,9 @@
 /* Per-sample shapes: (C, H, W) for images, (F) after Flatten. */
 #define LENET_MAX_SAMPLE_DIMS 3
 #define LENET_MAX_LAYER_PARAMS 4
+#define LENET_MAX_LAYER_BUFFERS 4
+/* Tensors a layer may ask for at build: its parameters, then its buffers. */
+#define LENET_MAX_LAYER_TENSORS (LENET_MAX_LAYER_PARAMS + LENET_MAX_LAYER_BUFFERS)
 #define LENET_MAX_LAYER_ARGS 8
 
 typedef struct lenet_shape {
@@ -20,12 +23,16 @@ typedef struct lenet_shape {
     int dim[LENET_MAX_SAMPLE_DIMS];
 } lenet_shape;
 
-/* A parameter tensor a layer asks for at build: its state_dict suffix and its shape. */
+/* A tensor a layer asks for at build: its state_dict suffix and its shape.  Parameters come first, then buffers
+ * (non-trainable state such as running statistics, kept apart from the parameters and never given gradients). */
 typedef struct lenet_param_spec {
-    const char *suffix; /* "weight", "bias", ... */
+    const char *suffix; /* "weight", "bias", "running_mean", ... */
     int ndim;
     int shape[4];
     bool trainable; /* false for fixed parameters (the RBF bitmaps): kept in state_dict, never updated */
+    bool buffer;    /* a buffer, not a parameter */
+    bool int64;     /* a buffer PyTorch keeps as int64 (num_batches_tracked): held as a float count here, exact up
+                     * to 2^24, written to and read from files as I64 */
 } lenet_param_spec;
 
 /* One call's data, for a batch of n samples laid out contiguously. */
@@ -37,6 +44,12 @@ typedef struct lenet_pass {
     float *dx;            /* gradient w.r.t. x, overwritten; NULL when not needed (first layer) */
     float *const *grads;  /* one buffer per parameter (spec order) to accumulate into (backward only) */
     float *work;          /* scratch of ops->workspace(l, n) floats, owned by the caller */
+    bool training;        /* the model's mode: training (batch statistics, dropout) or evaluation */
+    int start;            /* index of the first of the n samples in the whole batch */
+    int batch;            /* samples in the whole batch */
+    uint64_t seed;        /* random stream of this layer for this forward (dropout masks), the same in backward */
+    const double *stats;  /* whole-batch layers: the batch's statistics from forward_stats, reduced */
+    const double *grad_stats; /* whole-batch layers, backward: the batch's statistics from backward_stats, reduced */
 } lenet_pass;
 
 /* The generic Gauss-Newton passes (lib/model/hessian.c) a layer kind may declare exact for itself. */
@@ -59,7 +72,8 @@ typedef struct lenet_layer_ops {
     /* Output shape for a per-sample input shape; pure (does not change the layer), sets the error on failure. */
     lenet_status (*infer_shape)(const lenet_layer *l, const lenet_shape *in, lenet_shape *out);
     /* Called at build with the input shape (and by checkpoint loading to size a file's tensors, so possibly more
-     * than once): records sizes, returns the parameters it needs (at most LENET_MAX_LAYER_PARAMS) in *count.
+     * than once): records sizes, returns the tensors it needs in *count: its parameters, then its buffers (at most
+     * LENET_MAX_LAYER_PARAMS and LENET_MAX_LAYER_BUFFERS).
      * Must not allocate.  May be NULL for layers without parameters or sizes. */
     lenet_status (*setup)(lenet_layer *l, lenet_param_spec *specs, int *count);
     /* Fills the layer's parameters (l->param) for an init scheme. NULL for layers without parameters. */
@@ -84,6 +98,19 @@ typedef struct lenet_layer_ops {
     void (*backward_gn)(const lenet_layer *l, const lenet_pass *p, const float *hy, float *hx);
     /* Which generic Gauss-Newton pass is exact for a layer without backward_gn (NULL: none, LENET_EUNSUPPORTED). */
     lenet_gn_rule (*gn_rule)(const lenet_layer *l);
+
+    /* Whole-batch layers (BatchNorm in training mode) need statistics over the whole batch, not one chunk.
+     * batch_stats gives how many doubles they reduce (0 or NULL: the layer works sample by sample in that mode).
+     * The engine then runs the chunks up to the layer, has forward_stats add each chunk's partial statistics into a
+     * zeroed row of its own, sums the rows in chunk order through the reduction seam (lib/model/reduce.c), and
+     * passes the sums to forward as p->stats; backward likewise gets p->grad_stats from backward_stats (which
+     * sees p->dy, p->x, p->y and p->stats).  The sums are the same for any thread count. */
+    size_t (*batch_stats)(const lenet_layer *l, bool training);
+    void (*forward_stats)(const lenet_layer *l, const lenet_pass *p, double *partial);
+    void (*backward_stats)(const lenet_layer *l, const lenet_pass *p, double *partial);
+    /* Called once per training forward with the batch's statistics, on the engine's thread: updates the layer's
+     * buffers (running statistics).  NULL if none. */
+    void (*update_buffers)(lenet_layer *l, const double *stats, int batch);
 } lenet_layer_ops;
 
 struct lenet_layer {
@@ -97,6 +124,9 @@ struct lenet_layer {
     int n_params;
     float *param[LENET_MAX_LAYER_PARAMS]; /* views into the model's parameter arena */
     size_t param_numel[LENET_MAX_LAYER_PARAMS];
+    int n_buffers;
+    float *buffer[LENET_MAX_LAYER_BUFFERS]; /* views into the model's buffer arena */
+    size_t buffer_numel[LENET_MAX_LAYER_BUFFERS];
 };
 
 /* Allocates a layer state of `size` bytes (embedding struct lenet_layer first) with ops and args set.

@@ -27,8 +27,8 @@ static lenet_status linear_setup(lenet_layer *l, lenet_param_spec *specs, int *c
 {
     linear *li = (linear *)l;
     li->in_features = l->in.dim[0];
-    specs[0] = (lenet_param_spec){"weight", 2, {li->out_features, li->in_features}, true};
-    specs[1] = (lenet_param_spec){"bias", 1, {li->out_features}, true};
+    specs[0] = (lenet_param_spec){.suffix = "weight", .ndim = 2, .shape = {li->out_features, li->in_features}, .trainable = true};
+    specs[1] = (lenet_param_spec){.suffix = "bias", .ndim = 1, .shape = {li->out_features}, .trainable = true};
     *count = 2;
     return LENET_OK;
 }

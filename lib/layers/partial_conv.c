@@ -64,8 +64,8 @@ static lenet_status partial_setup(lenet_layer *l, lenet_param_spec *specs, int *
     pc->oh = l->out.dim[1];
     pc->ow = l->out.dim[2];
     int k = pc->kernel_size;
-    specs[0] = (lenet_param_spec){"weight", 3, {pc->n_conn, k, k}, true};
-    specs[1] = (lenet_param_spec){"bias", 1, {pc->out_channels}, true};
+    specs[0] = (lenet_param_spec){.suffix = "weight", .ndim = 3, .shape = {pc->n_conn, k, k}, .trainable = true};
+    specs[1] = (lenet_param_spec){.suffix = "bias", .ndim = 1, .shape = {pc->out_channels}, .trainable = true};
     *count = 2;
     return LENET_OK;
 }

@@ -64,7 +64,7 @@ static lenet_status rbf_infer_shape(const lenet_layer *l, const lenet_shape *in,
 static lenet_status rbf_setup(lenet_layer *l, lenet_param_spec *specs, int *count)
 {
     const rbf *r = (const rbf *)l;
-    specs[0] = (lenet_param_spec){"weight", 2, {r->out_features, r->in_features}, false};
+    specs[0] = (lenet_param_spec){.suffix = "weight", .ndim = 2, .shape = {r->out_features, r->in_features}, .trainable = false};
     *count = 1;
     return LENET_OK;
 }

@@ -38,8 +38,8 @@ static lenet_status subsample_setup(lenet_layer *l, lenet_param_spec *specs, int
     s->w = l->in.dim[2];
     s->oh = l->out.dim[1];
     s->ow = l->out.dim[2];
-    specs[0] = (lenet_param_spec){"weight", 1, {s->channels}, true};
-    specs[1] = (lenet_param_spec){"bias", 1, {s->channels}, true};
+    specs[0] = (lenet_param_spec){.suffix = "weight", .ndim = 1, .shape = {s->channels}, .trainable = true};
+    specs[1] = (lenet_param_spec){.suffix = "bias", .ndim = 1, .shape = {s->channels}, .trainable = true};
     *count = 2;
     return LENET_OK;
 }

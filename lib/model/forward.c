@@ -1,17 +1,19 @@
 /* Forward and backward passes over the layer list, and the read-only inference path.
  *
  * A batch is cut into fixed chunks of LENET_CHUNK samples.  Chunks run in parallel (lenet__parallel_for), each
- * through the whole network, writing only its own slices; parameter gradients go to one buffer per chunk and are
+ * through the network, writing only its own slices; parameter gradients go to one buffer per chunk and are
  * summed in chunk order afterwards.  The partition never depends on the thread count or on which thread takes which
- * chunk, so neither do the results. */
+ * chunk, so neither do the results.
+ *
+ * Whole-batch layers (BatchNorm in training) cut the network into segments: the chunks run up to such a layer and
+ * each adds its partial statistics to a row of its own; the rows are summed in chunk order through the reduction
+ * seam (m->reducer); the next segment starts with that layer, given the sums.  Backward goes through the same
+ * segments from the top, with the gradient at each cut kept for the whole batch (m->bbuf). */
 #include <math.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
 #include "model/internal.h"
-
-/* Parameters summed per reduction task: large enough to amortize the hand-out, small enough to balance. */
-#define REDUCE_BLOCK 4096
 
 static int chunk_count(int batch)
 {
@@ -46,6 +48,15 @@ static size_t max_workspace(const lenet_model *m, int n)
     return (most + 15) & ~(size_t)15;
 }
 
+/* a * b * sizeof(float) bytes, or SIZE_MAX when that overflows (an allocation of it then fails cleanly). */
+static size_t float_bytes(size_t a, size_t b)
+{
+    size_t n;
+    if (lenet__mul_overflows(a, b, &n) || lenet__mul_overflows(n, sizeof(float), &n))
+        return SIZE_MAX;
+    return n;
+}
+
 lenet_status lenet__model_reserve(lenet_model *m, int batch)
 {
     int threads = lenet__threads();
@@ -55,19 +66,23 @@ lenet_status lenet__model_reserve(lenet_model *m, int batch)
         batch = m->batch_cap;
     if (threads < m->threads_cap)
         threads = m->threads_cap;
-    size_t work = max_workspace(m, LENET_CHUNK);
-    size_t chunks = (size_t)chunk_count(batch);
+    const size_t work = max_workspace(m, LENET_CHUNK), chunks = (size_t)chunk_count(batch);
+    const size_t slices = (size_t)threads * LENET_CHUNK;
+    const bool cuts = m->stats_total > 0;
     float **acts = lenet__calloc(m->n_layers + 1, sizeof *acts);
     /* Activation gradients live only while their chunk runs, so each worker needs room for one chunk, not the batch. */
-    float *dbuf0 = lenet__malloc_aligned((size_t)threads * LENET_CHUNK * m->max_size * sizeof(float));
-    float *dbuf1 = lenet__malloc_aligned((size_t)threads * LENET_CHUNK * m->max_size * sizeof(float));
-    float *workspace = lenet__malloc_aligned(((size_t)threads * work + 16) * sizeof(float));
-    float *chunk_grads = lenet__malloc_aligned((chunks * m->arena_numel + 16) * sizeof(float));
-    if (!acts || !dbuf0 || !dbuf1 || !workspace || !chunk_grads)
+    float *dbuf0 = lenet__malloc_aligned(float_bytes(slices, m->max_size));
+    float *dbuf1 = lenet__malloc_aligned(float_bytes(slices, m->max_size));
+    float *bbuf0 = cuts ? lenet__malloc_aligned(float_bytes((size_t)batch, m->max_size)) : NULL;
+    float *bbuf1 = cuts ? lenet__malloc_aligned(float_bytes((size_t)batch, m->max_size)) : NULL;
+    float *workspace = lenet__malloc_aligned(float_bytes((size_t)threads, work + 16));
+    float *chunk_grads = lenet__malloc_aligned(float_bytes(chunks, m->arena_numel + 16));
+    double *partials = lenet__calloc(chunks * (m->stats_max ? m->stats_max : 1), sizeof *partials);
+    if (!acts || !dbuf0 || !dbuf1 || (cuts && (!bbuf0 || !bbuf1)) || !workspace || !chunk_grads || !partials)
         goto fail;
     for (size_t i = 0; i <= m->n_layers; i++) {
         size_t size = i == 0 ? lenet__shape_size(&m->in_shape) : m->layers[i - 1]->out_size;
-        acts[i] = lenet__malloc_aligned((size_t)batch * size * sizeof(float));
+        acts[i] = lenet__malloc_aligned(float_bytes((size_t)batch, size));
         if (!acts[i])
             goto fail;
     }
@@ -79,15 +94,21 @@ lenet_status lenet__model_reserve(lenet_model *m, int batch)
     }
     lenet__free_aligned(m->dbuf[0]);
     lenet__free_aligned(m->dbuf[1]);
+    lenet__free_aligned(m->bbuf[0]);
+    lenet__free_aligned(m->bbuf[1]);
     lenet__free_aligned(m->work);
     lenet__free_aligned(m->chunk_grads);
+    lenet__free(m->partials);
     m->acts = acts;
     m->dbuf[0] = dbuf0;
     m->dbuf[1] = dbuf1;
+    m->bbuf[0] = bbuf0;
+    m->bbuf[1] = bbuf1;
     m->work = workspace;
     m->work_cap = work;
     m->threads_cap = threads;
     m->chunk_grads = chunk_grads;
+    m->partials = partials;
     m->batch_cap = batch;
     m->last_batch = 0;
     return LENET_OK;
@@ -99,8 +120,11 @@ fail:
     lenet__free(acts);
     lenet__free_aligned(dbuf0);
     lenet__free_aligned(dbuf1);
+    lenet__free_aligned(bbuf0);
+    lenet__free_aligned(bbuf1);
     lenet__free_aligned(workspace);
     lenet__free_aligned(chunk_grads);
+    lenet__free(partials);
     return lenet__oom("activation buffers");
 }
 
@@ -125,8 +149,11 @@ static lenet_status check_input(const lenet_model *m, const lenet_tensor *x, con
 
 lenet_status lenet__model_check_input(lenet_model *m, const lenet_tensor *x, const char *who, int *batch)
 {
+    lenet_status st = lenet__model_check_sticky(m, who);
+    if (st != LENET_OK)
+        return st;
     if (!m->built && x->ndim == 4) {
-        lenet_status st = lenet_model_build(m, x->shape[1], x->shape[2], x->shape[3]);
+        st = lenet_model_build(m, x->shape[1], x->shape[2], x->shape[3]);
         if (st != LENET_OK)
             return st;
     }
@@ -141,36 +168,103 @@ static int chunk_size(int batch, int start)
     return batch - start < LENET_CHUNK ? batch - start : LENET_CHUNK;
 }
 
-typedef struct train_job {
+/* True when layer i needs the whole batch in the model's current mode. */
+static bool is_cut(const lenet_model *m, size_t i)
+{
+    const lenet_layer *l = m->layers[i];
+    return m->stats_count[i] > 0 && l->ops->batch_stats(l, m->training) > 0;
+}
+
+/* The first whole-batch layer at or after `from`, or n_layers. */
+static size_t next_cut(const lenet_model *m, size_t from)
+{
+    while (from < m->n_layers && !is_cut(m, from))
+        from++;
+    return from;
+}
+
+/* What layer i sees of chunk c, besides its data pointers. */
+static lenet_pass layer_pass(const lenet_model *m, size_t i, int batch, int c, float *work)
+{
+    const int start = c * LENET_CHUNK;
+    return (lenet_pass){
+        .n = chunk_size(batch, start),
+        .x = m->acts[i] + (size_t)start * m->layers[i]->in_size,
+        .y = m->acts[i + 1] + (size_t)start * m->layers[i]->out_size,
+        .work = work,
+        .training = m->training,
+        .start = start,
+        .batch = batch,
+        .seed = lenet__rng_mix(m->last_seed, i),
+        .stats = m->fwd_stats + m->stats_offset[i],
+        .grad_stats = m->bwd_stats + m->stats_offset[i],
+    };
+}
+
+/* One segment of a pass: layers [first, last) (backward: from last - 1 down to first), then the partial statistics
+ * of layer `cut` when it is below n_layers. */
+typedef struct pass_job {
     lenet_model *m;
     int batch;
-    const float *dy;
-} train_job;
+    size_t first, last, cut;
+    const float *dy;   /* backward: gradient at the output of layer last - 1, for the whole batch */
+    float *dx;         /* backward: where layer first's input gradient goes (whole batch), NULL when first is 0 */
+    bool zero_grads;   /* backward: the first segment clears the chunk's gradient row */
+} pass_job;
 
 static void forward_chunk(void *ctx, int c, int worker)
 {
-    const train_job *job = ctx;
+    const pass_job *job = ctx;
     lenet_model *m = job->m;
-    const int start = c * LENET_CHUNK, n = chunk_size(job->batch, start);
     float *work = m->work + (size_t)worker * m->work_cap;
-    for (size_t i = 0; i < m->n_layers; i++) {
+    for (size_t i = job->first; i < job->last; i++) {
         const lenet_layer *l = m->layers[i];
-        lenet_pass p = {.n = n, .x = m->acts[i] + (size_t)start * l->in_size, .work = work};
-        l->ops->forward(l, &p, m->acts[i + 1] + (size_t)start * l->out_size);
+        lenet_pass p = layer_pass(m, i, job->batch, c, work);
+        l->ops->forward(l, &p, (float *)p.y);
     }
+    if (job->cut < m->n_layers) {
+        const lenet_layer *l = m->layers[job->cut];
+        double *row = m->partials + (size_t)c * m->stats_count[job->cut];
+        memset(row, 0, m->stats_count[job->cut] * sizeof *row);
+        lenet_pass p = layer_pass(m, job->cut, job->batch, c, work);
+        l->ops->forward_stats(l, &p, row);
+    }
+}
+
+/* Sums the chunks' statistics rows of layer `cut` into `out`. */
+static void reduce_stats(lenet_model *m, size_t cut, int batch, double *out)
+{
+    m->reducer->sum_doubles(m->reducer->ctx, m->partials, chunk_count(batch), m->stats_count[cut],
+                            out + m->stats_offset[cut]);
 }
 
 void lenet__model_forward_raw(lenet_model *m, int batch)
 {
-    const int chunks = chunk_count(batch);
-    train_job job = {.m = m, .batch = batch};
-    lenet__parallel_for(chunks, threads_for(chunks, m->threads_cap), forward_chunk, &job);
+    const int chunks = chunk_count(batch), threads = threads_for(chunks, m->threads_cap);
+    /* Each training forward draws new random streams (dropout); evaluation draws none. */
+    m->last_seed = lenet__rng_mix(m->seed, m->training ? m->step++ : UINT64_MAX);
+    pass_job job = {.m = m, .batch = batch, .first = 0, .cut = next_cut(m, 0)};
+    for (;;) {
+        job.last = job.cut;
+        lenet__parallel_for(chunks, threads, forward_chunk, &job);
+        if (job.cut == m->n_layers)
+            break;
+        lenet_layer *l = m->layers[job.cut];
+        reduce_stats(m, job.cut, batch, m->fwd_stats);
+        if (m->training && l->ops->update_buffers)
+            l->ops->update_buffers(l, m->fwd_stats + m->stats_offset[job.cut], batch);
+        job.first = job.cut;
+        job.cut = next_cut(m, job.cut + 1);
+    }
     m->last_batch = batch;
-    const lenet_layer *last = m->layers[m->n_layers - 1];
     int shape[1 + LENET_MAX_SAMPLE_DIMS] = {batch};
-    for (int d = 0; d < last->out.ndim; d++)
-        shape[1 + d] = last->out.dim[d];
-    lenet__tensor_view(&m->output, 1 + last->out.ndim, shape, m->acts[m->n_layers]);
+    for (size_t i = 0; i < m->n_layers; i++) {
+        const lenet_layer *l = m->layers[i];
+        for (int d = 0; d < l->out.ndim; d++)
+            shape[1 + d] = l->out.dim[d];
+        lenet__tensor_view(&m->act_tensors[i], 1 + l->out.ndim, shape, m->acts[i + 1]);
+    }
+    m->output = m->act_tensors[m->n_layers - 1];
 }
 
 lenet_status lenet_model_forward(lenet_model *m, const lenet_tensor *x, const lenet_tensor **y)
@@ -189,63 +283,79 @@ lenet_status lenet_model_forward(lenet_model *m, const lenet_tensor *x, const le
     return LENET_OK;
 }
 
-/* Back-propagates one chunk through every layer into its own gradient buffer. */
+/* Back-propagates one chunk through one segment into its own gradient row. */
 static void backward_chunk(void *ctx, int c, int worker)
 {
-    const train_job *job = ctx;
+    const pass_job *job = ctx;
     lenet_model *m = job->m;
-    const int start = c * LENET_CHUNK, n = chunk_size(job->batch, start);
     float *grads = m->chunk_grads + (size_t)c * m->arena_numel, *work = m->work + (size_t)worker * m->work_cap;
     float *grad_ptrs[LENET_MAX_LAYER_PARAMS];
     const size_t slice = (size_t)worker * LENET_CHUNK * m->max_size;
-    const float *dy = job->dy + (size_t)start * lenet__model_out_size(m);
+    const int start = c * LENET_CHUNK;
+    const float *dy = job->dy + (size_t)start * m->layers[job->last - 1]->out_size;
     int cur = 0;
-    memset(grads, 0, m->arena_numel * sizeof(float));
-    for (size_t i = m->n_layers; i-- > 0;) {
+    if (job->zero_grads)
+        memset(grads, 0, m->arena_numel * sizeof(float));
+    for (size_t i = job->last; i-- > job->first;) {
         const lenet_layer *l = m->layers[i];
         for (int j = 0; j < l->n_params; j++)
             grad_ptrs[j] = grads + m->param_offset[m->layer_first_param[i] + (size_t)j];
-        lenet_pass p = {
-            .n = n,
-            .x = m->acts[i] + (size_t)start * l->in_size,
-            .y = m->acts[i + 1] + (size_t)start * l->out_size,
-            .dy = dy,
-            .dx = i > 0 ? m->dbuf[cur] + slice : NULL,
-            .grads = grad_ptrs,
-            .work = work,
-        };
+        lenet_pass p = layer_pass(m, i, job->batch, c, work);
+        p.dy = dy;
+        p.grads = grad_ptrs;
+        if (i > job->first)
+            p.dx = m->dbuf[cur] + slice;
+        else
+            p.dx = job->dx ? job->dx + (size_t)start * l->in_size : NULL;
         l->ops->backward(l, &p);
-        dy = m->dbuf[cur] + slice;
+        dy = p.dx;
         cur ^= 1;
+    }
+    if (job->cut < m->n_layers) {
+        const lenet_layer *l = m->layers[job->cut];
+        double *row = m->partials + (size_t)c * m->stats_count[job->cut];
+        memset(row, 0, m->stats_count[job->cut] * sizeof *row);
+        lenet_pass p = layer_pass(m, job->cut, job->batch, c, work);
+        p.dy = dy;
+        l->ops->backward_stats(l, &p, row);
     }
 }
 
-/* Each gradient adds its chunks' partial sums in chunk order: the same sum for any thread count. */
-static void reduce_block(void *ctx, int b, int worker)
+/* The last whole-batch layer below `below`, or n_layers when there is none. */
+static size_t prev_cut(const lenet_model *m, size_t below)
 {
-    (void)worker;
-    const train_job *job = ctx;
-    lenet_model *m = job->m;
-    const int chunks = chunk_count(job->batch);
-    const size_t numel = m->arena_numel, begin = (size_t)b * REDUCE_BLOCK;
-    const size_t end = begin + REDUCE_BLOCK < numel ? begin + REDUCE_BLOCK : numel;
-    for (size_t j = begin; j < end; j++) {
-        float acc = m->chunk_grads[j];
-        for (int c = 1; c < chunks; c++)
-            acc += m->chunk_grads[(size_t)c * numel + j];
-        m->grads[j] += acc;
-    }
+    while (below-- > 0)
+        if (is_cut(m, below))
+            return below;
+    return m->n_layers;
 }
 
 void lenet__model_backward_raw(lenet_model *m, const float *dy)
 {
-    const int chunks = chunk_count(m->last_batch), threads = threads_for(chunks, m->threads_cap);
-    train_job job = {.m = m, .batch = m->last_batch, .dy = dy};
-    lenet__parallel_for(chunks, threads, backward_chunk, &job);
-    const int blocks = (int)((m->arena_numel + REDUCE_BLOCK - 1) / REDUCE_BLOCK);
-    lenet__parallel_for(blocks, threads, reduce_block, &job);
+    const int batch = m->last_batch, chunks = chunk_count(batch), threads = threads_for(chunks, m->threads_cap);
+    pass_job job = {.m = m, .batch = batch, .last = m->n_layers, .dy = dy, .zero_grads = true};
+    int boundary = 0;
+    for (;;) {
+        job.cut = prev_cut(m, job.last);
+        job.first = job.cut < m->n_layers ? job.cut + 1 : 0;
+        /* The gradient at the cut's output is needed for the whole batch, after every chunk got there. */
+        job.dx = job.first > 0 ? m->bbuf[boundary] : NULL;
+        if (job.first == job.last) {
+            /* Nothing between two cuts (or the top): the cut's output gradient is the one coming in. */
+            job.dx = (float *)job.dy;
+        }
+        lenet__parallel_for(chunks, threads, backward_chunk, &job);
+        job.zero_grads = false;
+        if (job.cut == m->n_layers)
+            break;
+        reduce_stats(m, job.cut, batch, m->bwd_stats);
+        job.dy = job.dx;
+        job.last = job.cut + 1;
+        if (job.dx == m->bbuf[boundary])
+            boundary ^= 1;
+    }
+    m->reducer->sum_floats(m->reducer->ctx, m->chunk_grads, chunks, m->arena_numel, m->grads, threads);
 }
-
 lenet_status lenet_model_backward(lenet_model *m, const lenet_tensor *dy)
 {
     if (!m || !dy)
@@ -283,7 +393,7 @@ static void predict_chunk(void *ctx, int c, int worker)
     const float *in = job->x + (size_t)start * lenet__shape_size(&m->in_shape);
     for (size_t i = 0; i < m->n_layers; i++) {
         const lenet_layer *l = m->layers[i];
-        lenet_pass p = {.n = n, .x = in, .work = workspace};
+        lenet_pass p = {.n = n, .x = in, .work = workspace, .start = start, .batch = job->batch};
         float *out = (i + 1 == m->n_layers) ? job->y + (size_t)start * l->out_size : buf[i & 1];
         l->ops->forward(l, &p, out);
         in = out;
@@ -294,10 +404,13 @@ lenet_status lenet_model_predict(const lenet_model *m, const lenet_tensor *x, le
 {
     if (!m || !x || !y)
         return lenet__fail(LENET_EINVAL, "model_predict: %s is NULL", !m ? "model" : !x ? "input" : "output");
+    lenet_status st = lenet__model_check_sticky(m, "model_predict");
+    if (st != LENET_OK)
+        return st;
     if (!m->built)
-        return lenet__fail(LENET_ESTATE, "model_predict: the model is not built");
+        return lenet__fail(LENET_ESTATE, "model_predict: the model is not built (lenet_model_build, or a forward)");
     int batch = 0;
-    lenet_status st = check_input(m, x, "model_predict", &batch);
+    st = check_input(m, x, "model_predict", &batch);
     if (st != LENET_OK)
         return st;
     const lenet_layer *last = m->layers[m->n_layers - 1];
@@ -328,8 +441,11 @@ lenet_status lenet_model_classify(const lenet_model *m, const lenet_tensor *x, i
 {
     if (!m || !x)
         return lenet__fail(LENET_EINVAL, "model_classify: %s is NULL", !m ? "model" : "input");
+    lenet_status st = lenet__model_check_sticky(m, "model_classify");
+    if (st != LENET_OK)
+        return st;
     if (!m->built)
-        return lenet__fail(LENET_ESTATE, "model_classify: the model is not built");
+        return lenet__fail(LENET_ESTATE, "model_classify: the model is not built (lenet_model_build, or a forward)");
     if (x->ndim != 4)
         return lenet__fail(LENET_ESHAPE, "model_classify: input must be (N, C, H, W)");
     const lenet_layer *last = m->layers[m->n_layers - 1];
@@ -340,7 +456,7 @@ lenet_status lenet_model_classify(const lenet_model *m, const lenet_tensor *x, i
     lenet_tensor *y = lenet_tensor_create(1 + last->out.ndim, full);
     if (!y)
         return LENET_ENOMEM;
-    lenet_status st = lenet_model_predict(m, x, y);
+    st = lenet_model_predict(m, x, y);
     for (int i = 0; st == LENET_OK && i < n; i++) {
         const float *row = y->data + (size_t)i * k;
         const int best = lenet__argmax(row, k);

@@ -7,14 +7,35 @@
 #include "lenet/model.h"
 
 #define LENET_PARAM_NAME_SIZE 48
+#define LENET_STICKY_ERROR_SIZE 256
+
+/* The reduction seam: every sum over the chunks of a batch (parameter gradients, whole-batch layers' statistics)
+ * goes through these, in chunk order, so a multi-process backend can take them over and include other processes'
+ * chunks without the engine knowing.  `partials` holds `chunks` rows of `count` values, row c the partial sums of
+ * chunk c; the sums over the rows (in row order) are added into `out` (floats) or stored in it (doubles). */
+typedef struct lenet_reducer {
+    void (*sum_floats)(void *ctx, const float *partials, int chunks, size_t count, float *out, int threads);
+    void (*sum_doubles)(void *ctx, const double *partials, int chunks, size_t count, double *out);
+    void *ctx;
+} lenet_reducer;
+
+/* The in-process reducer (reduce.c). */
+extern const lenet_reducer lenet__local_reducer;
 
 struct lenet_model {
     lenet_layer **layers;
     size_t n_layers, layers_cap;
 
     bool built;
+    bool training;          /* PyTorch's module.training: true for a new model */
     lenet_shape in_shape;   /* per sample */
     size_t max_size;        /* largest per-sample activation, input included */
+    /* The first failed lenet_model_add: every later build, forward, summary and predict reports it. */
+    lenet_status sticky;
+    char sticky_message[LENET_STICKY_ERROR_SIZE];
+    uint64_t seed;          /* of the last lenet_model_init: random layers (dropout) draw from it */
+    uint64_t step;          /* training forwards so far: a new random stream for each */
+    uint64_t last_seed;     /* the stream of the last forward, for its backward */
 
     /* One arena of parameters and one of gradients: tensor i views [offset[i], offset[i] + numel). */
     size_t n_params;
@@ -27,6 +48,24 @@ struct lenet_model {
     char (*param_names)[LENET_PARAM_NAME_SIZE];
     size_t *layer_first_param;
     float **grad_ptrs;      /* grad_ptrs[i] = grads + param_offset[i], in layer spec order */
+
+    /* One arena of buffers (non-trainable state, e.g. running statistics), laid out like the parameters. */
+    size_t n_buffers;
+    size_t buffer_arena_numel;
+    float *buffers;
+    lenet_tensor *buffer_tensors;
+    size_t *buffer_layer;
+    bool *buffer_int64;     /* held as float counts, stored as I64 in files */
+    char (*buffer_names)[LENET_PARAM_NAME_SIZE];
+
+    lenet_tensor *act_tensors; /* n_layers views of acts[i + 1] for lenet_model_activation */
+
+    /* Whole-batch layers: stats_offset[i] is where layer i's statistics start in fwd_stats/bwd_stats (stats_count[i]
+     * doubles, 0 for the others); partials holds one row per chunk while they are reduced. */
+    size_t *stats_offset, *stats_count, stats_total, stats_max;
+    double *fwd_stats, *bwd_stats, *partials;
+    float *bbuf[2];         /* batch-sized gradients at whole-batch layers' outputs (only when there are some) */
+    const lenet_reducer *reducer;
 
     /* Training buffers, grown to the largest batch seen.  A batch is cut into chunks of LENET_CHUNK samples that
      * run in parallel; each chunk owns the slices [start, start + n) of acts and its own gradient buffer, and the
@@ -46,6 +85,23 @@ struct lenet_model {
 /* Samples per chunk: fixed, so that the partition of a batch, and hence every sum, is the same for any number of
  * threads. */
 #define LENET_CHUNK 16
+
+/* The layers' shapes and tensor specs for a per-sample input, found without allocating, within the size limits of
+ * model.h.  Build and checkpoint loading share it.  Sets every layer's in/out shapes and sizes. */
+typedef struct lenet_model_plan {
+    lenet_param_spec (*specs)[LENET_MAX_LAYER_TENSORS]; /* per layer: parameters, then buffers */
+    int *n_params, *n_buffers;                          /* per layer */
+    size_t params, buffers;             /* tensors of each kind */
+    size_t param_arena, buffer_arena;   /* arena floats, each tensor padded to 64 bytes */
+    size_t param_elements, buffer_elements; /* unpadded, as files store them */
+} lenet_model_plan;
+
+lenet_status lenet__model_plan(lenet_model *m, lenet_shape in, lenet_model_plan *plan);
+void lenet__model_plan_free(lenet_model_plan *plan);
+/* Undoes what a plan recorded in the layers (for a plan that is not followed by a build). */
+void lenet__model_forget_shapes(lenet_model *m);
+/* The sticky error of a failed add, if any: reports it as `who` and returns it; LENET_OK otherwise. */
+lenet_status lenet__model_check_sticky(const lenet_model *m, const char *who);
 
 /* Makes sure the training buffers hold `batch` samples. */
 lenet_status lenet__model_reserve(lenet_model *m, int batch);

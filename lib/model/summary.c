@@ -19,6 +19,9 @@ lenet_status lenet_model_summary(lenet_model *m, int batch, int channels, int he
 {
     if (!m || !out)
         return lenet__fail(LENET_EINVAL, "model_summary: %s is NULL", !m ? "model" : "output stream");
+    lenet_status sticky = lenet__model_check_sticky(m, "model_summary");
+    if (sticky != LENET_OK)
+        return sticky;
     if (batch < 1 || channels < 1 || height < 1 || width < 1)
         return lenet__fail(LENET_EINVAL, "model_summary: input size %dx%dx%dx%d must be positive", batch, channels,
                            height, width);
@@ -31,11 +34,13 @@ lenet_status lenet_model_summary(lenet_model *m, int batch, int channels, int he
     lenet_shape *shapes = lenet__calloc(m->n_layers, sizeof *shapes);
     if (!shapes)
         return lenet__oom("summary");
-    lenet_status st = LENET_OK;
     lenet_shape in = {.ndim = 3, .dim = {channels, height, width}};
+    lenet_status st = lenet__shape_check(&in, "model_summary: the input", NULL);
     for (size_t i = 0; i < m->n_layers && st == LENET_OK; i++) {
         const lenet_layer *l = m->layers[i];
         st = l->ops->infer_shape(l, &in, &shapes[i]);
+        if (st == LENET_OK)
+            st = lenet__shape_check(&shapes[i], "output", NULL);
         if (st != LENET_OK)
             lenet__error_prefix("layer %zu (%s): ", i, l->ops->name);
         in = shapes[i];
@@ -70,6 +75,9 @@ lenet_status lenet_model_print(const lenet_model *m, FILE *out)
         return lenet__fail(LENET_EINVAL, "model_print: %s is NULL", !m ? "model" : "output stream");
     if (!m->built)
         return lenet__fail(LENET_ESTATE, "model_print: build the model first (lenet_model_build)");
+    lenet_status sticky = lenet__model_check_sticky(m, "model_print");
+    if (sticky != LENET_OK)
+        return sticky;
     char shape[96], params[32], conns[32];
     int ok = fprintf(out, "%-5s %-14s %-22s %12s %14s\n", "Layer", "Type", "Output shape", "Params", "Connections");
     size_t total_params = 0, total_conns = 0;
