@@ -488,6 +488,89 @@ START_TEST(test_a_directory_given_as_a_file_is_eio)
 }
 END_TEST
 
+
+/* ---- the data limit ---- */
+
+static void restore_data_limit(void)
+{
+    lenet_dataset_set_max_bytes(LENET_DATASET_DEFAULT_MAX_BYTES);
+}
+
+START_TEST(test_the_data_limit_is_1_gib_by_default_and_0_is_einval)
+{
+    ck_assert_uint_eq(LENET_DATASET_DEFAULT_MAX_BYTES, (size_t)1 << 30);
+    ck_assert_uint_eq(lenet_dataset_max_bytes(), LENET_DATASET_DEFAULT_MAX_BYTES);
+    lenet_clear_error();
+    ck_assert_int_eq(lenet_dataset_set_max_bytes(0), LENET_EINVAL);
+    ck_assert_msg(strstr(lenet_last_error(), "set_max_bytes") != NULL, "message: %s", lenet_last_error());
+    ck_assert_uint_eq(lenet_dataset_max_bytes(), LENET_DATASET_DEFAULT_MAX_BYTES);
+    ck_assert_lenet_ok(lenet_dataset_set_max_bytes((size_t)1 << 34));
+    ck_assert_uint_eq(lenet_dataset_max_bytes(), (size_t)1 << 34);
+    ck_assert_lenet_ok(lenet_dataset_set_max_bytes(SIZE_MAX));
+    ck_assert_uint_eq(lenet_dataset_max_bytes(), SIZE_MAX);
+}
+END_TEST
+
+/* A header declaring 2^20 images of 64x64 (4 GiB) followed by a mebibyte of zeros: gzip makes that a 1 KiB file
+ * that would inflate to whatever the header promises.  It must be refused from the header, before any pixel is
+ * read: reading first would end in "truncated" instead.  So must 2^30 images (4 TiB). */
+START_TEST(test_a_header_over_the_data_limit_is_refused_before_the_data_is_read)
+{
+    idx_bytes labels = idx_labels(2, (const uint8_t[]){0, 1});
+    const char *lp = idx_write_bytes("labels", &labels, false);
+    const struct {
+        uint32_t count;
+        const char *declares;
+    } bombs[] = {
+        {1u << 20, "1048576 images of 64x64 (4294967296 bytes)"},
+        {1u << 30, "1073741824 images of 64x64 (4398046511104 bytes)"},
+    };
+    for (size_t b = 0; b < sizeof bombs / sizeof bombs[0]; b++) {
+        idx_bytes bomb = idx_raw_header(0x08, 3, (const uint32_t[]){bombs[b].count, 64, 64}, 0);
+        idx_bytes_append(&bomb, 0, (size_t)1 << 20);
+        for (int gz = 0; gz < 2; gz++) {
+            const char *path = idx_write_bytes("bomb", &bomb, gz);
+            char want[512];
+            snprintf(want, sizeof want, "%s: the header declares %s, over the data limit of 1073741824 bytes; raise "
+                                        "it with lenet_dataset_set_max_bytes()", path, bombs[b].declares);
+            lenet_clear_error();
+            ck_assert_ptr_null(lenet_dataset_open_idx(path, lp));
+            ck_assert_int_eq(lenet__last_status(), LENET_EFORMAT);
+            ck_assert_str_eq(lenet_last_error(), want);
+        }
+        idx_bytes_free(&bomb);
+    }
+    idx_bytes_free(&labels);
+}
+END_TEST
+
+START_TEST(test_the_data_limit_bounds_pixel_bytes_and_label_count_and_can_be_raised)
+{
+    idx_bytes images, labels;
+    pattern_files(2, 7, 7, &images, &labels); /* 98 pixel bytes, 2 labels */
+    for (int gz = 0; gz < 2; gz++) {
+        const char *ip = idx_write_bytes("images", &images, gz), *lp = idx_write_bytes("labels", &labels, gz);
+        ck_assert_lenet_ok(lenet_dataset_set_max_bytes(97));
+        assert_open_fails(ip, lp, LENET_EFORMAT, ip, "2 images of 7x7 (98 bytes), over the data limit of 97 bytes");
+        ck_assert_lenet_ok(lenet_dataset_set_max_bytes(98));
+        lenet_dataset *d = lenet_dataset_open_idx(ip, lp);
+        ck_assert_msg(d != NULL, "98 bytes under a limit of 98: %s", lenet_last_error());
+        ck_assert_uint_eq(lenet_dataset_size(d), 2);
+        lenet_dataset_free(d);
+        /* A labels file declaring more labels than the limit is refused by its header too. */
+        idx_bytes many = idx_raw_header(0x08, 1, (const uint32_t[]){99}, 0);
+        const char *mp = idx_write_bytes("many-labels", &many, gz);
+        assert_open_fails(ip, mp, LENET_EFORMAT, mp,
+                          "the header declares 99 labels (99 bytes), over the data limit of 98 bytes; raise it with "
+                          "lenet_dataset_set_max_bytes()");
+        idx_bytes_free(&many);
+    }
+    idx_bytes_free(&images);
+    idx_bytes_free(&labels);
+}
+END_TEST
+
+
 START_TEST(test_corrupt_gzip_stream_is_eformat)
 {
     idx_bytes images, labels;
@@ -916,5 +999,13 @@ int main(void)
     tcase_add_test(gzip_edges, test_truncation_inside_the_gzip_trailer_is_eformat);
     tcase_add_test(gzip_edges, test_a_directory_given_as_a_file_is_eio);
     suite_add_tcase(s, gzip_edges);
+
+    TCase *limit = tcase_create("limit");
+    tcase_add_unchecked_fixture(limit, setup, teardown);
+    tcase_add_checked_fixture(limit, NULL, restore_data_limit); /* also after a failed test, with CK_FORK=no */
+    tcase_add_test(limit, test_the_data_limit_is_1_gib_by_default_and_0_is_einval);
+    tcase_add_test(limit, test_a_header_over_the_data_limit_is_refused_before_the_data_is_read);
+    tcase_add_test(limit, test_the_data_limit_bounds_pixel_bytes_and_label_count_and_can_be_raised);
+    suite_add_tcase(s, limit);
     return lenet_test_run(s);
 }

@@ -23,15 +23,35 @@ typedef struct lenet_dataset lenet_dataset;
 /** An opaque iterator over batches of a data set. */
 typedef struct lenet_iter lenet_iter;
 
+/** The default data limit of lenet_dataset_set_max_bytes(): 1 GiB, room for EMNIST (ByClass: 697,932 x 28 x 28). */
+#define LENET_DATASET_DEFAULT_MAX_BYTES ((size_t)1 << 30)
+
 /**
  * Reads an IDX images file (magic 0x00000803, N x H x W bytes) and an IDX labels file (0x00000801, N bytes).
  * Each may be gzip-compressed or raw, told apart by its first bytes.  Everything is validated: magic numbers,
- * dimensions, equal item counts, complete data.  Pixels stay bytes in memory and become floats in [0, 1]
- * one batch at a time.
+ * dimensions, equal item counts, complete data.  A header that declares more than lenet_dataset_max_bytes() is
+ * refused before any data is read.  Pixels stay bytes in memory and become floats in [0, 1] one batch at a
+ * time.
  * @return a new data set to free with lenet_dataset_free(), or NULL with lenet_last_error() naming the file
  *         and what is wrong (LENET_EIO, LENET_EFORMAT, LENET_EINVAL, LENET_ENOMEM).
  */
 LENET_API lenet_dataset *lenet_dataset_open_idx(const char *images_path, const char *labels_path);
+
+/**
+ * Sets the data limit of lenet_dataset_open_idx(): the largest number of pixel bytes an images file may declare
+ * (count x height x width) and the largest number of labels a labels file may declare.  A file over it is
+ * refused with LENET_EFORMAT, and a message naming the limit, before any of its data is read or allocated, so a
+ * small gzip file cannot make the loader inflate and allocate gigabytes.  The default is
+ * LENET_DATASET_DEFAULT_MAX_BYTES (1 GiB); raise it to load larger data sets.
+ *
+ * The limit is process-wide: it applies to every later lenet_dataset_open_idx() on every thread (one already
+ * under way keeps the limit it started with).  Thread-safe: the value is an atomic.
+ * @return LENET_OK; LENET_EINVAL for 0, leaving the limit unchanged.
+ */
+LENET_API lenet_status lenet_dataset_set_max_bytes(size_t max_bytes);
+
+/** Returns the data limit of lenet_dataset_set_max_bytes() in bytes.  Thread-safe. */
+LENET_API size_t lenet_dataset_max_bytes(void);
 
 /** Returns the number of examples, 0 for NULL. */
 LENET_API size_t lenet_dataset_size(const lenet_dataset *d);

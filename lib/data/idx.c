@@ -2,6 +2,8 @@
  * alike, deciding from the bytes, not the name. */
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <zlib.h>
 
@@ -9,6 +11,22 @@
 
 #define IDX_UBYTE 0x08
 #define MAX_SIDE 4096
+
+/* The data limit of lenet_dataset_set_max_bytes(): process-wide, read once per open. */
+static atomic_size_t data_limit = LENET_DATASET_DEFAULT_MAX_BYTES;
+
+lenet_status lenet_dataset_set_max_bytes(size_t max_bytes)
+{
+    if (max_bytes == 0)
+        return lenet__fail(LENET_EINVAL, "dataset_set_max_bytes: the data limit must be at least 1 byte, not 0");
+    atomic_store_explicit(&data_limit, max_bytes, memory_order_relaxed);
+    return LENET_OK;
+}
+
+size_t lenet_dataset_max_bytes(void)
+{
+    return atomic_load_explicit(&data_limit, memory_order_relaxed);
+}
 
 static lenet_status read_exact(gzFile f, const char *path, void *buf, size_t size, const char *what)
 {
@@ -36,8 +54,29 @@ static uint32_t be32(const unsigned char *b)
     return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
 }
 
-/* Reads a whole IDX file of unsigned bytes with `want_dims` dimensions into a new buffer. */
-static lenet_status read_idx(const char *path, int want_dims, uint32_t dims[3], uint8_t **data)
+/* Refuses a header that declares more bytes than `limit`; `total` is 0 when the product overflowed. */
+static lenet_status check_limit(const char *path, int dims_count, const uint32_t dims[3], size_t total,
+                                size_t limit)
+{
+    if (total != 0 && total <= limit)
+        return LENET_OK;
+    char size[48];
+    if (total != 0)
+        snprintf(size, sizeof size, "%zu bytes", total);
+    else
+        snprintf(size, sizeof size, "more than %zu bytes", (size_t)SIZE_MAX);
+    if (dims_count == 3)
+        return lenet__fail(LENET_EFORMAT, "%s: the header declares %u images of %ux%u (%s), over the data limit of "
+                                          "%zu bytes; raise it with lenet_dataset_set_max_bytes()",
+                           path, dims[0], dims[1], dims[2], size, limit);
+    return lenet__fail(LENET_EFORMAT, "%s: the header declares %u labels (%s), over the data limit of %zu bytes; "
+                                      "raise it with lenet_dataset_set_max_bytes()",
+                       path, dims[0], size, limit);
+}
+
+/* Reads a whole IDX file of unsigned bytes with `want_dims` dimensions into a new buffer, refusing one that
+ * declares more than `limit` bytes. */
+static lenet_status read_idx(const char *path, int want_dims, size_t limit, uint32_t dims[3], uint8_t **data)
 {
     *data = NULL;
     gzFile f = gzopen(path, "rb");
@@ -57,19 +96,28 @@ static lenet_status read_idx(const char *path, int want_dims, uint32_t dims[3], 
     if (st != LENET_OK)
         goto done;
     size_t total = 1;
+    bool overflow = false;
     for (int i = 0; i < want_dims; i++) {
         dims[i] = be32(header + 4 + 4 * i);
         if (dims[i] == 0 || (i > 0 && dims[i] > MAX_SIDE) || dims[i] > (1u << 30)) {
             st = lenet__fail(LENET_EFORMAT, "%s: dimension %d has size %u", path, i, dims[i]);
             goto done;
         }
-        total *= dims[i];
+        overflow = overflow || lenet__mul_overflows(total, dims[i], &total);
     }
+    /* Before any of the data is read: a small gzip file can declare, and inflate to, gigabytes. */
+    st = check_limit(path, want_dims, dims, overflow ? 0 : total, limit);
+    if (st != LENET_OK)
+        goto done;
     /* Grow while reading, so a header that promises more than the file holds cannot make us allocate it. */
     size_t have = 0, cap = 0;
     while (have < total) {
         if (have == cap) {
-            size_t next = cap ? cap * 2 : (1u << 16);
+            size_t next;
+            if (cap == 0)
+                next = 1u << 16;
+            else if (lenet__mul_overflows(cap, 2, &next))
+                next = total;
             if (next > total)
                 next = total;
             uint8_t *grown = lenet__realloc(buf, next);
@@ -114,10 +162,12 @@ lenet_dataset *lenet_dataset_open_idx(const char *images_path, const char *label
     lenet_dataset *d = lenet__calloc(1, sizeof *d);
     if (!d)
         return lenet__oom("dataset"), NULL;
+    /* One limit for both files, even if another thread changes it meanwhile. */
+    size_t limit = lenet_dataset_max_bytes();
     uint32_t idims[3] = {0}, ldims[3] = {0};
-    if (read_idx(images_path, 3, idims, &d->pixels) != LENET_OK)
+    if (read_idx(images_path, 3, limit, idims, &d->pixels) != LENET_OK)
         goto fail;
-    if (read_idx(labels_path, 1, ldims, &d->labels) != LENET_OK)
+    if (read_idx(labels_path, 1, limit, ldims, &d->labels) != LENET_OK)
         goto fail;
     if (idims[0] != ldims[0]) {
         lenet__fail(LENET_EFORMAT, "%s holds %u images but %s holds %u labels", images_path, idims[0], labels_path,
