@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -149,6 +150,14 @@ const char *idx_write_bytes(const char *name, const idx_bytes *b, bool gzip)
     int wrote = b->size ? gzwrite(f, b->data, (unsigned)b->size) : 0;
     int closed = gzclose(f);
     ck_assert_msg(wrote == (int)b->size && closed == Z_OK, "idxfixture: cannot gzip into %s", path);
+    return path;
+}
+
+const char *idx_make_fifo(const char *name)
+{
+    char *path = path_of(name);
+    unlink(path);
+    ck_assert_msg(mkfifo(path, 0600) == 0, "idxfixture: mkfifo(%s): %s", path, strerror(errno));
     return path;
 }
 

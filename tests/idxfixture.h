@@ -42,6 +42,9 @@ const char *idx_write(const char *name, const void *data, size_t size);
 /* Writes `b` to <dir>/<name>, gzip-compressed with gzopen/gzwrite when `gzip`; returns the path as idx_write. */
 const char *idx_write_bytes(const char *name, const idx_bytes *b, bool gzip);
 
+/* Creates a FIFO (named pipe) <dir>/<name> and returns its path as idx_write; aborts the test on failure. */
+const char *idx_make_fifo(const char *name);
+
 /* Reads a whole file into memory (for checking what was written); aborts the test on failure. */
 idx_bytes idx_read_file(const char *path);
 

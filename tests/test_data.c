@@ -1,9 +1,11 @@
 /* IDX data sets (raw and gzip, validation, transforms) and the batch iterator.  Every file is written by the
  * test itself into a private temporary directory (idxfixture.h). */
+#define _POSIX_C_SOURCE 200809L /* alarm */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "core/internal.h" /* lenet__last_status, lenet__alloc_fail_at */
@@ -482,12 +484,31 @@ START_TEST(test_a_directory_given_as_a_file_is_eio)
     char dir[512];
     snprintf(dir, sizeof dir, "%s", ip);
     *strrchr(dir, '/') = '\0';
-    assert_open_fails(dir, ip, LENET_EIO, dir, "directory");
+    assert_open_fails(dir, ip, LENET_EIO, dir, "is a directory, not a regular file");
+    assert_open_fails(ip, dir, LENET_EIO, dir, "is a directory, not a regular file");
     idx_bytes_free(&images);
     idx_bytes_free(&labels);
 }
 END_TEST
 
+
+/* Opening a FIFO for reading waits for a writer, and reading one waits for data: the reader must refuse it
+ * without doing either.  The alarm turns a regression into a failure (the test dies of SIGALRM) instead of a
+ * hang. */
+START_TEST(test_a_fifo_is_refused_at_once_as_not_a_regular_file)
+{
+    idx_bytes images, labels;
+    pattern_files(2, 3, 3, &images, &labels);
+    const char *ip = idx_write_bytes("images", &images, false), *lp = idx_write_bytes("labels", &labels, true);
+    const char *fifo = idx_make_fifo("fifo");
+    alarm(5);
+    assert_open_fails(fifo, lp, LENET_EIO, fifo, "is a FIFO, not a regular file");
+    assert_open_fails(ip, fifo, LENET_EIO, fifo, "is a FIFO, not a regular file");
+    alarm(0);
+    idx_bytes_free(&images);
+    idx_bytes_free(&labels);
+}
+END_TEST
 
 /* ---- the data limit ---- */
 
@@ -998,6 +1019,7 @@ int main(void)
     tcase_add_unchecked_fixture(gzip_edges, setup, teardown);
     tcase_add_test(gzip_edges, test_truncation_inside_the_gzip_trailer_is_eformat);
     tcase_add_test(gzip_edges, test_a_directory_given_as_a_file_is_eio);
+    tcase_add_test(gzip_edges, test_a_fifo_is_refused_at_once_as_not_a_regular_file);
     suite_add_tcase(s, gzip_edges);
 
     TCase *limit = tcase_create("limit");

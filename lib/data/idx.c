@@ -1,10 +1,12 @@
 /* IDX files (LeCun's MNIST format): big-endian header, then bytes.  zlib's gzread reads gzip and raw files
  * alike, deciding from the bytes, not the name. */
+#define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "data/internal.h"
@@ -79,12 +81,19 @@ static lenet_status check_limit(const char *path, int dims_count, const uint32_t
 static lenet_status read_idx(const char *path, int want_dims, size_t limit, uint32_t dims[3], uint8_t **data)
 {
     *data = NULL;
-    gzFile f = gzopen(path, "rb");
-    if (!f)
-        return lenet__fail(LENET_EIO, "%s: cannot open: %s", path, errno ? strerror(errno) : "out of memory");
+    /* Only a regular file: opening or reading a FIFO or a device could wait forever. */
+    int fd;
+    lenet_status st = lenet__open_regular(path, &fd);
+    if (st != LENET_OK)
+        return st;
+    gzFile f = gzdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return lenet__oom("gzip reader");
+    }
     unsigned char header[4 + 4 * 3];
     uint8_t *buf = NULL;
-    lenet_status st = read_exact(f, path, header, 4, "header");
+    st = read_exact(f, path, header, 4, "header");
     if (st != LENET_OK)
         goto done;
     if (header[0] != 0 || header[1] != 0 || header[2] != IDX_UBYTE || header[3] != want_dims) {
