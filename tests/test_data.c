@@ -510,6 +510,126 @@ START_TEST(test_a_fifo_is_refused_at_once_as_not_a_regular_file)
 }
 END_TEST
 
+/* An empty gzip member, as `gzip < /dev/null` writes it: header, an empty deflate block, CRC-32 0, length 0. */
+static const unsigned char empty_gzip_member[] = {0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03,
+                                                  0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+
+/* zlib's gzread skips whatever follows a gzip member and reads a further member as more data; the reader must
+ * accept exactly one member and nothing after it, as it accepts nothing after the data of a raw file. */
+START_TEST(test_bytes_after_the_gzip_stream_are_eformat)
+{
+    idx_bytes images, labels;
+    pattern_files(4, 3, 3, &images, &labels);
+    const idx_bytes *files[2] = {&images, &labels};
+    for (int which = 0; which < 2; which++) {
+        idx_bytes gz = idx_gzip(files[which]);
+        const char *ip = idx_write_bytes("images", &images, which == 1);
+        const char *lp = idx_write_bytes("labels", &labels, which == 0);
+        const struct {
+            const char *name;
+            const unsigned char *bytes;
+            size_t size;
+            const char *what;
+        } tails[] = {
+            {"one zero byte", (const unsigned char[]){0}, 1, "not gzip data"},
+            {"five zero bytes", (const unsigned char[]){0, 0, 0, 0, 0}, 5, "not gzip data"},
+            {"random bytes", (const unsigned char[]){0x5e, 0xc3, 0x17, 0xa9, 0x42, 0x8d, 0xf0}, 7, "not gzip data"},
+            {"a lone gzip magic", (const unsigned char[]){0x1f, 0x8b}, 2, "second gzip stream"},
+            {"an empty gzip member", empty_gzip_member, sizeof empty_gzip_member, "second gzip stream"},
+        };
+        for (size_t t = 0; t < sizeof tails / sizeof tails[0]; t++) {
+            idx_bytes longer = {0};
+            idx_bytes_append(&longer, 0, gz.size + tails[t].size);
+            memcpy(longer.data, gz.data, gz.size);
+            memcpy(longer.data + gz.size, tails[t].bytes, tails[t].size);
+            const char *path = idx_write_bytes("tail.gz", &longer, false);
+            lenet_clear_error();
+            lenet_dataset *d = which == 0 ? lenet_dataset_open_idx(path, lp) : lenet_dataset_open_idx(ip, path);
+            if (d) {
+                lenet_dataset_free(d);
+                ck_abort_msg("a gzip %s file followed by %s was accepted", which == 0 ? "images" : "labels",
+                             tails[t].name);
+            }
+            const char *msg = lenet_last_error();
+            ck_assert_msg(lenet__last_status() == LENET_EFORMAT, "%s: %s (%s)", tails[t].name,
+                          lenet_status_str(lenet__last_status()), msg);
+            char where[64];
+            snprintf(where, sizeof where, "the first %zu bytes", gz.size);
+            ck_assert_msg(strstr(msg, path) && strstr(msg, "trailing data after the gzip stream") &&
+                              strstr(msg, where) && strstr(msg, tails[t].what),
+                          "%s: message: %s", tails[t].name, msg);
+            idx_bytes_free(&longer);
+        }
+        /* A second member holding the rest of the data: the first one alone is cut short. */
+        idx_bytes head = {0}, rest = {0};
+        idx_bytes_append(&head, 0, files[which]->size - 3);
+        memcpy(head.data, files[which]->data, head.size);
+        idx_bytes_append(&rest, 0, 3);
+        memcpy(rest.data, files[which]->data + head.size, 3);
+        idx_bytes gz_head = idx_gzip(&head), gz_rest = idx_gzip(&rest);
+        idx_bytes joined = {0};
+        idx_bytes_append(&joined, 0, gz_head.size + gz_rest.size);
+        memcpy(joined.data, gz_head.data, gz_head.size);
+        memcpy(joined.data + gz_head.size, gz_rest.data, gz_rest.size);
+        const char *path = idx_write_bytes("joined.gz", &joined, false);
+        if (which == 0)
+            assert_open_fails(path, lp, LENET_EFORMAT, path, "one gzip stream, not several");
+        else
+            assert_open_fails(ip, path, LENET_EFORMAT, path, "one gzip stream, not several");
+        /* ... while the one member alone, the raw file, and a raw file with the gzip trailer's zeros after its
+         * data are what they were: accepted, accepted, trailing data. */
+        path = idx_write_bytes("single.gz", &gz, false);
+        lenet_dataset *d = which == 0 ? lenet_dataset_open_idx(path, lp) : lenet_dataset_open_idx(ip, path);
+        ck_assert_msg(d != NULL, "the single member was refused: %s", lenet_last_error());
+        lenet_dataset_free(d);
+        idx_bytes_free(&joined);
+        idx_bytes_free(&gz_head);
+        idx_bytes_free(&gz_rest);
+        idx_bytes_free(&head);
+        idx_bytes_free(&rest);
+        idx_bytes_free(&gz);
+    }
+    idx_bytes_free(&images);
+    idx_bytes_free(&labels);
+}
+END_TEST
+
+/* A gzip file of several times the reader's input buffer (incompressible pixels) opens whole, and a byte after
+ * it is still seen. */
+START_TEST(test_a_large_gzip_file_opens_and_a_byte_after_it_is_eformat)
+{
+    enum { N = 5, SIDE = 256 };
+    uint8_t *pixels = malloc((size_t)N * SIDE * SIDE);
+    ck_assert_ptr_nonnull(pixels);
+    uint64_t x = 0x9e3779b97f4a7c15u;
+    for (size_t i = 0; i < (size_t)N * SIDE * SIDE; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        pixels[i] = (uint8_t)(x >> 32);
+    }
+    idx_bytes images = idx_images(N, SIDE, SIDE, pixels), labels = idx_labels(N, (const uint8_t[]){1, 2, 3, 4, 5});
+    idx_bytes gz = idx_gzip(&images);
+    ck_assert_uint_gt(gz.size, 4 * 65536);
+    const char *ip = idx_write("large.gz", gz.data, gz.size), *lp = idx_write_bytes("labels", &labels, false);
+    lenet_dataset *d = lenet_dataset_open_idx(ip, lp);
+    ck_assert_msg(d != NULL, "%s", lenet_last_error());
+    float *out = malloc(sizeof(float) * SIDE * SIDE);
+    ck_assert_ptr_nonnull(out);
+    ck_assert_lenet_ok(lenet_dataset_image(d, N - 1, out));
+    const uint8_t *last = pixels + (size_t)(N - 1) * SIDE * SIDE;
+    for (size_t i = 0; i < (size_t)SIDE * SIDE; i++)
+        ck_assert_msg(fabsf(out[i] - last[i] / 255.0f) <= 1e-7f, "pixel %zu of the last image differs", i);
+    lenet_dataset_free(d);
+    idx_bytes_append(&gz, 0, 1);
+    ip = idx_write("large.gz", gz.data, gz.size);
+    assert_open_fails(ip, lp, LENET_EFORMAT, ip, "trailing data after the gzip stream");
+    free(out);
+    free(pixels);
+    idx_bytes_free(&gz);
+    idx_bytes_free(&images);
+    idx_bytes_free(&labels);
+}
+END_TEST
+
 /* ---- the data limit ---- */
 
 static void restore_data_limit(void)
@@ -1020,6 +1140,8 @@ int main(void)
     tcase_add_test(gzip_edges, test_truncation_inside_the_gzip_trailer_is_eformat);
     tcase_add_test(gzip_edges, test_a_directory_given_as_a_file_is_eio);
     tcase_add_test(gzip_edges, test_a_fifo_is_refused_at_once_as_not_a_regular_file);
+    tcase_add_test(gzip_edges, test_bytes_after_the_gzip_stream_are_eformat);
+    tcase_add_test(gzip_edges, test_a_large_gzip_file_opens_and_a_byte_after_it_is_eformat);
     suite_add_tcase(s, gzip_edges);
 
     TCase *limit = tcase_create("limit");

@@ -28,11 +28,12 @@ typedef struct lenet_iter lenet_iter;
 
 /**
  * Reads an IDX images file (magic 0x00000803, N x H x W bytes) and an IDX labels file (0x00000801, N bytes).
- * Each may be gzip-compressed or raw, told apart by its first bytes.  Everything is validated: magic numbers,
- * dimensions, equal item counts, complete data.  A header that declares more than lenet_dataset_max_bytes() is
- * refused before any data is read.  A path that is not a regular file (a directory, a FIFO, a device) is
- * refused at once, without waiting on it.  Pixels stay bytes in memory and become floats in [0, 1] one batch at
- * a time.
+ * Each may be gzip-compressed (one gzip stream) or raw, told apart by its first bytes.  Everything is
+ * validated: magic numbers, dimensions, equal item counts, complete data, the gzip CRC-32 and length, and that
+ * nothing follows the data (neither bytes after it nor after the gzip stream).  A header that declares more
+ * than lenet_dataset_max_bytes() is refused before any data is read.  A path that is not a regular file (a
+ * directory, a FIFO, a device) is refused at once, without waiting on it.  Pixels stay bytes in memory and
+ * become floats in [0, 1] one batch at a time.
  * @return a new data set to free with lenet_dataset_free(), or NULL with lenet_last_error() naming the file
  *         and what is wrong (LENET_EIO, LENET_EFORMAT, LENET_EINVAL, LENET_ENOMEM).
  */

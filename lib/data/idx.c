@@ -1,5 +1,9 @@
-/* IDX files (LeCun's MNIST format): big-endian header, then bytes.  zlib's gzread reads gzip and raw files
- * alike, deciding from the bytes, not the name. */
+/* IDX files (LeCun's MNIST format): big-endian header, then bytes, raw or gzip-compressed.
+ *
+ * A file is gzip when it starts with the gzip magic 1f 8b (an IDX file starts with 00) and raw otherwise.  We
+ * drive zlib's inflate over the descriptor ourselves rather than use gzread, because gzread silently skips
+ * whatever follows a gzip member and reads a second member as more data: here a gzip file holds exactly one
+ * member, whose CRC-32 and length are checked, and nothing after it. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <math.h>
@@ -13,6 +17,8 @@
 
 #define IDX_UBYTE 0x08
 #define MAX_SIDE 4096
+#define INPUT_SIZE (1u << 16)
+#define CHUNK_SIZE (1u << 20)
 
 /* The data limit of lenet_dataset_set_max_bytes(): process-wide, read once per open. */
 static atomic_size_t data_limit = LENET_DATASET_DEFAULT_MAX_BYTES;
@@ -30,25 +36,224 @@ size_t lenet_dataset_max_bytes(void)
     return atomic_load_explicit(&data_limit, memory_order_relaxed);
 }
 
-static lenet_status read_exact(gzFile f, const char *path, void *buf, size_t size, const char *what)
+/* One IDX file being read: its descriptor, the bytes read from it and not used yet (zs.next_in, zs.avail_in, in
+ * both modes), and for gzip the inflate state. */
+typedef struct idx_file {
+    const char *path;
+    int fd;
+    bool eof;            /* read() returned 0 */
+    bool gzip;
+    bool inflating;      /* inflateInit2 succeeded: inflateEnd is due */
+    bool stream_end;     /* gzip: the member ended and its trailer checked out */
+    uint64_t read_total; /* bytes read from fd so far */
+    z_stream zs;
+    unsigned char input[INPUT_SIZE];
+} idx_file;
+
+/* zlib's allocations go through ours, so allocation-failure injection reaches them too. */
+static voidpf zlib_alloc(voidpf opaque, uInt items, uInt size)
+{
+    (void)opaque;
+    return lenet__calloc(items, size);
+}
+
+static void zlib_free(voidpf opaque, voidpf p)
+{
+    (void)opaque;
+    lenet__free(p);
+}
+
+/* Moves the unused input to the front of the buffer and reads more after it; sets eof when the file ends. */
+static lenet_status fill(idx_file *f)
+{
+    uInt kept = f->zs.avail_in;
+    if (kept > 0 && f->zs.next_in != f->input)
+        memmove(f->input, f->zs.next_in, kept);
+    f->zs.next_in = f->input;
+    if (f->eof || kept == sizeof f->input)
+        return LENET_OK;
+    ssize_t got;
+    do
+        got = read(f->fd, f->input + kept, sizeof f->input - kept);
+    while (got < 0 && errno == EINTR);
+    if (got < 0) {
+        int err = errno;
+        char reason[128]; /* strerror is not thread-safe; with _POSIX_C_SOURCE this is the XSI strerror_r */
+        if (strerror_r(err, reason, sizeof reason) != 0)
+            snprintf(reason, sizeof reason, "error %d", err);
+        return lenet__fail(LENET_EIO, "%s: cannot read: %s", f->path, reason);
+    }
+    if (got == 0)
+        f->eof = true;
+    f->zs.avail_in = kept + (uInt)got;
+    f->read_total += (uint64_t)got;
+    return LENET_OK;
+}
+
+/* Opens `path`, refusing anything but a regular file, and tells gzip from raw by the first two bytes. */
+static lenet_status file_open(const char *path, idx_file **out)
+{
+    *out = NULL;
+    idx_file *f = lenet__malloc(sizeof *f);
+    if (!f)
+        return lenet__oom("IDX reader");
+    memset(f, 0, offsetof(idx_file, input));
+    f->path = path;
+    f->zs.next_in = f->input;
+    f->zs.zalloc = zlib_alloc;
+    f->zs.zfree = zlib_free;
+    lenet_status st = lenet__open_regular(path, &f->fd);
+    if (st != LENET_OK)
+        goto fail;
+    while (f->zs.avail_in < 2 && !f->eof)
+        if ((st = fill(f)) != LENET_OK)
+            goto fail;
+    if (f->zs.avail_in >= 2 && f->input[0] == 0x1f && f->input[1] == 0x8b) {
+        f->gzip = true;
+        int ret = inflateInit2(&f->zs, 15 + 16); /* 32K window, gzip wrapper only */
+        if (ret != Z_OK) {
+            st = ret == Z_MEM_ERROR ? lenet__oom("gzip inflate state")
+                                    : lenet__fail(LENET_EUNSUPPORTED, "%s: zlib cannot inflate (inflateInit2 "
+                                                                      "returned %d)", path, ret);
+            goto fail;
+        }
+        f->inflating = true;
+    }
+    *out = f;
+    return LENET_OK;
+fail:
+    if (f->fd >= 0)
+        close(f->fd);
+    lenet__free(f);
+    return st;
+}
+
+static void file_close(idx_file *f)
+{
+    if (!f)
+        return;
+    if (f->inflating)
+        inflateEnd(&f->zs);
+    close(f->fd);
+    lenet__free(f);
+}
+
+/* Inflates into zs.next_out / zs.avail_out as far as the input allows and sets stream_end when the member's
+ * trailer has been read and checked.  `what` names the data being read for messages, NULL for the end of the
+ * stream after the data. */
+static lenet_status inflate_some(idx_file *f, const char *what)
+{
+    if (f->zs.avail_in == 0) {
+        lenet_status st = fill(f);
+        if (st != LENET_OK)
+            return st;
+    }
+    int ret = inflate(&f->zs, Z_NO_FLUSH);
+    switch (ret) {
+    case Z_OK:
+        return LENET_OK;
+    case Z_STREAM_END:
+        f->stream_end = true;
+        return LENET_OK;
+    case Z_BUF_ERROR: /* no progress possible: the input is used up (avail_out is never 0 here) */
+        if (!f->eof)
+            return LENET_OK;
+        if (!what) /* the data came out, but its CRC-32 and length were never checked */
+            return lenet__fail(LENET_EFORMAT, "%s: truncated: the gzip stream ends before its trailer", f->path);
+        return lenet__fail(LENET_EFORMAT, "%s: truncated: the file ends inside the %s", f->path, what);
+    case Z_MEM_ERROR:
+        return lenet__oom("gzip inflate window");
+    default: /* Z_DATA_ERROR, Z_NEED_DICT (no gzip stream has one), Z_STREAM_ERROR */
+        return lenet__fail(LENET_EFORMAT, "%s: corrupt compressed data %s%s (%s)", f->path,
+                           what ? "while reading the " : "at the end of the gzip stream", what ? what : "",
+                           f->zs.msg ? f->zs.msg : "invalid gzip stream");
+    }
+}
+
+/* After the gzip member ended: whether any byte follows it in the file. */
+static lenet_status bytes_follow(idx_file *f, bool *follow)
+{
+    lenet_status st = LENET_OK;
+    if (f->zs.avail_in < 2 && !f->eof)
+        st = fill(f);
+    *follow = f->zs.avail_in > 0;
+    return st;
+}
+
+static lenet_status read_exact(idx_file *f, void *buf, size_t size, const char *what)
 {
     unsigned char *p = buf;
     while (size > 0) {
-        unsigned chunk = size > (1u << 20) ? (1u << 20) : (unsigned)size;
-        int got = gzread(f, p, chunk);
-        if (got < 0) {
-            int err;
-            const char *msg = gzerror(f, &err);
-            if (err == Z_ERRNO)
-                return lenet__fail(LENET_EIO, "%s: cannot read: %s", path, strerror(errno));
-            return lenet__fail(LENET_EFORMAT, "%s: corrupt compressed data while reading %s (%s)", path, what, msg);
+        if (!f->gzip) {
+            if (f->zs.avail_in == 0) {
+                lenet_status st = fill(f);
+                if (st != LENET_OK)
+                    return st;
+                if (f->zs.avail_in == 0)
+                    return lenet__fail(LENET_EFORMAT, "%s: truncated: the file ends inside the %s", f->path, what);
+            }
+            size_t take = size < f->zs.avail_in ? size : f->zs.avail_in;
+            memcpy(p, f->zs.next_in, take);
+            f->zs.next_in += take;
+            f->zs.avail_in -= (uInt)take;
+            p += take;
+            size -= take;
+            continue;
         }
-        if (got == 0)
-            return lenet__fail(LENET_EFORMAT, "%s: truncated: the file ends inside the %s", path, what);
-        p += got;
-        size -= (size_t)got;
+        if (f->stream_end) {
+            bool follow;
+            lenet_status st = bytes_follow(f, &follow);
+            if (st != LENET_OK)
+                return st;
+            return lenet__fail(LENET_EFORMAT, "%s: truncated: the gzip stream ends inside the %s%s", f->path, what,
+                               follow ? " (bytes follow it, but an IDX file must be one gzip stream, not several)"
+                                      : "");
+        }
+        uInt chunk = size > CHUNK_SIZE ? CHUNK_SIZE : (uInt)size;
+        f->zs.next_out = p;
+        f->zs.avail_out = chunk;
+        lenet_status st = inflate_some(f, what);
+        size_t produced = chunk - f->zs.avail_out;
+        p += produced;
+        size -= produced;
+        if (st != LENET_OK)
+            return st;
     }
     return LENET_OK;
+}
+
+/* Checks that the file ends right after the `count` items its header declares: no more data, and for gzip the
+ * member's trailer checked and nothing after the member. */
+static lenet_status read_end(idx_file *f, uint32_t count)
+{
+    lenet_status st;
+    if (f->gzip) {
+        unsigned char extra;
+        while (!f->stream_end) {
+            f->zs.next_out = &extra;
+            f->zs.avail_out = 1;
+            st = inflate_some(f, NULL);
+            if (f->zs.avail_out == 0)
+                return lenet__fail(LENET_EFORMAT, "%s: unexpected trailing data after the %u items the header "
+                                                  "declares", f->path, count);
+            if (st != LENET_OK)
+                return st;
+        }
+    }
+    bool follow;
+    st = bytes_follow(f, &follow);
+    if (st != LENET_OK || !follow)
+        return st;
+    if (!f->gzip)
+        return lenet__fail(LENET_EFORMAT, "%s: unexpected trailing data after the %u items the header declares",
+                           f->path, count);
+    uint64_t stream_size = f->read_total - f->zs.avail_in;
+    bool another = f->zs.avail_in >= 2 && f->zs.next_in[0] == 0x1f && f->zs.next_in[1] == 0x8b;
+    return lenet__fail(LENET_EFORMAT, "%s: unexpected trailing data after the gzip stream, which is the first %llu "
+                                      "bytes of the file: %s", f->path, (unsigned long long)stream_size,
+                       another ? "a second gzip stream (an IDX file must be one gzip stream, not several)"
+                               : "bytes that are not gzip data (an IDX file must be one gzip stream and nothing "
+                                 "after it)");
 }
 
 static uint32_t be32(const unsigned char *b)
@@ -81,19 +286,13 @@ static lenet_status check_limit(const char *path, int dims_count, const uint32_t
 static lenet_status read_idx(const char *path, int want_dims, size_t limit, uint32_t dims[3], uint8_t **data)
 {
     *data = NULL;
-    /* Only a regular file: opening or reading a FIFO or a device could wait forever. */
-    int fd;
-    lenet_status st = lenet__open_regular(path, &fd);
+    idx_file *f;
+    lenet_status st = file_open(path, &f);
     if (st != LENET_OK)
         return st;
-    gzFile f = gzdopen(fd, "rb");
-    if (!f) {
-        close(fd);
-        return lenet__oom("gzip reader");
-    }
     unsigned char header[4 + 4 * 3];
     uint8_t *buf = NULL;
-    st = read_exact(f, path, header, 4, "header");
+    st = read_exact(f, header, 4, "header");
     if (st != LENET_OK)
         goto done;
     if (header[0] != 0 || header[1] != 0 || header[2] != IDX_UBYTE || header[3] != want_dims) {
@@ -101,7 +300,7 @@ static lenet_status read_idx(const char *path, int want_dims, size_t limit, uint
                          want_dims == 3 ? "images" : "labels", header[0], header[1], header[2], header[3], want_dims);
         goto done;
     }
-    st = read_exact(f, path, header + 4, 4 * (size_t)want_dims, "header");
+    st = read_exact(f, header + 4, 4 * (size_t)want_dims, "header");
     if (st != LENET_OK)
         goto done;
     size_t total = 1;
@@ -137,30 +336,20 @@ static lenet_status read_idx(const char *path, int want_dims, size_t limit, uint
             buf = grown;
             cap = next;
         }
-        st = read_exact(f, path, buf + have, cap - have,
+        st = read_exact(f, buf + have, cap - have,
                         want_dims == 3 ? "pixel data the header declares" : "label data the header declares");
         if (st != LENET_OK)
             goto done;
         have = cap;
     }
-    unsigned char extra;
-    int more = gzread(f, &extra, 1), err = Z_OK;
-    gzerror(f, &err);
-    if (more != 0) {
-        st = lenet__fail(LENET_EFORMAT, "%s: %s after the %u items the header declares", path,
-                         more > 0 ? "unexpected trailing data" : "corrupt compressed data", dims[0]);
+    st = read_end(f, dims[0]);
+    if (st != LENET_OK)
         goto done;
-    }
-    /* zlib reports a gzip stream cut before its trailer (so its CRC was never checked) only as Z_BUF_ERROR. */
-    if (err == Z_BUF_ERROR) {
-        st = lenet__fail(LENET_EFORMAT, "%s: truncated: the gzip stream ends before its trailer", path);
-        goto done;
-    }
     *data = buf;
     buf = NULL;
 done:
     lenet__free(buf);
-    gzclose(f);
+    file_close(f);
     return st;
 }
 
