@@ -279,7 +279,7 @@ lenet_status lenet_model_forward(lenet_model *m, const lenet_tensor *x, const le
         return st;
     memcpy(m->acts[0], x->data, x->numel * sizeof(float));
     lenet__model_forward_raw(m, batch);
-    *y = &m->output;
+    *y = &m->act_tensors[m->n_layers - 1];
     return LENET_OK;
 }
 
@@ -335,8 +335,9 @@ void lenet__model_backward_raw(lenet_model *m, const float *dy)
     const int batch = m->last_batch, chunks = chunk_count(batch), threads = threads_for(chunks, m->threads_cap);
     pass_job job = {.m = m, .batch = batch, .last = m->n_layers, .dy = dy, .zero_grads = true};
     int boundary = 0;
+    size_t below = m->n_layers; /* the next cut is searched below this layer */
     for (;;) {
-        job.cut = prev_cut(m, job.last);
+        job.cut = prev_cut(m, below);
         job.first = job.cut < m->n_layers ? job.cut + 1 : 0;
         /* The gradient at the cut's output is needed for the whole batch, after every chunk got there. */
         job.dx = job.first > 0 ? m->bbuf[boundary] : NULL;
@@ -351,6 +352,7 @@ void lenet__model_backward_raw(lenet_model *m, const float *dy)
         reduce_stats(m, job.cut, batch, m->bwd_stats);
         job.dy = job.dx;
         job.last = job.cut + 1;
+        below = job.cut;
         if (job.dx == m->bbuf[boundary])
             boundary ^= 1;
     }
