@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "gradcheck.h"
+#include "idxfixture.h"
 #include "layers/layer.h"
 #include "testutil.h"
 
@@ -354,6 +355,45 @@ START_TEST(test_activations_are_each_layers_output_of_the_last_forward)
 }
 END_TEST
 
+START_TEST(test_training_runs_in_training_mode_and_evaluation_in_evaluation_mode_each_restoring_the_mode)
+{
+    idx_dir_create();
+    uint8_t pixels[20 * 9], labels[20];
+    for (int i = 0; i < 20 * 9; i++)
+        pixels[i] = (uint8_t)(i * 37);
+    for (int i = 0; i < 20; i++)
+        labels[i] = (uint8_t)(i % 3);
+    idx_bytes images = idx_images(20, 3, 3, pixels), classes = idx_labels(20, labels);
+    lenet_dataset *d = lenet_dataset_open_idx(idx_write_bytes("images", &images, false),
+                                              idx_write_bytes("labels", &classes, false));
+    ck_assert_ptr_nonnull(d);
+    lenet_iter *it = lenet_iter_create(d, 8, false, 0);
+    lenet_model *m = center_model(false);
+    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
+    const float *count = lenet_tensor_cdata(lenet_model_buffer(m, 1));
+    for (int mode = 0; mode < 2; mode++) {
+        ck_assert_lenet_ok(lenet_model_set_training(m, mode));
+        float before = count[0];
+        lenet_metrics mt;
+        /* Three batches of training, each a training forward that updates the buffers. */
+        ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, &mt));
+        ck_assert_float_eq(count[0], before + 3.0f);
+        ck_assert_int_eq(lenet_model_is_training(m), mode);
+        /* Evaluation forwards leave them. */
+        ck_assert_lenet_ok(lenet_evaluate(m, it, &mt));
+        ck_assert_float_eq(count[0], before + 3.0f);
+        ck_assert_int_eq(lenet_model_is_training(m), mode);
+    }
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_iter_free(it);
+    lenet_dataset_free(d);
+    idx_bytes_free(&images);
+    idx_bytes_free(&classes);
+    idx_dir_remove();
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("engine");
@@ -363,6 +403,7 @@ int main(void)
     tcase_add_test(tc, test_evaluation_mode_uses_no_batch_statistics_and_matches_predict);
     tcase_add_test(tc, test_buffers_are_listed_by_name_and_updated_once_per_training_forward);
     tcase_add_test(tc, test_activations_are_each_layers_output_of_the_last_forward);
+    tcase_add_test(tc, test_training_runs_in_training_mode_and_evaluation_in_evaluation_mode_each_restoring_the_mode);
     suite_add_tcase(s, tc);
     return lenet_test_run(s);
 }

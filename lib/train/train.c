@@ -163,28 +163,134 @@ static void optim_snapshot_free(optim_snapshot *s)
         lenet__free_aligned(s->copy[b]);
 }
 
-/* One pass over `it`; with `o` NULL it only evaluates. */
+/* What a pass keeps from batch to batch: buffers grown to the largest batch, and the copies a step's rollback
+ * needs. */
+typedef struct pass_scratch {
+    lenet_tensor *dlogits;
+    int32_t *classes; /* the predicted classes of the current batch */
+    int classes_cap;
+    float *saved;     /* the parameters before the current optimizer step */
+    optim_snapshot saved_state;
+} pass_scratch;
+
+static void scratch_free(pass_scratch *s)
+{
+    lenet_tensor_free(s->dlogits);
+    lenet__free(s->classes);
+    lenet__free_aligned(s->saved);
+    optim_snapshot_free(&s->saved_state);
+}
+
+/* Grows the scratch for a batch of `batch` with `logits` as output. */
+static lenet_status scratch_reserve(pass_scratch *s, const lenet_model *m, bool training, const lenet_tensor *logits,
+                                    int batch)
+{
+    if (training && (!s->dlogits || s->dlogits->shape[0] != batch)) {
+        lenet_tensor_free(s->dlogits);
+        if (!(s->dlogits = lenet_tensor_create(2, logits->shape)))
+            return LENET_ENOMEM;
+    }
+    if (training && !s->saved && !(s->saved = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float))))
+        return lenet__oom("parameter snapshot");
+    if (batch > s->classes_cap) {
+        lenet__free(s->classes);
+        s->classes_cap = 0;
+        if (!(s->classes = lenet__malloc((size_t)batch * sizeof *s->classes)))
+            return lenet__oom("predicted classes");
+        s->classes_cap = batch;
+    }
+    return LENET_OK;
+}
+
+/* Undoes an optimizer step: the parameters and the optimizer's state as they were before it. */
+static void rollback(lenet_model *m, lenet_optimizer *o, pass_scratch *s)
+{
+    memcpy(m->params, s->saved, m->arena_numel * sizeof(float));
+    optim_restore(o, &s->saved_state);
+}
+
+/* The training half of a batch whose forward and loss are done: backward, then the optimizer's step, undone when
+ * it makes a parameter non-finite.  `seen` counts the examples before this batch, for messages. */
+static lenet_status train_step(lenet_model *m, lenet_optimizer *o, pass_scratch *s, const char *who, size_t seen)
+{
+    lenet_model_zero_grad(m);
+    lenet__model_backward_raw(m, s->dlogits->data);
+    if (!all_finite(m->grads, m->arena_numel)) {
+        size_t t = find_non_finite_param(m, m->grads, true);
+        size_t layer = t < m->n_params ? m->param_layer[t] : 0;
+        return lenet__fail(LENET_ENUMERIC,
+                           "%s after %zu examples: the gradient of %s in layer %zu (%s) is not finite; "
+                           "the parameters are unchanged",
+                           who, seen, t < m->n_params ? m->param_names[t] : "?", layer, m->layers[layer]->ops->name);
+    }
+    memcpy(s->saved, m->params, m->arena_numel * sizeof(float));
+    lenet_status st = optim_save(o, m->arena_numel, &s->saved_state);
+    if (st == LENET_OK)
+        st = lenet_optimizer_step(o);
+    if (st != LENET_OK || all_finite(m->params, m->arena_numel))
+        return st;
+    size_t t = find_non_finite_param(m, m->params, false);
+    size_t layer = t < m->n_params ? m->param_layer[t] : 0;
+    rollback(m, o, s);
+    return lenet__fail(LENET_ENUMERIC,
+                       "%s after %zu examples: the update made %s in layer %zu (%s) not finite (learning rate "
+                       "%g too large?); the parameters and the optimizer's state are restored to their values "
+                       "before this step",
+                       who, seen, t < m->n_params ? m->param_names[t] : "?", layer, m->layers[layer]->ops->name,
+                       (double)lenet_optimizer_lr(o));
+}
+
+/* One batch: forward, loss, the count of correct predictions, and with `o` a training step. */
+static lenet_status run_batch(lenet_model *m, lenet_optimizer *o, const lenet_criterion *crit, pass_scratch *s,
+                              const lenet_tensor *images, const int32_t *labels, const char *who, size_t seen,
+                              float *loss, size_t *correct)
+{
+    int batch;
+    lenet_status st = lenet__model_check_input(m, images, who, &batch);
+    if (st == LENET_OK)
+        st = lenet__model_reserve(m, batch);
+    if (st != LENET_OK)
+        return st;
+    memcpy(m->acts[0], images->data, images->numel * sizeof(float));
+    lenet__model_forward_raw(m, batch);
+    const lenet_tensor *logits = &m->output;
+    if (logits->ndim != 2)
+        return lenet__fail(LENET_ESHAPE, "%s: the model's output must be (N, classes) logits", who);
+    st = scratch_reserve(s, m, o != NULL, logits, batch);
+    if (st != LENET_OK)
+        return st;
+    st = batch_loss(crit, logits, labels, loss, o ? s->dlogits : NULL);
+    if (st == LENET_ENUMERIC)
+        return report_forward_fault(m, batch, who, seen);
+    if (st == LENET_OK)
+        st = count_correct(crit, logits, labels, s->classes, correct);
+    if (st != LENET_OK) {
+        lenet__error_prefix("%s after %zu examples: ", who, seen);
+        return st;
+    }
+    return o ? train_step(m, o, s, who, seen) : LENET_OK;
+}
+
+/* One pass over `it`, in training mode with `o`, in evaluation mode without; the model's mode is restored. */
 static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it, const lenet_criterion *crit,
                              lenet_progress_fn progress, void *user, lenet_metrics *out)
 {
-    if (!m || !it)
-        return lenet__fail(LENET_EINVAL, "%s: %s is NULL", o ? "train_epoch" : "evaluate", !m ? "model" : "iterator");
     const char *who = o ? "train_epoch" : "evaluate";
+    if (!m || !it)
+        return lenet__fail(LENET_EINVAL, "%s: %s is NULL", who, !m ? "model" : "iterator");
     size_t total = lenet_iter_total(it);
     if (lenet_iter_position(it) >= total) {
         lenet_status st = lenet_iter_reset(it);
         if (st != LENET_OK)
             return st;
     }
+    const bool mode = m->training;
+    m->training = o != NULL;
     double start = now_seconds(), loss_sum = 0.0;
     size_t seen = 0, correct = 0;
-    lenet_tensor *dlogits = NULL;
-    int32_t *classes = NULL; /* the predicted classes of the current batch */
-    int classes_cap = 0;
-    float *saved = NULL; /* the parameters before the current optimizer step */
-    optim_snapshot saved_state = {0};
-    lenet_status st;
+    pass_scratch scratch = {0};
     lenet_metrics so_far = {0};
+    lenet_status st;
     for (;;) {
         const lenet_tensor *images;
         const int32_t *labels;
@@ -194,103 +300,19 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
             st = LENET_OK;
             break;
         }
-        if (st != LENET_OK)
-            break;
-        int batch;
-        st = lenet__model_check_input(m, images, who, &batch);
-        if (st == LENET_OK)
-            st = lenet__model_reserve(m, batch);
-        if (st != LENET_OK)
-            break;
-        memcpy(m->acts[0], images->data, images->numel * sizeof(float));
-        lenet__model_forward_raw(m, batch);
-        const lenet_tensor *logits = &m->output;
-        if (logits->ndim != 2) {
-            st = lenet__fail(LENET_ESHAPE, "%s: the model's output must be (N, classes) logits", who);
-            break;
-        }
-        if (o && (!dlogits || dlogits->shape[0] != batch)) {
-            lenet_tensor_free(dlogits);
-            dlogits = lenet_tensor_create(2, logits->shape);
-            if (!dlogits) {
-                st = LENET_ENOMEM;
-                break;
-            }
-        }
-        if (o && !saved) {
-            saved = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
-            if (!saved) {
-                st = lenet__oom("parameter snapshot");
-                break;
-            }
-        }
-        if (batch > classes_cap) {
-            lenet__free(classes);
-            classes_cap = 0;
-            if (!(classes = lenet__malloc((size_t)batch * sizeof *classes))) {
-                st = lenet__oom("predicted classes");
-                break;
-            }
-            classes_cap = batch;
-        }
         float loss;
-        st = batch_loss(crit, logits, labels, &loss, o ? dlogits : NULL);
-        if (st == LENET_ENUMERIC) {
-            st = report_forward_fault(m, batch, who, seen);
+        if (st == LENET_OK)
+            st = run_batch(m, o, crit, &scratch, images, labels, who, seen, &loss, &correct);
+        if (st != LENET_OK)
             break;
-        }
-        if (st != LENET_OK) {
-            lenet__error_prefix("%s after %zu examples: ", who, seen);
-            break;
-        }
-        st = count_correct(crit, logits, labels, classes, &correct);
-        if (st != LENET_OK) {
-            lenet__error_prefix("%s after %zu examples: ", who, seen);
-            break;
-        }
-        if (o) {
-            lenet_model_zero_grad(m);
-            lenet__model_backward_raw(m, dlogits->data);
-            if (!all_finite(m->grads, m->arena_numel)) {
-                size_t t = find_non_finite_param(m, m->grads, true);
-                size_t layer = t < m->n_params ? m->param_layer[t] : 0;
-                st = lenet__fail(LENET_ENUMERIC,
-                                 "%s after %zu examples: the gradient of %s in layer %zu (%s) is not finite; "
-                                 "the parameters are unchanged",
-                                 who, seen, t < m->n_params ? m->param_names[t] : "?", layer, m->layers[layer]->ops->name);
-                break;
-            }
-            memcpy(saved, m->params, m->arena_numel * sizeof(float));
-            st = optim_save(o, m->arena_numel, &saved_state);
-            if (st != LENET_OK)
-                break;
-            st = lenet_optimizer_step(o);
-            if (st != LENET_OK)
-                break;
-            if (!all_finite(m->params, m->arena_numel)) {
-                size_t t = find_non_finite_param(m, m->params, false);
-                size_t layer = t < m->n_params ? m->param_layer[t] : 0;
-                memcpy(m->params, saved, m->arena_numel * sizeof(float));
-                optim_restore(o, &saved_state);
-                st = lenet__fail(LENET_ENUMERIC,
-                                 "%s after %zu examples: the update made %s in layer %zu (%s) not finite (learning rate "
-                                 "%g too large?); the parameters and the optimizer's state are restored to their values "
-                                 "before this step",
-                                 who, seen, t < m->n_params ? m->param_names[t] : "?", layer,
-                                 m->layers[layer]->ops->name, (double)lenet_optimizer_lr(o));
-                break;
-            }
-        }
-        loss_sum += (double)loss * batch;
-        seen += (size_t)batch;
+        loss_sum += (double)loss * count;
+        seen += (size_t)count;
         so_far = (lenet_metrics){loss_sum / (double)seen, (double)correct / (double)seen, now_seconds() - start, seen};
         if (progress)
             progress(user, seen, total, &so_far);
     }
-    lenet_tensor_free(dlogits);
-    lenet__free(classes);
-    lenet__free_aligned(saved);
-    optim_snapshot_free(&saved_state);
+    m->training = mode;
+    scratch_free(&scratch);
     if (st == LENET_OK && out)
         *out = so_far;
     return st;
