@@ -102,10 +102,9 @@ static void write_bytes(const char *path, const void *data, size_t size)
     ck_assert_int_eq(fclose(f), 0);
 }
 
-/* Writes a safetensors file from a header text and a data section. */
-static const char *write_st(const char *name, const char *header, const void *data, size_t data_size)
+/* Writes a safetensors file from a header of n bytes (which may hold a NUL) and a data section. */
+static const char *write_st_len(const char *name, const char *header, size_t n, const void *data, size_t data_size)
 {
-    size_t n = strlen(header);
     unsigned char *buf = malloc(8 + n + data_size + 1);
     ck_assert_ptr_nonnull(buf);
     for (int i = 0; i < 8; i++)
@@ -117,6 +116,12 @@ static const char *write_st(const char *name, const char *header, const void *da
     write_bytes(path, buf, 8 + n + data_size);
     free(buf);
     return path;
+}
+
+/* Writes a safetensors file from a header text and a data section. */
+static const char *write_st(const char *name, const char *header, const void *data, size_t data_size)
+{
+    return write_st_len(name, header, strlen(header), data, data_size);
 }
 
 /* Rewrites a saved file with `from` replaced by `to` in its JSON header (header length adjusted, data kept). */
@@ -728,8 +733,15 @@ START_TEST(test_malformed_containers_are_rejected_with_a_message)
         {"fractional offset", "{" W "[0,24.5]}," B "[24,32]}}", 32, "data_offsets"},
         {"huge shape", "{\"1.weight\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4],\"data_offsets\":[0,24]},"
          B "[24,32]}}", 32, "large"},
+        /* 2^53 x 2^11 elements overflow 64 bits; 2^53 x 2^10 do not, but their 4-byte floats do. */
+        {"element count overflows", "{\"1.weight\":{\"dtype\":\"F32\",\"shape\":[9007199254740992,2048],"
+         "\"data_offsets\":[0,24]}," B "[24,32]}}", 32, "impossibly large"},
+        {"byte size overflows", "{\"1.weight\":{\"dtype\":\"F32\",\"shape\":[9007199254740992,1024],"
+         "\"data_offsets\":[0,24]}," B "[24,32]}}", 32, "impossibly large"},
+        {"offsets at the largest exact JSON integer", "{" W "[9007199254740968,9007199254740992]}," B "[24,32]}}", 32,
+         "run past"},
         {"missing shape", "{\"1.weight\":{\"dtype\":\"F32\",\"data_offsets\":[0,24]}," B "[24,32]}}", 32, "shape"},
-        {"duplicate tensor", "{" W "[0,24]}," B "[24,32]}," B "[32,40]}}", 40, "twice"},
+        {"duplicate tensor", "{" W "[0,24]}," B "[24,32]}," B "[32,40]}}", 40, "key \"1.bias\" appears twice"},
         {"metadata not strings", "{\"__metadata__\":{\"a\":1}," W "[0,24]}," B "[24,32]}}", 32, "not a string"},
         {"metadata not an object", "{\"__metadata__\":[]," W "[0,24]}," B "[24,32]}}", 32, "__metadata__"},
         {"bad CRC text", "{\"__metadata__\":{\"data_crc32\":\"xyz\"}," W "[0,24]}," B "[24,32]}}", 32, "hex"},
@@ -768,6 +780,128 @@ START_TEST(test_malformed_containers_are_rejected_with_a_message)
     write_bytes(tmp_path("short.safetensors"), beyond, 5);
     ck_assert_int_eq(lenet_model_load_weights(m, tmp_path("short.safetensors")), LENET_EFORMAT);
     ck_assert_int_eq(lenet_model_load_weights(m, tmpdir), LENET_EIO);
+    assert_unchanged(&s, m, NULL, NULL);
+    snapshot_free(&s);
+    lenet_model_free(m);
+    remove_tmpdir();
+}
+END_TEST
+
+/* The reference parser (serde_json) refuses a key twice in one object, where cJSON keeps both and we would read
+ * the first ("dtype":"F32","dtype":"I32" is F32 here, maybe I32 elsewhere); and a NUL in a key or a string would
+ * cut it short in C ("1.bias\u0000x" loaded as 1.bias).  Both are refused at every depth, naming the key. */
+START_TEST(test_duplicate_keys_and_nul_characters_are_rejected_naming_the_key)
+{
+    make_tmpdir();
+    lenet_model *m = lenet_model_create();
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(2)));
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 1, 3));
+    snapshot s = take_snapshot(m, NULL, NULL);
+#define W "\"1.weight\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]}"
+#define B_AT "\"shape\":[2],\"data_offsets\":[24,32]}"
+#define B "\"1.bias\":{\"dtype\":\"F32\"," B_AT
+#define TEN_KEYS "\"a\":\"\",\"b\":\"\",\"c\":\"\",\"d\":\"\",\"e\":\"\",\"f\":\"\",\"g\":\"\",\"h\":\"\",\"i\":\"\""
+    const bad_file cases[] = {
+        {"a field twice in an entry", "{" W ",\"1.bias\":{\"dtype\":\"F32\",\"dtype\":\"I32\"," B_AT "}", 32,
+         "key \"dtype\" appears twice in \"1.bias\""},
+        {"a field twice, once escaped", "{" W ",\"1.bias\":{\"dtype\":\"F32\",\"d\\u0074ype\":\"F32\"," B_AT "}", 32,
+         "key \"dtype\" appears twice in \"1.bias\""},
+        {"a tensor twice", "{" W "," B "," B "}", 32, "key \"1.bias\" appears twice"},
+        {"a metadata key twice", "{\"__metadata__\":{\"format\":\"pt\",\"format\":\"np\"}," W "," B "}", 32,
+         "key \"format\" appears twice in \"__metadata__\""},
+        {"a metadata key twice among many (sorted, not pairwise)",
+         "{\"__metadata__\":{" TEN_KEYS ",\"e\":\"\"}," W "," B "}", 32, "key \"e\" appears twice in \"__metadata__\""},
+        {"__metadata__ twice", "{\"__metadata__\":{},\"__metadata__\":{}," W "," B "}", 32,
+         "key \"__metadata__\" appears twice"},
+        {"a key twice deep inside", "{" W ",\"1.bias\":{\"dtype\":\"F32\",\"x\":[{\"y\":1,\"y\":2}]," B_AT "}", 32,
+         "key \"y\" appears twice in \"x\""},
+        {"NUL in a tensor name", "{" W ",\"1.bias\\u0000x\":{\"dtype\":\"F32\"," B_AT "}", 32,
+         "key \"1.bias\\u0000x\" holds a NUL character"},
+        {"NUL in a field name", "{" W ",\"1.bias\":{\"dtype\\u0000\":\"I32\",\"dtype\":\"F32\"," B_AT "}", 32,
+         "key \"dtype\\u0000\" holds a NUL"},
+        {"NUL in a dtype", "{" W ",\"1.bias\":{\"dtype\":\"F32\\u0000I32\"," B_AT "}", 32,
+         "the value of key \"dtype\" (\"F32\\u0000I32\") holds a NUL"},
+        {"NUL in a metadata key", "{\"__metadata__\":{\"no\\u0000te\":\"a\"}," W "," B "}", 32,
+         "key \"no\\u0000te\" holds a NUL"},
+        {"NUL in a metadata value", "{\"__metadata__\":{\"note\":\"a\\u0000b\"}," W "," B "}", 32,
+         "the value of key \"note\" (\"a\\u0000b\") holds a NUL"},
+        {"NUL in a string of an array", "{" W ",\"1.bias\":{\"dtype\":\"F32\",\"x\":[\"a\\u0000\"]," B_AT "}", 32,
+         "string \"a\\u0000\" holds a NUL"},
+        {"a raw control character in a key", "{" W ",\"1.bi\x01" "as\":{\"dtype\":\"F32\"," B_AT "}", 32,
+         "key \"1.bi\\u0001as\" holds an unescaped control character"},
+        {"a raw control character between members", "{" W ",\x01" B "}", 32, "control character (0x01)"},
+    };
+    unsigned char data[32] = {0};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *path = write_st("bad.safetensors", cases[i].header, data, cases[i].data_size);
+        lenet_status st = lenet_model_load_weights(m, path);
+        ck_assert_msg(st == LENET_EFORMAT, "%s: status %d (%s)", cases[i].what, st, lenet_last_error());
+        ck_assert_msg(strstr(lenet_last_error(), cases[i].message) != NULL, "%s: message \"%s\" lacks \"%s\"",
+                      cases[i].what, lenet_last_error(), cases[i].message);
+        ck_assert_msg(strstr(lenet_last_error(), "bad.safetensors") != NULL, "%s: message names no file: %s",
+                      cases[i].what, lenet_last_error());
+        assert_unchanged(&s, m, NULL, NULL);
+    }
+
+    /* A raw NUL byte in a key (cJSON copies it and the key ends there). */
+    const char raw[] = "{" W ",\"1.bias\0x\":{\"dtype\":\"F32\"," B_AT "}";
+    const char *path = write_st_len("raw.safetensors", raw, sizeof raw - 1, data, 32);
+    ck_assert_int_eq(lenet_model_load_weights(m, path), LENET_EFORMAT);
+    ck_assert_msg(strstr(lenet_last_error(), "key \"1.bias\\u0000x\" holds a raw NUL byte"), "%s", lenet_last_error());
+    assert_unchanged(&s, m, NULL, NULL);
+
+    /* What is not a duplicate or a NUL loads: an escape decoding to another character, an escaped backslash before
+     * u0000 (text), the same key in different objects, many distinct keys. */
+    const char *fine[] = {
+        "{" W ",\"1.b\\u0069as\":{\"dtype\":\"F32\"," B_AT "}",
+        "{\"__metadata__\":{\"note\":\"C:\\\\u0000\"}," W "," B "}",
+        "{\"__metadata__\":{\"dtype\":\"F32\",\"shape\":\"shape\"}," W "," B "}",
+        "{\"__metadata__\":{" TEN_KEYS "}," W "," B "}",
+    };
+    for (size_t i = 0; i < sizeof fine / sizeof fine[0]; i++) {
+        lenet_status st = lenet_model_load_weights(m, write_st("fine.safetensors", fine[i], data, 32));
+        ck_assert_msg(st == LENET_OK, "%s: %s", fine[i], lenet_last_error());
+    }
+#undef W
+#undef B_AT
+#undef B
+#undef TEN_KEYS
+    snapshot_free(&s);
+    lenet_model_free(m);
+    remove_tmpdir();
+}
+END_TEST
+
+/* Opening a FIFO blocks until a writer comes, which may be never; a directory is no file either.  Every loader
+ * refuses both at once with LENET_EIO. */
+START_TEST(test_a_fifo_or_a_directory_fails_at_once_as_not_a_regular_file)
+{
+    make_tmpdir();
+    const char *fifo = tmp_path("fifo.safetensors");
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    lenet_model *m = tiny_model(1);
+    snapshot s = take_snapshot(m, NULL, NULL);
+    alarm(20); /* a regression blocks in open(): SIGALRM then fails the test rather than hanging it */
+    ck_assert_ptr_null(lenet_model_load(fifo));
+    ck_assert_int_eq(lenet__last_status(), LENET_EIO);
+    ck_assert_msg(strstr(lenet_last_error(), "is a FIFO, not a regular file") != NULL, "%s", lenet_last_error());
+    ck_assert_msg(strstr(lenet_last_error(), fifo) != NULL, "%s", lenet_last_error());
+    ck_assert_int_eq(lenet_model_load_weights(m, fifo), LENET_EIO);
+    ck_assert_msg(strstr(lenet_last_error(), "not a regular file") != NULL, "%s", lenet_last_error());
+    ck_assert_int_eq(lenet_checkpoint_load(m, NULL, NULL, fifo, NULL, 0), LENET_EIO);
+    ck_assert_msg(strstr(lenet_last_error(), "not a regular file") != NULL, "%s", lenet_last_error());
+    int c, h, w;
+    ck_assert_int_eq(lenet_checkpoint_input_shape(fifo, &c, &h, &w), LENET_EIO);
+    ck_assert_msg(strstr(lenet_last_error(), "not a regular file") != NULL, "%s", lenet_last_error());
+    alarm(0);
+    assert_unchanged(&s, m, NULL, NULL);
+
+    ck_assert_ptr_null(lenet_model_load(tmpdir));
+    ck_assert_int_eq(lenet__last_status(), LENET_EIO);
+    ck_assert_msg(strstr(lenet_last_error(), "is a directory, not a regular file") != NULL, "%s", lenet_last_error());
+    ck_assert_int_eq(lenet_model_load_weights(m, tmpdir), LENET_EIO);
+    ck_assert_msg(strstr(lenet_last_error(), "directory") != NULL, "%s", lenet_last_error());
     assert_unchanged(&s, m, NULL, NULL);
     snapshot_free(&s);
     lenet_model_free(m);
@@ -819,6 +953,18 @@ START_TEST(test_bad_architectures_are_rejected)
         {"\"architecture\"", "\"architectur\"", "architecture", LENET_EFORMAT},
         {"\"liblenet_format\":\"1\"", "\"liblenet_format\":\"2\"", "not supported", LENET_EUNSUPPORTED},
         {"\"liblenet_format\":\"1\"", "\"liblenet_formal\":\"1\"", "not a liblenet", LENET_EFORMAT},
+        /* The JSON inside a metadata value is held to the header's rules: no key twice, no NUL in a string. */
+        {"\\\"input\\\":[1,28,28]", "\\\"input\\\":[1,28,28],\\\"input\\\":[1,4,4]",
+         "metadata \"architecture\": key \"input\" appears twice", LENET_EFORMAT},
+        {"{\\\"kind\\\":\\\"Sigmoid\\\",", "{\\\"kind\\\":\\\"Sigmoid\\\",\\\"kind\\\":\\\"ReLU\\\",",
+         "key \"kind\" appears twice in \"layers\"", LENET_EFORMAT},
+        {"\\\"kind\\\":\\\"Sigmoid\\\"", "\\\"kind\\\":\\\"Sigmoid\\\\u0000x\\\"",
+         "the value of key \"kind\" (\"Sigmoid\\u0000x\") holds a NUL", LENET_EFORMAT},
+        /* An escaped backslash before u0000 is text, not a NUL: the kind is then merely unknown. */
+        {"\\\"kind\\\":\\\"Sigmoid\\\"", "\\\"kind\\\":\\\"Sigmoid\\\\\\\\u0000x\\\"",
+         "unknown layer kind", LENET_EFORMAT},
+        {"}]}\",\"data_crc32\"", "}]} x\",\"data_crc32\"", "unexpected bytes after the JSON of metadata",
+         LENET_EFORMAT},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *bad = edit_header(path, "bad.safetensors", cases[i].from, cases[i].to);
@@ -831,6 +977,56 @@ START_TEST(test_bad_architectures_are_rejected)
     /* An edit that keeps the file valid loads (so the edits above are what fails). */
     const char *same = edit_header(path, "same.safetensors", "\"format\":\"pt\"", "\"format\":\"pt\"");
     lenet_model *loaded = lenet_model_load(same);
+    ck_assert_msg(loaded != NULL, "%s", lenet_last_error());
+    lenet_model_free(loaded);
+    lenet_model_free(m);
+    remove_tmpdir();
+}
+END_TEST
+
+/* Constructor arguments come from the file as JSON numbers.  One that is not an int (beyond INT_MAX, fractional,
+ * 1e300) is refused before any constructor runs; one that is an int but makes the geometry overflow (Conv2d
+ * padding INT_MAX: the padded side 6 + 2 * INT_MAX) or exceed the model's size limits is refused when the network
+ * is built.  Either way lenet_model_load fails with a message: never a crash, a wrapped size or an allocation. */
+START_TEST(test_architecture_arguments_that_overflow_fail_to_load_with_a_message)
+{
+    make_tmpdir();
+    lenet_model *m = tiny_model(1); /* Conv2d(2, 3, 1, 1) ReLU MaxPool2d(2, 2) Flatten Linear(3) on 1x6x6 */
+    const char *path = tmp_path("tiny.safetensors");
+    ck_assert_lenet_ok(lenet_model_save(m, path));
+    const struct {
+        const char *from, *to, *message;
+    } cases[] = {
+        {"[2,3,1,1]", "[2,3,1,2147483647]", "padding 2147483647 on a 6x6 input overflows"},
+        {"[2,3,1,1]", "[2,3,1,1073741824]", "padding 1073741824 on a 6x6 input overflows"},
+        {"[2,3,1,1]", "[2,3,1,100000]", "elements"},      /* no overflow, but a padded input of 4e10 floats */
+        {"[2,3,1,1]", "[2,2147483647,1,1]", "kernel 2147483647x2147483647 is larger than the padded input"},
+        {"[2,3,1,1]", "[2147483647,3,1,1]", "elements"},  /* 2^31 - 1 channels of 6x6 */
+        {"[2,3,1,1]", "[2,3,2147483647,1]", "MaxPool2d"}, /* a 1x1 output that the pooling cannot take */
+        {"[2,3,1,1]", "[2,3,1,2147483648]", "argument 3 (2.14748e+09) is not a valid int"},
+        {"[2,3,1,1]", "[2,3,1,4294967297]", "is not a valid int"}, /* would wrap to 1 in a 32-bit cast */
+        {"[2,3,1,1]", "[2,3,1,-2147483649]", "is not a valid int"},
+        {"[2,3,1,1]", "[2,3,1,1e300]", "is not a valid int"},
+        {"[2,3,1,1]", "[2,3,1,1.5]", "is not a valid int"},
+        {"[2,2]", "[2147483647,2147483647]", "MaxPool2d"},
+        {"\\\"args\\\":[3]", "\\\"args\\\":[2147483647]", "output [2147483647] has more than"},
+        {"\\\"args\\\":[3]", "\\\"args\\\":[268435456]", "needs more than 77 parameters"}, /* 4.8e9 weights */
+        {"\\\"args\\\":[3]", "\\\"args\\\":[2147483648]", "is not a valid int"},
+        {"\\\"input\\\":[1,6,6]", "\\\"input\\\":[2147483647,6,6]", "input size 0 is not an integer"},
+        {"\\\"input\\\":[1,6,6]", "\\\"input\\\":[65536,65536,1]", "the input [65536, 65536, 1] has more than"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *bad = edit_header(path, "bad.safetensors", cases[i].from, cases[i].to);
+        lenet_model *loaded = lenet_model_load(bad);
+        ck_assert_msg(loaded == NULL, "%s -> %s loaded", cases[i].from, cases[i].to);
+        ck_assert_msg(lenet__last_status() == LENET_EFORMAT, "%s -> %s: status %d: %s", cases[i].from, cases[i].to,
+                      lenet__last_status(), lenet_last_error());
+        ck_assert_msg(strstr(lenet_last_error(), cases[i].message) != NULL, "%s -> %s: message \"%s\" lacks \"%s\"",
+                      cases[i].from, cases[i].to, lenet_last_error(), cases[i].message);
+        ck_assert_msg(strstr(lenet_last_error(), "bad.safetensors") != NULL, "%s", lenet_last_error());
+    }
+    /* The same edit with a value that fits loads: the file is otherwise valid, CRC included. */
+    lenet_model *loaded = lenet_model_load(edit_header(path, "same.safetensors", "[2,3,1,1]", "[2,3,1,1]"));
     ck_assert_msg(loaded != NULL, "%s", lenet_last_error());
     lenet_model_free(loaded);
     lenet_model_free(m);
@@ -1228,6 +1424,9 @@ START_TEST(test_checkpoint_load_refuses_other_objects_and_changes_nothing)
         {"[\\\"momentum_buffer\\\"]", "[]", LENET_EFORMAT},
         {"\"optimizer.momentum_buffer.0.weight\"", "\"optimizer.momentum_buffer.0.weighs\"", LENET_EFORMAT},
         {"\"iterator.order\"", "\"iterator.ordex\"", LENET_EFORMAT},
+        {"\\\"lr\\\":0.05", "\\\"lr\\\":1e300,\\\"x\\\":0.05", LENET_EFORMAT}, /* beyond float */
+        {"\"steps\\\":\\\"2\\\"", "\"steps\\\":\\\"2\\\",\\\"steps\\\":\\\"0\\\"", LENET_EFORMAT},
+        {"\\\"position\\\":12", "\\\"position\\\":12,\\\"position\\\":0", LENET_EFORMAT},
     };
     for (size_t i = 0; i < sizeof edits / sizeof edits[0]; i++) {
         const char *bad = edit_header(path, "bad.ckpt", edits[i].from, edits[i].to);
@@ -1383,8 +1582,11 @@ int main(void)
     tcase_add_test(tc, test_every_truncation_is_rejected_and_changes_nothing);
     tcase_add_test(tc, test_every_flipped_byte_fails_cleanly_or_loads);
     tcase_add_test(tc, test_malformed_containers_are_rejected_with_a_message);
+    tcase_add_test(tc, test_duplicate_keys_and_nul_characters_are_rejected_naming_the_key);
+    tcase_add_test(tc, test_a_fifo_or_a_directory_fails_at_once_as_not_a_regular_file);
     tcase_add_test(tc, test_wrong_crc_is_rejected);
     tcase_add_test(tc, test_bad_architectures_are_rejected);
+    tcase_add_test(tc, test_architecture_arguments_that_overflow_fail_to_load_with_a_message);
     tcase_add_test(tc, test_shape_mismatches_leave_the_model_untouched);
     tcase_add_test(tc, test_failed_save_leaves_the_old_file_and_no_temporary);
     tcase_add_test(tc, test_resume_after_an_epoch_is_bit_identical);

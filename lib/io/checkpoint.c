@@ -2,6 +2,7 @@
  * scratch memory and checks it all before the first byte of a model, optimizer or iterator changes. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <float.h>
 #include <locale.h>
 #include <math.h>
 #include <stdarg.h>
@@ -23,6 +24,15 @@
 #define TENSOR_NAME_SIZE 160
 
 /* ---- small helpers ---- */
+
+/* An aligned buffer of `count` floats (at least one), its byte size computed with checked arithmetic. */
+static float *alloc_floats(size_t count)
+{
+    size_t bytes;
+    if (lenet__mul_overflows(count ? count : 1, sizeof(float), &bytes))
+        return NULL;
+    return lenet__malloc_aligned(bytes);
+}
 
 /* Re-raises the current error with another status and a printf-style prefix, keeping its message as the cause. */
 static lenet_status refail(lenet_status status, const char *fmt, ...) LENET_PRINTF(2, 3);
@@ -93,10 +103,13 @@ static lenet_status parse_meta_json(const lenet_st_file *f, const char *key, cJS
     const char *text = lenet__st_meta(f, key);
     if (!text)
         return lenet__fail(LENET_EFORMAT, "%s: no \"%s\" metadata", f->path, key);
-    *out = lenet__json_parse(text, strlen(text), NULL);
-    if (!*out || !cJSON_IsObject(*out)) {
-        if (*out)
-            cJSON_Delete(*out);
+    char what[64];
+    snprintf(what, sizeof what, "metadata \"%s\"", key);
+    lenet_status st = lenet__json_parse(text, strlen(text), f->path, what, out);
+    if (st != LENET_OK)
+        return st;
+    if (!cJSON_IsObject(*out)) {
+        cJSON_Delete(*out);
         *out = NULL;
         return lenet__fail(LENET_EFORMAT, "%s: metadata \"%s\" is not a JSON object", f->path, key);
     }
@@ -406,7 +419,8 @@ static lenet_status stage_optimizer(lenet_optimizer *o, const lenet_st_file *f, 
     const cJSON *settings = cJSON_GetObjectItemCaseSensitive(root, "settings");
     const cJSON *buffers = cJSON_GetObjectItemCaseSensitive(root, "buffers");
     uint64_t steps;
-    if (!cJSON_IsString(kind) || !cJSON_IsNumber(lr) || !(lr->valuedouble >= 0.0) || !isfinite(lr->valuedouble) ||
+    /* lr <= FLT_MAX: converting a larger double to float is undefined behaviour, not infinity. */
+    if (!cJSON_IsString(kind) || !cJSON_IsNumber(lr) || !(lr->valuedouble >= 0.0) || !(lr->valuedouble <= FLT_MAX) ||
         !json_u64_string(cJSON_GetObjectItemCaseSensitive(root, "steps"), 10, &steps) || !cJSON_IsObject(settings) ||
         !cJSON_IsArray(buffers)) {
         st = lenet__fail(LENET_EFORMAT, "%s: optimizer metadata lacks kind, lr, steps, settings or buffers", f->path);
@@ -462,7 +476,7 @@ static lenet_status stage_optimizer(lenet_optimizer *o, const lenet_st_file *f, 
             }
             continue;
         }
-        so->buffers[i] = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
+        so->buffers[i] = alloc_floats(m->arena_numel);
         if (!so->buffers[i]) {
             st = lenet__oom("optimizer state");
             goto done;
@@ -530,8 +544,12 @@ static lenet_status stage_iterator(const lenet_iter *it, const lenet_st_file *f,
         st = lenet__fail(LENET_EFORMAT, "%s: no integer tensor iterator.order of %zu entries", f->path, is->size);
         goto done;
     }
-    values = lenet__malloc((is->size ? is->size : 1) * sizeof *values);
-    *order = lenet__malloc((is->size ? is->size : 1) * sizeof **order);
+    size_t values_bytes, order_bytes;
+    if (!lenet__mul_overflows(is->size ? is->size : 1, sizeof *values, &values_bytes) &&
+        !lenet__mul_overflows(is->size ? is->size : 1, sizeof **order, &order_bytes)) {
+        values = lenet__malloc(values_bytes);
+        *order = lenet__malloc(order_bytes);
+    }
     if (!values || !*order) {
         st = lenet__oom("iterator order");
         goto done;
@@ -558,54 +576,71 @@ done:
     return st;
 }
 
+/* Elements of a parameter spec (a non-positive dimension counts as 0); false if the product overflows. */
+static bool spec_numel(const lenet_param_spec *spec, size_t *numel)
+{
+    size_t n = 1;
+    for (int d = 0; d < spec->ndim; d++)
+        if (lenet__mul_overflows(n, spec->shape[d] > 0 ? (size_t)spec->shape[d] : 0, &n))
+            return false;
+    *numel = n;
+    return true;
+}
+
 /* A crafted architecture could ask lenet_model_build for far more memory than the file holds (Linear(1 << 30)),
  * which build would allocate and clear.  This walks the layers as build does, without allocating: shapes through
- * infer_shape, parameter specs through setup (whose effects on the layer build redoes), and requires the
- * parameter count to equal what the file's parameter tensors hold, which the file's size bounds. */
+ * infer_shape (each checked against the model's size limits, as build checks them, so that every size below is
+ * computed from shapes known to fit), parameter specs through setup (whose effects on the layer build redoes),
+ * and requires the parameter count to equal what the file's parameter tensors hold, which the file's size
+ * bounds.  All the counting is checked arithmetic: an architecture that overflows it needs "more than" the file. */
 static lenet_status check_architecture_size(lenet_model *m, const architecture *a, const lenet_st_file *f)
 {
-    uint64_t in_file = 0;
+    size_t in_file = 0;
     for (size_t i = 0; i < f->n_tensors; i++)
-        if (is_parameter_name(f->tensors[i].name))
-            in_file += f->tensors[i].numel;
+        if (is_parameter_name(f->tensors[i].name) && lenet__add_overflows(in_file, f->tensors[i].numel, &in_file))
+            return lenet__fail(LENET_EFORMAT, "%s: the parameter tensors hold more elements than memory", f->path);
     lenet_shape in = {.ndim = 3, .dim = {a->input[0], a->input[1], a->input[2]}};
-    uint64_t needed = 0;
-    lenet_status st = LENET_OK;
+    size_t in_size;
+    lenet_status st = lenet__shape_check(&in, "the input", &in_size);
+    if (st != LENET_OK)
+        return refail(LENET_EFORMAT, "%s: architecture: ", f->path);
+    size_t needed = 0;
+    bool over = false; /* needed exceeds what size_t counts: more than the file in any case */
     for (size_t i = 0; i < m->n_layers && st == LENET_OK; i++) {
         lenet_layer *l = m->layers[i];
         lenet_shape out;
+        size_t out_size = 0;
         st = l->ops->infer_shape(l, &in, &out);
+        if (st == LENET_OK)
+            st = lenet__shape_check(&out, "output", &out_size);
         if (st == LENET_OK && l->ops->setup) {
             lenet_param_spec specs[LENET_MAX_LAYER_PARAMS];
             int count = 0;
             l->in = in;
             l->out = out;
-            l->in_size = lenet__shape_size(&in);
-            l->out_size = lenet__shape_size(&out);
+            l->in_size = in_size;
+            l->out_size = out_size;
             st = l->ops->setup(l, specs, &count);
             memset(&l->in, 0, sizeof l->in);
             memset(&l->out, 0, sizeof l->out);
             l->in_size = l->out_size = 0;
             l->n_params = 0;
-            for (int j = 0; st == LENET_OK && j < count; j++) {
-                uint64_t numel = 1;
-                for (int d = 0; d < specs[j].ndim && numel <= in_file; d++) {
-                    uint64_t size = specs[j].shape[d] > 0 ? (uint64_t)specs[j].shape[d] : 0;
-                    numel = (size != 0 && numel > in_file / size) ? in_file + 1 : numel * size;
-                }
-                needed += numel;
-                if (needed > in_file)
-                    break;
+            for (int j = 0; st == LENET_OK && j < count && !over; j++) {
+                size_t numel;
+                over = !spec_numel(&specs[j], &numel) || lenet__add_overflows(needed, numel, &needed);
             }
         }
         if (st != LENET_OK)
             return refail(LENET_EFORMAT, "%s: architecture: layer %zu (%s): ", f->path, i, l->ops->name);
         in = out;
+        in_size = out_size;
     }
+    if (over || needed > in_file)
+        return lenet__fail(LENET_EFORMAT, "%s: the architecture needs more than %zu parameters, the file holds %zu",
+                           f->path, in_file, in_file);
     if (needed != in_file)
-        return lenet__fail(LENET_EFORMAT, "%s: the architecture needs %s%llu parameters, the file holds %llu", f->path,
-                           needed > in_file ? "more than " : "", (unsigned long long)(needed > in_file ? in_file : needed),
-                           (unsigned long long)in_file);
+        return lenet__fail(LENET_EFORMAT, "%s: the architecture needs %zu parameters, the file holds %zu", f->path,
+                           needed, in_file);
     return LENET_OK;
 }
 
@@ -729,7 +764,7 @@ lenet_model *lenet_model_load(const char *path)
             refail(LENET_EFORMAT, "%s: architecture: ", path);
         goto fail;
     }
-    arena = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
+    arena = alloc_floats(m->arena_numel);
     if (!arena) {
         lenet__oom("model parameters");
         goto fail;
@@ -770,7 +805,7 @@ static lenet_status load_into(lenet_model *m, lenet_optimizer *o, lenet_iter *it
     lenet_iter_state is = {0};
     size_t *order = NULL;
     const char *saved_note = NULL;
-    float *arena = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
+    float *arena = alloc_floats(m->arena_numel);
     lenet_status st = lenet__st_read(path, &f);
     if (st == LENET_OK && !arena)
         st = lenet__oom("model parameters");

@@ -67,8 +67,14 @@ bool lenet__st_is_index(lenet_st_dtype dtype);
 /* Converts an index tensor to numel values; false if one is negative. */
 bool lenet__st_to_u64(const lenet_st_tensor *t, uint64_t *out);
 
-/* Parses a JSON text (thread-safe wrapper of cJSON's parser, whose error position is global). */
-struct cJSON *lenet__json_parse(const char *text, size_t length, const char **end);
+/* Parses `length` bytes of JSON text strictly (thread-safe: cJSON's error position is global): one value and
+ * nothing but whitespace after it, no key twice in one object at any depth, and no key or string holding a NUL
+ * (escaped \u0000 or raw) or another unescaped control character, which cJSON accepts but would cut a string at
+ * or the reference safetensors parser refuses.  `path` and `what` ("the header", "metadata \"architecture\"")
+ * name the text in messages.  On success *out is the tree, freed with cJSON_Delete; otherwise *out is NULL and
+ * the status LENET_EFORMAT (LENET_ENOMEM when a key table cannot be allocated). */
+lenet_status lenet__json_parse(const char *text, size_t length, const char *path, const char *what,
+                               struct cJSON **out);
 
 /* ---- writing ---- */
 

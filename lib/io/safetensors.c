@@ -4,7 +4,6 @@
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
@@ -64,20 +63,202 @@ static uint32_t crc32_of(const unsigned char *p, size_t n)
     return (uint32_t)crc;
 }
 
+/* ---- strict JSON ----
+ * cJSON accepts two things that let one file mean different things to different readers, which the reference
+ * safetensors parser (Rust, serde_json) refuses:
+ * - a key twice in one object: cJSON keeps both members and cJSON_GetObjectItem returns the first, where another
+ *   reader may take the last ("dtype":"F32","dtype":"I32");
+ * - a NUL inside a key or a string: cJSON's strings are NUL-terminated, so "3.bias\u0000x" silently becomes
+ *   "3.bias" (and a raw 0 byte, which cJSON copies without complaint, cuts the same way).
+ * Both are refused here, at every depth, for the header and for the JSON held in metadata values alike. */
+
 /* cJSON records the position of a parse error in a global; parses are serialised so that concurrent loads
  * from several threads do not race on it. */
 static atomic_flag parse_lock = ATOMIC_FLAG_INIT;
 
-cJSON *lenet__json_parse(const char *text, size_t length, const char **end)
+static bool is_json_space(char c)
 {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* Copies `len` bytes of JSON source into buf for a message: control bytes as \u00XX, cut with "..." if long. */
+static const char *quote_source(const char *at, size_t len, char *buf, size_t size)
+{
+    /* Room for the longest piece (\u00XX, 6 bytes) and then "..." and the terminator. */
+    size_t used = 0, i = 0;
+    for (; i < len && used + 6 + 4 <= size; i++) {
+        unsigned char c = (unsigned char)at[i];
+        if (c < 0x20)
+            used += (size_t)snprintf(buf + used, size - used, "\\u%04x", c);
+        else
+            buf[used++] = (char)c;
+    }
+    snprintf(buf + used, size - used, "%s", i < len ? "..." : "");
+    return buf;
+}
+
+/* Refuses any string of the JSON text (keys included) that would not decode to exactly what it says: one that
+ * holds a NUL, escaped as \u0000 or raw, or another raw control character (RFC 8259 requires those escaped;
+ * serde_json refuses them, cJSON copies them).  Outside strings, a control character other than the four JSON
+ * spaces is refused too (cJSON skips it as space, serde_json does not).
+ *
+ * Why the source text and not the parsed tree: once decoded, a string cut at a NUL looks like any shorter
+ * string, and cJSON keeps no link from a node back to its source, so the decoded length cannot be compared with
+ * the escaped one without decoding every string a second time.  Scanning the source is exact and simpler: a
+ * decoded NUL can only come from the escape \u0000 or a raw 0 byte (every other escape, surrogate pairs included,
+ * decodes to non-zero bytes), and the text has already been accepted by cJSON, so a quote outside a string opens
+ * one and, inside, a backslash always starts an escape (\uXXXX or one character).  The scan keeps the last key
+ * it passed so that the message can name the key a bad value belongs to. */
+static lenet_status check_strings(const char *text, size_t length, const char *path, const char *what)
+{
+    const char *key = NULL;
+    size_t key_len = 0;
+    bool after_colon = false; /* the next string is the value of `key` */
+    for (size_t i = 0; i < length; i++) {
+        char c = text[i];
+        if (c != '"') {
+            if ((unsigned char)c < 0x20 && !is_json_space(c)) /* cJSON skips any byte <= 32 as if it were space */
+                return lenet__fail(LENET_EFORMAT, "%s: %s: a control character (0x%02x) at byte %zu, outside any string",
+                                   path, what, (unsigned)(unsigned char)c, i);
+            if (c == ':')
+                after_colon = true;
+            else if (!is_json_space(c))
+                after_colon = false;
+            continue;
+        }
+        size_t start = ++i;
+        const char *problem = NULL;
+        while (i < length && text[i] != '"') {
+            unsigned char b = (unsigned char)text[i];
+            if (b == '\\') {
+                bool unicode = i + 1 < length && text[i + 1] == 'u';
+                if (unicode && !problem && i + 5 < length && memcmp(text + i + 2, "0000", 4) == 0)
+                    problem = "a NUL character (\\u0000)";
+                i += unicode ? 6 : 2;
+                continue;
+            }
+            if (b == 0 && !problem)
+                problem = "a raw NUL byte";
+            else if (b < 0x20 && !problem)
+                problem = "an unescaped control character";
+            i++;
+        }
+        size_t end = i < length ? i : length;
+        size_t next = end + 1;
+        while (next < length && is_json_space(text[next]))
+            next++;
+        bool is_key = next < length && text[next] == ':';
+        if (problem) {
+            char name[96], owner[96];
+            quote_source(text + start, end - start, name, sizeof name);
+            if (is_key)
+                return lenet__fail(LENET_EFORMAT, "%s: %s: key \"%s\" holds %s", path, what, name, problem);
+            if (after_colon && key)
+                return lenet__fail(LENET_EFORMAT, "%s: %s: the value of key \"%s\" (\"%s\") holds %s", path, what,
+                                   quote_source(key, key_len, owner, sizeof owner), name, problem);
+            return lenet__fail(LENET_EFORMAT, "%s: %s: string \"%s\" holds %s", path, what, name, problem);
+        }
+        if (is_key) {
+            key = text + start;
+            key_len = end - start;
+        }
+        after_colon = false;
+    }
+    return LENET_OK;
+}
+
+static int key_cmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Scratch for check_keys: the keys of one object, reused (and grown) from object to object. */
+typedef struct key_scratch {
+    const char **keys;
+    size_t cap;
+} key_scratch;
+
+/* Refuses a key twice in one object, in `node` and everything under it.  `owner` is the key `node` is the value
+ * of (NULL at the top).  Small objects (a tensor entry's three fields) are compared pairwise, large ones (the
+ * header's tensors) sorted, so a header of a million tensors stays O(n log n).  The depth is bounded by cJSON's
+ * nesting limit (CJSON_NESTING_LIMIT, 1000), so the recursion is too. */
+static lenet_status check_keys(const cJSON *node, const char *owner, key_scratch *s, const char *path,
+                               const char *what)
+{
+    const char *duplicate = NULL;
+    if (cJSON_IsObject(node)) {
+        size_t n = 0;
+        for (const cJSON *child = node->child; child; child = child->next)
+            n++;
+        if (n <= 8) {
+            for (const cJSON *a = node->child; a && !duplicate; a = a->next)
+                for (const cJSON *b = a->next; b && !duplicate; b = b->next)
+                    if (strcmp(a->string, b->string) == 0)
+                        duplicate = a->string;
+        } else {
+            if (n > s->cap) {
+                size_t bytes;
+                if (lenet__mul_overflows(n, sizeof *s->keys, &bytes))
+                    return lenet__oom("JSON key table");
+                const char **keys = lenet__realloc(s->keys, bytes);
+                if (!keys)
+                    return lenet__oom("JSON key table");
+                s->keys = keys;
+                s->cap = n;
+            }
+            size_t i = 0;
+            for (const cJSON *child = node->child; child; child = child->next)
+                s->keys[i++] = child->string;
+            qsort(s->keys, n, sizeof *s->keys, key_cmp);
+            for (i = 1; i < n && !duplicate; i++)
+                if (strcmp(s->keys[i - 1], s->keys[i]) == 0)
+                    duplicate = s->keys[i];
+        }
+    }
+    if (duplicate) {
+        if (owner)
+            return lenet__fail(LENET_EFORMAT, "%s: %s: key \"%.80s\" appears twice in \"%.80s\"", path, what,
+                               duplicate, owner);
+        return lenet__fail(LENET_EFORMAT, "%s: %s: key \"%.80s\" appears twice", path, what, duplicate);
+    }
+    for (const cJSON *child = node->child; child; child = child->next) {
+        if (!cJSON_IsObject(child) && !cJSON_IsArray(child))
+            continue;
+        lenet_status st = check_keys(child, child->string ? child->string : owner, s, path, what);
+        if (st != LENET_OK)
+            return st;
+    }
+    return LENET_OK;
+}
+
+lenet_status lenet__json_parse(const char *text, size_t length, const char *path, const char *what, cJSON **out)
+{
+    *out = NULL;
     while (atomic_flag_test_and_set_explicit(&parse_lock, memory_order_acquire))
         ;
-    const char *stop = text;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, length, &stop, 0);
+    const char *end = text;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, length, &end, 0);
     atomic_flag_clear_explicit(&parse_lock, memory_order_release);
-    if (end)
-        *end = stop;
-    return root;
+    if (!root)
+        return lenet__fail(LENET_EFORMAT, "%s: %s is not valid JSON (error near byte %td of %zu)", path, what,
+                           end - text, length);
+    lenet_status st = LENET_OK;
+    for (const char *p = end; p < text + length && st == LENET_OK; p++)
+        if (!is_json_space(*p))
+            st = lenet__fail(LENET_EFORMAT, "%s: unexpected bytes after the JSON of %s", path, what);
+    if (st == LENET_OK)
+        st = check_strings(text, (size_t)(end - text), path, what);
+    if (st == LENET_OK) {
+        key_scratch scratch = {NULL, 0};
+        st = check_keys(root, NULL, &scratch, path, what);
+        lenet__free(scratch.keys);
+    }
+    if (st != LENET_OK) {
+        cJSON_Delete(root);
+        return st;
+    }
+    *out = root;
+    return LENET_OK;
 }
 
 /* ---- reading ---- */
@@ -85,17 +266,14 @@ cJSON *lenet__json_parse(const char *text, size_t length, const char **end)
 static lenet_status read_all(const char *path, lenet_st_file *f)
 {
     char reason[128];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return lenet__fail(LENET_EIO, "cannot open %s: %s", path, lenet__errno_str(errno, reason, sizeof reason));
-    lenet_status st = LENET_OK;
+    int fd;
+    /* Not a plain open(): a FIFO would block it (or a read) forever; this refuses anything but a regular file. */
+    lenet_status st = lenet__open_regular(path, &fd);
+    if (st != LENET_OK)
+        return st;
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
         st = lenet__fail(LENET_EIO, "cannot stat %s: %s", path, lenet__errno_str(errno, reason, sizeof reason));
-        goto done;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        st = lenet__fail(LENET_EIO, "%s is not a regular file", path);
         goto done;
     }
     if ((uintmax_t)sb.st_size > (uintmax_t)SIZE_MAX / 2) {
@@ -170,7 +348,9 @@ static lenet_status parse_tensor(const lenet_st_file *f, const cJSON *entry, len
         return lenet__fail(LENET_EFORMAT, "%s: tensor \"%s\" has %d dimensions, at most %d are supported", f->path,
                            name, ndim, LENET_ST_MAX_DIMS);
     t->ndim = ndim;
-    t->numel = 1;
+    /* numel and nbytes in size_t through the checked helpers: a shape whose product (or byte size) does not fit
+     * cannot describe bytes of this file, as in the reference implementation (checked_mul over the shape). */
+    size_t numel = 1, nbytes;
     const cJSON *dim;
     int d = 0;
     cJSON_ArrayForEach(dim, shape)
@@ -180,11 +360,12 @@ static lenet_status parse_tensor(const lenet_st_file *f, const cJSON *entry, len
             return lenet__fail(LENET_EFORMAT, "%s: tensor \"%s\": dimension %d is not a non-negative integer",
                                f->path, name, d);
         t->shape[d++] = size;
-        if (size != 0 && t->numel > (uint64_t)(JSON_MAX_INT / (double)size))
+        if (size > SIZE_MAX || lenet__mul_overflows(numel, (size_t)size, &numel))
             return lenet__fail(LENET_EFORMAT, "%s: tensor \"%s\" is impossibly large", f->path, name);
-        t->numel *= size;
     }
-    uint64_t nbytes = t->numel * dtypes[code].size;
+    if (lenet__mul_overflows(numel, dtypes[code].size, &nbytes))
+        return lenet__fail(LENET_EFORMAT, "%s: tensor \"%s\" is impossibly large", f->path, name);
+    t->numel = numel;
     uint64_t b, e;
     if (cJSON_GetArraySize(offsets) != 2 || !json_uint(cJSON_GetArrayItem(offsets, 0), &b) ||
         !json_uint(cJSON_GetArrayItem(offsets, 1), &e) || e < b)
@@ -198,8 +379,8 @@ static lenet_status parse_tensor(const lenet_st_file *f, const cJSON *entry, len
     if (e > f->data_size)
         return lenet__fail(LENET_EFORMAT, "%s: tensor \"%s\": data_offsets [%llu, %llu) run past the %zu-byte data",
                            f->path, name, (unsigned long long)b, (unsigned long long)e, f->data_size);
-    t->data = f->data + b;
-    t->nbytes = (size_t)nbytes;
+    t->data = f->data + b; /* b <= e <= data_size */
+    t->nbytes = nbytes;
     *begin = b;
     return LENET_OK;
 }
@@ -219,33 +400,25 @@ static int span_cmp(const void *a, const void *b)
     return 0;
 }
 
-static int name_cmp(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
 /* Offsets must tile the data section: sorted by begin, each starts where the previous ended, the last ends at
- * the end.  Names must be unique. */
+ * the end.  (Names are unique already: the header's parser refuses a key twice.) */
 static lenet_status check_layout(const lenet_st_file *f, const uint64_t *begins)
 {
-    size_t n = f->n_tensors;
-    span *spans = lenet__malloc((n ? n : 1) * sizeof *spans);
-    const char **names = lenet__malloc((n ? n : 1) * sizeof *names);
+    size_t n = f->n_tensors, bytes;
+    span *spans = NULL;
     lenet_status st = LENET_OK;
-    if (!spans || !names) {
+    if (lenet__mul_overflows(n ? n : 1, sizeof *spans, &bytes) || !(spans = lenet__malloc(bytes))) {
         st = lenet__oom("tensor table");
         goto done;
     }
     for (size_t i = 0; i < n; i++) {
-        spans[i] = (span){begins[i], begins[i] + f->tensors[i].nbytes, f->tensors[i].name};
-        names[i] = f->tensors[i].name;
-    }
-    qsort(names, n, sizeof *names, name_cmp);
-    for (size_t i = 1; i < n; i++)
-        if (strcmp(names[i - 1], names[i]) == 0) {
-            st = lenet__fail(LENET_EFORMAT, "%s: tensor \"%s\" appears twice", f->path, names[i]);
+        size_t end; /* begins[i] + nbytes <= data_size, checked by parse_tensor; checked again for the sum */
+        if (begins[i] > SIZE_MAX || lenet__add_overflows((size_t)begins[i], f->tensors[i].nbytes, &end)) {
+            st = lenet__fail(LENET_EFORMAT, "%s: tensor \"%s\" ends beyond any file", f->path, f->tensors[i].name);
             goto done;
         }
+        spans[i] = (span){begins[i], end, f->tensors[i].name};
+    }
     qsort(spans, n, sizeof *spans, span_cmp);
     uint64_t at = 0;
     for (size_t i = 0; i < n; i++) {
@@ -262,7 +435,6 @@ static lenet_status check_layout(const lenet_st_file *f, const uint64_t *begins)
                          (unsigned long long)at, f->data_size);
 done:
     lenet__free(spans);
-    lenet__free(names);
     return st;
 }
 
@@ -319,24 +491,24 @@ lenet_status lenet__st_read(const char *path, lenet_st_file *f)
     const char *text = (const char *)f->bytes + 8;
     if (n < 2 || text[0] != '{')
         return lenet__fail(LENET_EFORMAT, "%s: the header is not a JSON object", path);
-    const char *end = text;
-    f->header = lenet__json_parse(text, (size_t)n, &end);
-    if (!f->header || !cJSON_IsObject(f->header))
-        return lenet__fail(LENET_EFORMAT, "%s: the header is not valid JSON (error near byte %td of %llu)", path,
-                           end - text, (unsigned long long)n);
-    for (const char *p = end; p < text + n; p++)
-        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
-            return lenet__fail(LENET_EFORMAT, "%s: unexpected bytes after the JSON header", path);
-    f->data = f->bytes + 8 + n;
-    f->data_size = f->size - 8 - (size_t)n;
+    /* Every key of the header is unique from here on (tensor names, fields, metadata keys), and none is cut short
+     * by a NUL: lenet__json_parse refuses both. */
+    st = lenet__json_parse(text, (size_t)n, path, "the header", &f->header);
+    if (st != LENET_OK)
+        return st;
+    if (!cJSON_IsObject(f->header))
+        return lenet__fail(LENET_EFORMAT, "%s: the header is not a JSON object", path);
+    size_t data_at;
+    if (lenet__add_overflows(8, (size_t)n, &data_at))
+        return lenet__fail(LENET_EFORMAT, "%s: header length %llu is impossibly large", path, (unsigned long long)n);
+    f->data = f->bytes + data_at;
+    f->data_size = f->size - data_at;
 
     size_t count = 0;
     const cJSON *entry;
     cJSON_ArrayForEach(entry, f->header)
     {
         if (strcmp(entry->string, "__metadata__") == 0) {
-            if (f->metadata)
-                return lenet__fail(LENET_EFORMAT, "%s: __metadata__ appears twice", path);
             st = check_metadata(f, entry);
             if (st != LENET_OK)
                 return st;
@@ -345,8 +517,11 @@ lenet_status lenet__st_read(const char *path, lenet_st_file *f)
             count++;
         }
     }
+    size_t begins_bytes;
+    if (lenet__mul_overflows(count ? count : 1, sizeof(uint64_t), &begins_bytes))
+        return lenet__oom("tensor table");
     f->tensors = lenet__calloc(count ? count : 1, sizeof *f->tensors);
-    uint64_t *begins = lenet__malloc((count ? count : 1) * sizeof *begins);
+    uint64_t *begins = lenet__malloc(begins_bytes);
     if (!f->tensors || !begins) {
         lenet__free(begins);
         return lenet__oom("tensor table");
@@ -499,12 +674,13 @@ lenet_status lenet__st_add_meta(lenet_st_writer *w, const char *key, const char 
 
 static unsigned char *reserve(lenet_st_writer *w, size_t bytes)
 {
-    if (bytes > SIZE_MAX / 2 - w->data_size)
+    size_t need;
+    if (lenet__add_overflows(w->data_size, bytes, &need) || need > SIZE_MAX / 2)
         return NULL;
-    if (w->data_size + bytes > w->data_cap) {
+    if (need > w->data_cap) {
         size_t cap = w->data_cap ? w->data_cap : 4096;
-        while (cap < w->data_size + bytes)
-            cap *= 2;
+        while (cap < need)
+            cap *= 2; /* need <= SIZE_MAX / 2, so cap stays below SIZE_MAX */
         unsigned char *data = lenet__realloc(w->data, cap);
         if (!data)
             return NULL;
@@ -545,13 +721,16 @@ lenet_status lenet__st_add_f32(lenet_st_writer *w, const char *name, int ndim, c
     if (w->failed)
         return w->status;
     double dims[LENET_ST_MAX_DIMS];
-    size_t numel = 1;
-    for (int i = 0; i < ndim; i++) {
+    size_t numel = 1, bytes;
+    bool overflow = ndim < 0 || ndim > LENET_ST_MAX_DIMS;
+    for (int i = 0; i < ndim && !overflow; i++) {
         dims[i] = shape[i];
-        numel *= (size_t)shape[i];
+        overflow = shape[i] < 0 || lenet__mul_overflows(numel, (size_t)shape[i], &numel);
     }
+    if (overflow || lenet__mul_overflows(numel, 4, &bytes))
+        return writer_fail(w, lenet__fail(LENET_EINVAL, "tensor \"%s\" has an impossible shape", name));
     size_t begin = w->data_size;
-    unsigned char *p = reserve(w, numel * 4);
+    unsigned char *p = reserve(w, bytes);
     if (!p)
         return writer_fail(w, lenet__oom("safetensors data"));
     for (size_t i = 0; i < numel; i++) {
@@ -570,8 +749,10 @@ lenet_status lenet__st_add_index(lenet_st_writer *w, const char *name, const siz
     for (size_t i = 0; i < count; i++)
         fits = fits && values[i] <= INT32_MAX;
     int size = fits ? 4 : 8;
-    size_t begin = w->data_size;
-    unsigned char *p = reserve(w, count * (size_t)size);
+    size_t begin = w->data_size, bytes;
+    if (lenet__mul_overflows(count, (size_t)size, &bytes))
+        return writer_fail(w, lenet__oom("safetensors data"));
+    unsigned char *p = reserve(w, bytes);
     if (!p)
         return writer_fail(w, lenet__oom("safetensors data"));
     for (size_t i = 0; i < count; i++)
@@ -592,8 +773,14 @@ lenet_status lenet__st_commit(lenet_st_writer *w, const char *path, const char *
     char *json = cJSON_PrintUnformatted(w->header);
     if (!json)
         return lenet__oom("safetensors header");
-    size_t len = strlen(json), padded = (len + 7) & ~(size_t)7;
-    unsigned char *head = lenet__malloc(8 + padded);
+    /* The header is padded with spaces to a multiple of 8. */
+    size_t len = strlen(json), padded = 0, head_size = 0;
+    unsigned char *head = NULL;
+    if (!lenet__add_overflows(len, 7, &padded)) {
+        padded &= ~(size_t)7;
+        if (!lenet__add_overflows(8, padded, &head_size))
+            head = lenet__malloc(head_size);
+    }
     if (!head) {
         cJSON_free(json);
         return lenet__oom("safetensors header");
@@ -603,7 +790,7 @@ lenet_status lenet__st_commit(lenet_st_writer *w, const char *path, const char *
     memset(head + 8 + len, ' ', padded - len);
     cJSON_free(json);
     const void *buffers[2] = {head, w->data};
-    size_t sizes[2] = {8 + padded, w->data_size};
+    size_t sizes[2] = {head_size, w->data_size};
     st = lenet__write_atomic(path, buffers, sizes, 2, who);
     lenet__free(head);
     return st;
