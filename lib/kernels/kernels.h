@@ -63,8 +63,13 @@ void lenet__sum_rows_into(size_t rows, size_t cols, const float *dy, float *db, 
 
 /* ---- vector kernels, one table per instruction set (dispatch.c, simd.inc) ---- */
 
+/* The widest vector any kernel table uses, in floats: every table's vector_width and row_width are at most this
+ * (static-asserted where simd.inc builds each table), so scratch laid out for it fits whichever table runs. */
+#define LENET_MAX_VECTOR_FLOATS 16
+
 /* Samples across the lanes of the sample-vectorized kernels: a lane tensor (..., LENET_LANES) holds one sample per
- * lane.  Equal to the model's chunk, so a full chunk fills every lane. */
+ * lane.  Equal to the model's chunk, so a full chunk fills every lane; a whole number of every table's vectors
+ * (static-asserted in simd.inc). */
 #define LENET_LANES 16
 
 typedef struct lenet_kernels {
@@ -97,7 +102,7 @@ typedef struct lenet_kernels {
      * gradient lane tensor with a border of b pixels that is not read (oc, oh + 2b, ow + 2b, LENET_LANES). */
     void (*conv_grad_weight_lanes)(const lenet_conv_geom *g, int oc, const float *xt, const float *dyt, int b,
                                    float *grad);
-    /* As lenet__to_lanes_ref and lenet__from_lanes_ref, transposing 16 x 16 tiles in registers. */
+    /* As lenet__to_lanes_ref and lenet__from_lanes_ref, transposing row_width x row_width tiles in registers. */
     void (*to_lanes)(int n, int planes, int h, int w, int p, const float *x, float *xt);
     void (*from_lanes)(int n, size_t count, const float *yt, float *y);
     /* C (m x n) = A (m x k) . B (k x n), row-major with leading dimensions, for small m: a chunk of samples times a

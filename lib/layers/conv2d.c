@@ -68,10 +68,10 @@ static void conv2d_init(lenet_layer *l, lenet_init scheme, lenet_rng *rng)
  * table chosen at run time. */
 static size_t oc_padded(const conv2d *c)
 {
-    return ((size_t)c->out_channels + 15) / 16 * 16;
+    return ((size_t)c->out_channels + LENET_MAX_VECTOR_FLOATS - 1) / LENET_MAX_VECTOR_FLOATS * LENET_MAX_VECTOR_FLOATS;
 }
 
-/* Rows of the row-vectorized layouts: the output width rounded up to the widest row vector (16), plus the
+/* Rows of the row-vectorized layouts: the output width rounded up to the widest row vector, plus the
  * kernel's reach; sized for the widest table so workspace does not depend on the one chosen at run time. */
 static int row_stride(const lenet_conv_geom *g, int width)
 {
@@ -107,11 +107,11 @@ static size_t work_layout(const conv2d *c, int n, float *base, conv_work *w)
     const lenet_conv_geom *g = &c->geom;
     const size_t taps = (size_t)g->c * g->k * g->k, ocpad = oc_padded(c);
     const size_t xsize = (size_t)g->c * (g->h + 2 * g->p) * (g->w + 2 * g->p), ohw = (size_t)g->oh * g->ow;
-    const size_t hp = (size_t)g->h + 2 * g->p, stride = (size_t)row_stride(g, 16), dstride = stride - g->k + 1;
+    const size_t hp = (size_t)g->h + 2 * g->p, stride = (size_t)row_stride(g, LENET_MAX_VECTOR_FLOATS), dstride = stride - g->k + 1;
     const size_t q = dx_border(g) > 0 ? (size_t)dx_border(g) : 0;
     const size_t sizes[] = {(taps + 1) * ocpad, (size_t)n * xsize, (size_t)n * ohw * ocpad, (taps + 1) * ocpad,
-                            taps * ohw, (size_t)n * g->c * hp * stride + 16,
-                            (size_t)n * c->out_channels * g->oh * dstride + 16,
+                            taps * ohw, (size_t)n * g->c * hp * stride + LENET_MAX_VECTOR_FLOATS,
+                            (size_t)n * c->out_channels * g->oh * dstride + LENET_MAX_VECTOR_FLOATS,
                             xsize * LENET_LANES,
                             (size_t)c->out_channels * (g->oh + 2 * q) * (g->ow + 2 * q) * LENET_LANES,
                             taps * c->out_channels, (size_t)g->c * g->h * g->w * LENET_LANES};
@@ -121,7 +121,7 @@ static size_t work_layout(const conv2d *c, int n, float *base, conv_work *w)
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         if (base)
             *slots[i] = base + total;
-        total += (sizes[i] + 15) & ~(size_t)15;
+        total += (sizes[i] + LENET_MAX_VECTOR_FLOATS - 1) / LENET_MAX_VECTOR_FLOATS * LENET_MAX_VECTOR_FLOATS;
     }
     return total;
 }
