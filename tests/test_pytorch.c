@@ -161,8 +161,10 @@ static void assert_same_shape(const lenet_tensor *t, const fx_array *arr, const 
     ck_assert_msg(strcmp(ours, theirs) == 0, "%s: liblenet shape [%s ] but PyTorch [%s ]", what, ours, theirs);
 }
 
-/* Worst relative error of n values against the reference (see the top of the file), printed and asserted. */
-static double check_close(const char *net, const char *what, const float *ours, const float *ref, size_t n)
+/* Worst relative error of n values against the reference (see the top of the file), printed and asserted to be
+ * at most `tolerance`. */
+static double check_within(const char *net, const char *what, const float *ours, const float *ref, size_t n,
+                           double tolerance)
 {
     double max_ref = 0.0;
     for (size_t i = 0; i < n; i++)
@@ -179,9 +181,14 @@ static double check_close(const char *net, const char *what, const float *ours, 
     }
     printf("%-9s %-20s worst relative error %.3g (%zu values, floor %.3g)\n", net, what, worst, n, denom_floor);
     fflush(stdout);
-    ck_assert_msg(worst <= TOLERANCE, "%s %s: relative error %.3g > %g at element %zu: liblenet %.9g, PyTorch %.9g",
-                  net, what, worst, TOLERANCE, at, (double)ours[at], (double)ref[at]);
+    ck_assert_msg(worst <= tolerance, "%s %s: relative error %.3g > %g at element %zu: liblenet %.9g, PyTorch %.9g",
+                  net, what, worst, tolerance, at, (double)ours[at], (double)ref[at]);
     return worst;
+}
+
+static double check_close(const char *net, const char *what, const float *ours, const float *ref, size_t n)
+{
+    return check_within(net, what, ours, ref, n, TOLERANCE);
 }
 
 /* ---- the networks of make_pytorch_fixtures.py, through the public API ---- */
@@ -466,6 +473,203 @@ static void check_summary(const network *net, int channels, int height, int widt
     lenet_model_free(m);
 }
 
+/* ---- d2l's BatchNorm LeNet (make_bn_fixtures.py): a batch of 40, so the batch statistics span three chunks ----
+ *
+ * BatchNorm's backward subtracts two batch means from each output gradient, and the first convolution sums those
+ * nearly cancelling terms over 40 x 24 x 24 positions per weight: float32 cannot hold the result to TOLERANCE.
+ * PyTorch's own float32 run is 1.2e-3 from the float64 reference on these gradients by this file's measure, and
+ * 2.5e-4 on the parameters after three steps (printed by make_bn_fixtures.py); liblenet, which keeps the batch
+ * statistics in double, stays within BN_TOLERANCE, several times closer than PyTorch. */
+#define BN_TOLERANCE 5e-4
+
+static double check_bn(const char *what, const float *ours, const float *ref, size_t n)
+{
+    return check_within("bn_lenet", what, ours, ref, n, BN_TOLERANCE);
+}
+
+static void add_bn_lenet(lenet_model *m)
+{
+    const lenet_layer *expect[16];
+    lenet_layer *layers[] = {
+        lenet_conv2d(6, 5, 1, 0), lenet_batchnorm2d(1e-5f, 0.1f), lenet_sigmoid(), lenet_avgpool2d(2, 2),
+        lenet_conv2d(16, 5, 1, 0), lenet_batchnorm2d(1e-5f, 0.1f), lenet_sigmoid(), lenet_avgpool2d(2, 2),
+        lenet_flatten(), lenet_linear(120), lenet_batchnorm1d(1e-5f, 0.1f), lenet_sigmoid(),
+        lenet_linear(84), lenet_batchnorm1d(1e-5f, 0.1f), lenet_sigmoid(), lenet_linear(10),
+    };
+    for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++) {
+        expect[i] = layers[i];
+        ck_assert_lenet_ok(lenet_model_add(m, layers[i]));
+        ck_assert_ptr_eq(lenet_model_layer(m, i), expect[i]);
+    }
+}
+
+/* The BN LeNet with the fixture's initial parameters and buffers (by state_dict name), and its input. */
+static lenet_model *bn_open(const fixture *fx, lenet_tensor **x, int32_t **labels)
+{
+    const fx_array *input = fixture_floats(fx, "input"), *ref_labels = fixture_find(fx, "labels");
+    ck_assert_ptr_nonnull(ref_labels);
+    lenet_model *m = lenet_model_create();
+    add_bn_lenet(m);
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 28, 28));
+    for (size_t i = 0; i < lenet_model_param_count(m) + lenet_model_buffer_count(m); i++) {
+        const bool param = i < lenet_model_param_count(m);
+        const size_t k = param ? i : i - lenet_model_param_count(m);
+        lenet_tensor *t = param ? lenet_model_param(m, k) : lenet_model_buffer(m, k);
+        const char *name = param ? lenet_model_param_name(m, k) : lenet_model_buffer_name(m, k);
+        if (strstr(name, "num_batches_tracked"))
+            continue;
+        char key[96];
+        snprintf(key, sizeof key, "init.%s", name);
+        const fx_array *w = fixture_floats(fx, key);
+        assert_same_shape(t, w, key);
+        memcpy(lenet_tensor_data(t), w->data, w->numel * sizeof(float));
+    }
+    *x = lenet_tensor_create(4, (int[]){input->dims[0], 1, 28, 28});
+    memcpy(lenet_tensor_data(*x), input->data, input->numel * sizeof(float));
+    *labels = malloc((size_t)input->dims[0] * sizeof **labels);
+    memcpy(*labels, ref_labels->data, (size_t)input->dims[0] * sizeof **labels);
+    return m;
+}
+
+/* Every parameter (prefix.<name>) and buffer of the model against the fixture's arrays under `prefix`. */
+static void check_state(const fixture *fx, lenet_model *m, const char *prefix)
+{
+    char key[96], what[96];
+    for (size_t i = 0; i < lenet_model_param_count(m); i++) {
+        snprintf(key, sizeof key, "%s%s", prefix, lenet_model_param_name(m, i));
+        snprintf(what, sizeof what, "%s", key);
+        const fx_array *ref = fixture_floats(fx, key);
+        check_bn(what, lenet_tensor_cdata(lenet_model_param(m, i)), ref->data, ref->numel);
+    }
+    for (size_t i = 0; i < lenet_model_buffer_count(m); i++) {
+        snprintf(key, sizeof key, "%s%s", prefix, lenet_model_buffer_name(m, i));
+        const fx_array *ref = fixture_find(fx, key);
+        ck_assert_msg(ref != NULL, "no %s", key);
+        const float *ours = lenet_tensor_cdata(lenet_model_buffer(m, i));
+        if (ref->dtype == FX_INT32) {
+            ck_assert_msg(ours[0] == (float)((const int32_t *)ref->data)[0], "%s: %g, PyTorch %d", key,
+                          (double)ours[0], ((const int32_t *)ref->data)[0]);
+            continue;
+        }
+        check_bn(key, ours, ref->data, ref->numel);
+    }
+}
+
+START_TEST(test_bn_lenet_training_logits_loss_gradients_and_running_statistics_match_pytorch)
+{
+    fixture *fx = fixture_load("pytorch_bn_lenet.bin");
+    lenet_tensor *x;
+    int32_t *labels;
+    lenet_model *m = bn_open(fx, &x, &labels);
+    ck_assert(lenet_model_is_training(m));
+    const lenet_tensor *logits;
+    ck_assert_lenet_ok(lenet_model_forward(m, x, &logits));
+    const fx_array *ref_logits = fixture_floats(fx, "logits");
+    check_bn("logits", lenet_tensor_cdata(logits), ref_logits->data, ref_logits->numel);
+    lenet_tensor *dlogits = lenet_tensor_create(2, (int[]){lenet_tensor_dim(logits, 0), 10});
+    float loss;
+    ck_assert_lenet_ok(lenet_cross_entropy(logits, labels, &loss, dlogits));
+    check_bn("loss", &loss, fixture_floats(fx, "loss")->data, 1);
+    ck_assert_lenet_ok(lenet_model_backward(m, dlogits));
+    /* The biases of the layers before a BatchNorm have a zero gradient in exact arithmetic: their float gradients
+     * are rounding noise, held to the scale of the model's other gradients (absolute BN_TOLERANCE * FLOOR * that). */
+    double scale = 0.0;
+    for (size_t i = 0; i < lenet_model_param_count(m); i++) {
+        char key[96];
+        snprintf(key, sizeof key, "grad.%s", lenet_model_param_name(m, i));
+        const fx_array *ref = fixture_floats(fx, key);
+        for (size_t k = 0; k < ref->numel; k++)
+            scale = fmax(scale, fabs((double)((const float *)ref->data)[k]));
+    }
+    for (size_t i = 0; i < lenet_model_param_count(m); i++) {
+        char key[96];
+        snprintf(key, sizeof key, "grad.%s", lenet_model_param_name(m, i));
+        const fx_array *ref = fixture_floats(fx, key);
+        const float *ours = lenet_tensor_cdata(lenet_model_grad(m, i));
+        double max_ref = 0.0;
+        for (size_t k = 0; k < ref->numel; k++)
+            max_ref = fmax(max_ref, fabs((double)((const float *)ref->data)[k]));
+        if (max_ref > 1e-6 * scale) {
+            check_bn(key, ours, ref->data, ref->numel);
+            continue;
+        }
+        for (size_t k = 0; k < ref->numel; k++)
+            ck_assert_msg(fabs((double)ours[k] - ((const float *)ref->data)[k]) <= BN_TOLERANCE * FLOOR * scale,
+                          "%s[%zu]: %g, PyTorch %g (a zero gradient in exact arithmetic)", key, k, (double)ours[k],
+                          (double)((const float *)ref->data)[k]);
+    }
+    /* One training forward updated the running statistics and the batch count. */
+    for (size_t i = 0; i < lenet_model_buffer_count(m); i++) {
+        char key[96];
+        snprintf(key, sizeof key, "train1.%s", lenet_model_buffer_name(m, i));
+        const fx_array *ref = fixture_find(fx, key);
+        ck_assert_ptr_nonnull(ref);
+        const float *ours = lenet_tensor_cdata(lenet_model_buffer(m, i));
+        if (ref->dtype == FX_INT32)
+            ck_assert_float_eq(ours[0], 1.0f);
+        else
+            check_bn(key, ours, ref->data, ref->numel);
+    }
+    lenet_tensor_free(dlogits);
+    lenet_tensor_free(x);
+    free(labels);
+    lenet_model_free(m);
+    fixture_free(fx);
+}
+END_TEST
+
+/* Three steps of `o` on the fixture's batch, then the parameters, buffers and evaluation-mode logits. */
+static void check_bn_steps(const char *name, lenet_optimizer *(*make)(lenet_model *))
+{
+    fixture *fx = fixture_load("pytorch_bn_lenet.bin");
+    lenet_tensor *x;
+    int32_t *labels;
+    lenet_model *m = bn_open(fx, &x, &labels);
+    lenet_optimizer *o = make(m);
+    ck_assert_ptr_nonnull(o);
+    lenet_tensor *dlogits = lenet_tensor_create(2, (int[]){lenet_tensor_dim(x, 0), 10});
+    for (int step = 0; step < 3; step++) {
+        const lenet_tensor *logits;
+        float loss;
+        ck_assert_lenet_ok(lenet_optimizer_zero_grad(o));
+        ck_assert_lenet_ok(lenet_model_forward(m, x, &logits));
+        ck_assert_lenet_ok(lenet_cross_entropy(logits, labels, &loss, dlogits));
+        ck_assert_lenet_ok(lenet_model_backward(m, dlogits));
+        ck_assert_lenet_ok(lenet_optimizer_step(o));
+    }
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "%s.step3.", name);
+    check_state(fx, m, prefix);
+    ck_assert_lenet_ok(lenet_model_set_training(m, false));
+    const lenet_tensor *logits;
+    ck_assert_lenet_ok(lenet_model_forward(m, x, &logits));
+    char key[32];
+    snprintf(key, sizeof key, "%s.eval_logits", name);
+    const fx_array *ref = fixture_floats(fx, key);
+    check_bn(key, lenet_tensor_cdata(logits), ref->data, ref->numel);
+    lenet_tensor *predicted = lenet_tensor_create(2, (int[]){lenet_tensor_dim(x, 0), 10});
+    ck_assert_lenet_ok(lenet_model_predict(m, x, predicted));
+    ck_assert_mem_eq(lenet_tensor_cdata(predicted), lenet_tensor_cdata(logits), ref->numel * sizeof(float));
+    lenet_tensor_free(predicted);
+    lenet_tensor_free(dlogits);
+    lenet_optimizer_free(o);
+    lenet_tensor_free(x);
+    free(labels);
+    lenet_model_free(m);
+    fixture_free(fx);
+}
+
+static lenet_optimizer *bn_sgd(lenet_model *m)
+{
+    return lenet_sgd_create(m, 0.1f, 0.9f, 0.0f);
+}
+
+START_TEST(test_bn_lenet_three_sgd_steps_and_evaluation_match_pytorch)
+{
+    check_bn_steps("sgd", bn_sgd);
+}
+END_TEST
+
 /* ---- tests ---- */
 
 START_TEST(test_d2l_lenet_logits_and_loss_match_pytorch)
@@ -595,6 +799,8 @@ int main(void)
     tcase_add_test(tc, test_rgb_non_square_logits_and_loss_match_pytorch_in_lane_chunks);
     tcase_add_test(tc, test_rgb_non_square_gradients_match_pytorch_in_lane_chunks);
     tcase_add_test(tc, test_cross_entropy_of_logits_near_1000_matches_pytorch);
+    tcase_add_test(tc, test_bn_lenet_training_logits_loss_gradients_and_running_statistics_match_pytorch);
+    tcase_add_test(tc, test_bn_lenet_three_sgd_steps_and_evaluation_match_pytorch);
     suite_add_tcase(s, tc);
     return lenet_test_run(s);
 }

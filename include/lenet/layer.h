@@ -48,6 +48,32 @@ LENET_API lenet_layer *lenet_relu(void);
 /** tanh(x), elementwise (nn.Tanh). */
 LENET_API lenet_layer *lenet_tanh(void);
 
+/**
+ * Batch normalization over the channels of (C, H, W) input (nn.BatchNorm2d, affine, tracking running statistics).
+ * In training mode each channel is normalised with the mean and biased variance of the whole batch (all samples
+ * and positions, however many threads share the work) and the running statistics are updated with
+ * running = (1 - momentum) running + momentum batch (the variance unbiased); in evaluation mode and in
+ * lenet_model_predict() the running statistics are used.  Parameters "weight" (C, initialised to 1) and "bias"
+ * (C, 0); buffers "running_mean" (C, 0), "running_var" (C, 1) and "num_batches_tracked" (saved as int64), as
+ * PyTorch's state_dict.  A training batch with one value per channel is LENET_ESHAPE, as PyTorch refuses it.
+ * @param eps added to the variance (PyTorch: 1e-5)
+ * @param momentum weight of the batch statistics in the running ones (PyTorch: 0.1)
+ * @return NULL with LENET_EINVAL unless eps > 0 and 0 <= momentum <= 1 (both finite).
+ */
+LENET_API lenet_layer *lenet_batchnorm2d(float eps, float momentum);
+
+/** As lenet_batchnorm2d() over the features of flattened (features) input (nn.BatchNorm1d). */
+LENET_API lenet_layer *lenet_batchnorm1d(float eps, float momentum);
+
+/**
+ * Inverted dropout (nn.Dropout): in training mode each value is zeroed with probability @p p and the others are
+ * scaled by 1 / (1 - p); in evaluation mode and in lenet_model_predict() it passes its input through.  The masks
+ * come from the seed of the last lenet_model_init() and the number of training forwards since, so a run is
+ * reproducible and bit-identical for any thread count.
+ * @return NULL with LENET_EINVAL unless 0 <= p < 1.
+ */
+LENET_API lenet_layer *lenet_dropout(float p);
+
 /** Flattens each sample to one dimension (nn.Flatten): (N, C, H, W) becomes (N, C*H*W). */
 LENET_API lenet_layer *lenet_flatten(void);
 

@@ -31,8 +31,8 @@ typedef struct lenet_param_spec {
     int shape[4];
     bool trainable; /* false for fixed parameters (the RBF bitmaps): kept in state_dict, never updated */
     bool buffer;    /* a buffer, not a parameter */
-    bool int64;     /* a buffer PyTorch keeps as int64 (num_batches_tracked): held as a float count here, exact up
-                     * to 2^24, written to and read from files as I64 */
+    bool int64;     /* a buffer PyTorch keeps as an int64 scalar (num_batches_tracked): shape (1) and a float
+                     * count here, exact up to 2^24; a 0-dimensional I64 tensor in files, as in PyTorch's */
 } lenet_param_spec;
 
 /* One call's data, for a batch of n samples laid out contiguously. */
@@ -111,6 +111,9 @@ typedef struct lenet_layer_ops {
     /* Called once per training forward with the batch's statistics, on the engine's thread: updates the layer's
      * buffers (running statistics).  NULL if none. */
     void (*update_buffers)(lenet_layer *l, const double *stats, int batch);
+    /* Refuses a batch the layer cannot handle in a mode (BatchNorm in training: one value per channel), before
+     * anything runs; sets the error.  NULL: any batch. */
+    lenet_status (*check_batch)(const lenet_layer *l, int batch, bool training);
 } lenet_layer_ops;
 
 struct lenet_layer {

@@ -26,6 +26,9 @@ lenet_layer *lenet__rbf_from_args(const double *args);
     X(tanh, "Tanh", "", lenet_tanh())                                          \
     X(flatten, "Flatten", "", lenet_flatten())                                 \
     X(linear, "Linear", "i", lenet_linear(I(0)))                               \
+    X(batchnorm1d, "BatchNorm1d", "ff", lenet_batchnorm1d(F(0), F(1)))         \
+    X(batchnorm2d, "BatchNorm2d", "ff", lenet_batchnorm2d(F(0), F(1)))         \
+    X(dropout, "Dropout", "f", lenet_dropout(F(0)))                            \
     X(subsampling, "Subsampling", "ii", lenet_subsample2d(I(0), I(1)))         \
     X(partial_conv2d, "PartialConv2d", "iiiddddd", lenet__partial_conv2d_from_args(args)) \
     X(euclidean_rbf, "EuclideanRBF", "iii", lenet__rbf_from_args(args))        \

@@ -160,7 +160,13 @@ lenet_status lenet__model_check_input(lenet_model *m, const lenet_tensor *x, con
     if (!m->built)
         return lenet__fail(LENET_ESHAPE, "%s: input must be (N, C, H, W) to build the model from, got %d dimensions",
                            who, x->ndim);
-    return check_input(m, x, who, batch);
+    st = check_input(m, x, who, batch);
+    for (size_t i = 0; i < m->n_layers && st == LENET_OK; i++) {
+        const lenet_layer *l = m->layers[i];
+        if (l->ops->check_batch && (st = l->ops->check_batch(l, *batch, m->training)) != LENET_OK)
+            lenet__error_prefix("%s: layer %zu (%s): ", who, i, l->ops->name);
+    }
+    return st;
 }
 
 static int chunk_size(int batch, int start)
