@@ -1,4 +1,5 @@
-/* The safetensors container: reading a whole file into memory and validating it, and writing one atomically.
+/* The safetensors container: reading a whole file into memory and validating it, and writing one atomically;
+ * and what the checkpoint files (checkpoint.c, arch.c, tensors.c, train_state.c) share.
  * Format: u64 little-endian header length N, N bytes of JSON {"name": {"dtype", "shape", "data_offsets"}, ...,
  * "__metadata__": {string: string}}, then the data section that the offsets index.  Never installed. */
 #ifndef LENET_IO_INTERNAL_H
@@ -9,6 +10,8 @@
 #include <stdint.h>
 
 #include "core/internal.h"
+#include "data/internal.h"
+#include "optim/internal.h"
 
 /* The largest header accepted (the safetensors reference implementation's limit). */
 #define LENET_ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000)
@@ -106,5 +109,97 @@ lenet_status lenet__write_atomic(const char *path, const void *const *buffers, c
 
 /* The system's message for errno value `err`, thread-safely, in `buf`. */
 const char *lenet__errno_str(int err, char *buf, size_t size);
+
+/* ---- checkpoints: liblenet's metadata and tensors on top of the container ----
+ * checkpoint.c   the save and load entry points, and the helpers below that the others share
+ * arch.c         the architecture: JSON of layer kinds and arguments, parsed, compared, sized
+ * tensors.c      the model's tensors: staged from a file, written to one
+ * train_state.c  the optimizer's and the iterator's state
+ * Loading stages everything in scratch memory, and the entry points copy it into the objects only once all of
+ * it is valid. */
+
+/* Version of what liblenet puts in a safetensors file (metadata keys and their JSON); readers refuse newer. */
+#define LENET_CKPT_FORMAT_VERSION 1
+#define LENET_CKPT_TENSOR_NAME_SIZE 160
+
+/* An aligned buffer of `count` floats (at least one), its byte size computed with checked arithmetic; NULL
+ * (no message set) when it cannot be had. */
+float *lenet__ckpt_floats(size_t count);
+/* Re-raises the current error with another status and a printf-style prefix, keeping its message as the cause. */
+lenet_status lenet__ckpt_refail(lenet_status status, const char *fmt, ...) LENET_PRINTF(2, 3);
+/* True if `item` is a JSON number that is an integer in [lo, hi]; stores it in *out. */
+bool lenet__ckpt_json_int(const struct cJSON *item, double lo, double hi, double *out);
+/* Parses the metadata value `key` as JSON (lenet__json_parse's rules); LENET_EFORMAT naming the key when it is
+ * absent or not a JSON object.  Free *out with cJSON_Delete. */
+lenet_status lenet__ckpt_meta_json(const lenet_st_file *f, const char *key, struct cJSON **out);
+/* Adds `v` to an object under `key` (or to an array when key is NULL) as a number that reads back exactly. */
+bool lenet__ckpt_add_exact(struct cJSON *to, const char *key, double v);
+/* Adds metadata `key` holding `json` (printed by cJSON, freed here; NULL means it could not be printed). */
+lenet_status lenet__ckpt_add_json_meta(lenet_st_writer *w, const char *key, char *json);
+/* True for the names of a model's tensors, which start with a digit ("0.weight", "1.running_mean"), unlike
+ * training state ("optimizer.", "iterator."). */
+bool lenet__ckpt_is_model_tensor(const char *name);
+
+/* ---- the architecture (arch.c) ---- */
+
+typedef struct lenet_ckpt_arch_layer {
+    const char *kind; /* borrowed from the parsed JSON */
+    int n_args;
+    double args[LENET_MAX_LAYER_ARGS];
+} lenet_ckpt_arch_layer;
+
+typedef struct lenet_ckpt_arch {
+    struct cJSON *root;
+    int input[3];
+    size_t n_layers;
+    lenet_ckpt_arch_layer *layers;
+} lenet_ckpt_arch;
+
+/* Parses the "architecture" metadata: the input shape and each layer's kind and arguments (not yet checked
+ * against the registry).  Free with lenet__ckpt_arch_free, also after a failure. */
+lenet_status lenet__ckpt_arch_parse(const lenet_st_file *f, lenet_ckpt_arch *a);
+void lenet__ckpt_arch_free(lenet_ckpt_arch *a);
+/* The architecture of a built model as JSON text (free with cJSON_free), NULL when out of memory. */
+char *lenet__ckpt_arch_json(const lenet_model *m);
+/* Creates the recorded layers and adds them to an empty model; EFORMAT naming the layer for an unknown kind or
+ * arguments its constructor refuses. */
+lenet_status lenet__ckpt_arch_add_layers(const lenet_ckpt_arch *a, lenet_model *m, const char *path);
+/* LENET_ESTATE unless the built model has the recorded input, layer kinds and arguments. */
+lenet_status lenet__ckpt_arch_compare(const lenet_model *m, const lenet_ckpt_arch *a, const char *path);
+/* Refuses, before anything is allocated, an architecture that does not build within the model's size limits
+ * for its input or whose tensors need another number of elements than the file's model tensors hold. */
+lenet_status lenet__ckpt_arch_check_size(lenet_model *m, const lenet_ckpt_arch *a, const lenet_st_file *f);
+
+/* ---- the model's tensors (tensors.c) ---- */
+
+/* Converts the float tensor called `name` into `out` if it has `want`'s shape.  ESHAPE if missing or shaped
+ * otherwise, EFORMAT if not a float dtype. */
+lenet_status lenet__ckpt_stage_tensor(const lenet_st_file *f, const char *name, const lenet_tensor *want, float *out);
+/* Fills `params` (arena_numel floats, a copy of the model's parameter arena) from the file by name, and refuses a
+ * model tensor of the file that the model lacks. */
+lenet_status lenet__ckpt_stage_model(const lenet_model *m, const lenet_st_file *f, float *params);
+/* Adds the model's tensors to a file. */
+lenet_status lenet__ckpt_write_model(lenet_st_writer *w, const lenet_model *m);
+
+/* ---- training state (train_state.c) ---- */
+
+typedef struct lenet_ckpt_optimizer {
+    float lr;
+    unsigned long long steps;
+    lenet_optimizer_state state;
+    float *buffers[LENET_OPTIM_MAX_STATE]; /* staged copies of state.buffers, arena-sized */
+} lenet_ckpt_optimizer;
+
+void lenet__ckpt_optimizer_free(lenet_ckpt_optimizer *so);
+/* Stages the optimizer's learning rate, step count and buffers from the file; LENET_ESTATE when the optimizer
+ * differs from the saved one. */
+lenet_status lenet__ckpt_stage_optimizer(lenet_optimizer *o, const lenet_st_file *f, lenet_ckpt_optimizer *so);
+/* Stages the iterator's state; *order (free with lenet__free) holds the permutation is->order points to. */
+lenet_status lenet__ckpt_stage_iterator(const lenet_iter *it, const lenet_st_file *f, lenet_iter_state *is,
+                                        size_t **order);
+/* Adds the optimizer's metadata and buffers to a file. */
+lenet_status lenet__ckpt_write_optimizer(lenet_st_writer *w, const lenet_optimizer *o);
+/* Adds the iterator's metadata and permutation to a file. */
+lenet_status lenet__ckpt_write_iterator(lenet_st_writer *w, const lenet_iter *it);
 
 #endif /* LENET_IO_INTERNAL_H */
