@@ -10,70 +10,18 @@
 
 /* ---- dL/dx through the layer vtable ---- */
 
-/* Forward then backward over m's layers with private buffers, writing every layer's dx, the first one's into dx.
- * Parameter gradients go to private scratch, so the model's gradients stay as they are. */
-static lenet_status layers_input_grad(const lenet_model *m, int n, const float *x, const float *dy, float *dx)
+/* The engine's backward with the input gradient too (lenet__model_backward_input: whole-batch layers and all),
+ * after the last forward; the model's gradients are put back as they were. */
+static lenet_status engine_input_grad(lenet_model *m, const float *dy, float *dx)
 {
-    size_t layers = m->n_layers, most = 1, work = 1;
-    for (size_t i = 0; i < layers; i++) {
-        const lenet_layer *l = m->layers[i];
-        most = l->in_size > most ? l->in_size : most;
-        most = l->out_size > most ? l->out_size : most;
-        size_t need = l->ops->workspace ? l->ops->workspace(l, n) : 0;
-        work = need > work ? need : work;
-    }
-    lenet_status st = LENET_ENOMEM;
-    float **acts = calloc(layers + 1, sizeof *acts);
-    float *(*grads)[LENET_MAX_LAYER_PARAMS] = calloc(layers, sizeof *grads);
-    float *dbuf[2] = {malloc((size_t)n * most * sizeof(float)), malloc((size_t)n * most * sizeof(float))};
-    float *scratch = malloc(work * sizeof(float));
-    if (!acts || !grads || !dbuf[0] || !dbuf[1] || !scratch)
-        goto done;
-    for (size_t i = 0; i < layers; i++) {
-        const lenet_layer *l = m->layers[i];
-        if (!(acts[i + 1] = malloc((size_t)n * l->out_size * sizeof(float))))
-            goto done;
-        for (int j = 0; j < l->n_params; j++)
-            if (!(grads[i][j] = calloc(l->param_numel[j], sizeof(float))))
-                goto done;
-    }
-
-    const float *in = x;
-    for (size_t i = 0; i < layers; i++) {
-        const lenet_layer *l = m->layers[i];
-        lenet_pass p = {.n = n, .x = in, .work = scratch};
-        l->ops->forward(l, &p, acts[i + 1]);
-        in = acts[i + 1];
-    }
-    int cur = 0;
-    for (size_t i = layers; i-- > 0;) {
-        const lenet_layer *l = m->layers[i];
-        float *out = i == 0 ? dx : dbuf[cur];
-        lenet_pass p = {.n = n,
-                        .x = i == 0 ? x : acts[i],
-                        .y = acts[i + 1],
-                        .dy = dy,
-                        .dx = out,
-                        .grads = grads[i],
-                        .work = scratch};
-        l->ops->backward(l, &p);
-        dy = out;
-        cur ^= 1;
-    }
-    st = LENET_OK;
-
-done:
-    for (size_t i = 0; acts && grads && i < layers; i++) {
-        free(acts[i + 1]);
-        for (int j = 0; j < LENET_MAX_LAYER_PARAMS; j++)
-            free(grads[i][j]);
-    }
-    free(acts);
-    free(grads);
-    free(dbuf[0]);
-    free(dbuf[1]);
-    free(scratch);
-    return st;
+    float *saved = malloc((m->arena_numel ? m->arena_numel : 1) * sizeof *saved);
+    if (!saved)
+        return LENET_ENOMEM;
+    memcpy(saved, m->grads, m->arena_numel * sizeof *saved);
+    lenet__model_backward_input(m, dy, dx);
+    memcpy(m->grads, saved, m->arena_numel * sizeof *saved);
+    free(saved);
+    return LENET_OK;
 }
 
 static bool same_shape(const lenet_tensor *a, const lenet_tensor *b)
@@ -96,8 +44,7 @@ lenet_status lenet_test_input_grad(lenet_model *m, const lenet_tensor *x, const 
         return st;
     if (!same_shape(dy, y) || !same_shape(dx, x))
         return LENET_ESHAPE;
-    return layers_input_grad(m, lenet_tensor_dim(x, 0), lenet_tensor_cdata(x), lenet_tensor_cdata(dy),
-                             lenet_tensor_data(dx));
+    return engine_input_grad(m, lenet_tensor_cdata(dy), lenet_tensor_data(dx));
 }
 
 /* ---- the checker ---- */

@@ -338,6 +338,11 @@ static size_t prev_cut(const lenet_model *m, size_t below)
 
 void lenet__model_backward_raw(lenet_model *m, const float *dy)
 {
+    lenet__model_backward_input(m, dy, NULL);
+}
+
+void lenet__model_backward_input(lenet_model *m, const float *dy, float *dx)
+{
     const int batch = m->last_batch, chunks = chunk_count(batch), threads = threads_for(chunks, m->threads_cap);
     pass_job job = {.m = m, .batch = batch, .last = m->n_layers, .dy = dy, .zero_grads = true};
     int boundary = 0;
@@ -346,7 +351,7 @@ void lenet__model_backward_raw(lenet_model *m, const float *dy)
         job.cut = prev_cut(m, below);
         job.first = job.cut < m->n_layers ? job.cut + 1 : 0;
         /* The gradient at the cut's output is needed for the whole batch, after every chunk got there. */
-        job.dx = job.first > 0 ? m->bbuf[boundary] : NULL;
+        job.dx = job.first > 0 ? m->bbuf[boundary] : dx;
         if (job.first == job.last) {
             /* Nothing between two cuts (or the top): the cut's output gradient is the one coming in. */
             job.dx = (float *)job.dy;

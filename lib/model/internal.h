@@ -111,6 +111,8 @@ lenet_status lenet__model_check_input(lenet_model *m, const lenet_tensor *x, con
 void lenet__model_forward_raw(lenet_model *m, int batch);
 /* Backward from the gradient of the output (batch * out_size floats). */
 void lenet__model_backward_raw(lenet_model *m, const float *dy);
+/* The same, also writing the gradient of the input (batch * input size floats) into dx unless it is NULL. */
+void lenet__model_backward_input(lenet_model *m, const float *dy, float *dx);
 size_t lenet__model_out_size(const lenet_model *m);
 
 #endif /* LENET_MODEL_INTERNAL_H */
