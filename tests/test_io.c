@@ -941,8 +941,11 @@ START_TEST(test_bad_architectures_are_rejected)
         {"[6,5,1,2]", "[6,0,1,2]", "Conv2d", LENET_EFORMAT},
         {"[6,5,1,2]", "[6,5.5,1,2]", "not a valid int", LENET_EFORMAT},
         {"[6,5,1,2]", "[6,5,1]", "takes 4 arguments", LENET_EFORMAT},
-        {"[6,5,1,2]", "[7,5,1,2]", "needs more than", LENET_EFORMAT}, /* tensors disagree with the architecture */
-        {"[120]", "[100000000]", "needs more than 61706", LENET_EFORMAT},  /* would allocate 160 GB */
+        /* The tensors disagree with the architecture: refused before anything is allocated. */
+        {"[6,5,1,2]", "[7,5,1,2]", "needs 62132 parameter and buffer elements, the file's tensors hold 61706",
+         LENET_EFORMAT},
+        {"[120]", "[100000]", "needs 48503506 parameter and buffer elements", LENET_EFORMAT}, /* 194 MB */
+        {"[120]", "[100000000]", "more than the 268435456 a parameter may have", LENET_EFORMAT}, /* 100 GB */
         {"[6,5,1,2]", "[5,5,1,2]", "needs 61280", LENET_EFORMAT},
         {"\"9.bias\"", "\"9.biaz\"", "do not fit the architecture", LENET_EFORMAT},
         {"\\\"input\\\":[1,28,28]", "\\\"input\\\":[1,4,4]", "architecture", LENET_EFORMAT}, /* does not build */
@@ -1010,7 +1013,8 @@ START_TEST(test_architecture_arguments_that_overflow_fail_to_load_with_a_message
         {"[2,3,1,1]", "[2,3,1,1.5]", "is not a valid int"},
         {"[2,2]", "[2147483647,2147483647]", "MaxPool2d"},
         {"\\\"args\\\":[3]", "\\\"args\\\":[2147483647]", "output [2147483647] has more than"},
-        {"\\\"args\\\":[3]", "\\\"args\\\":[268435456]", "needs more than 77 parameters"}, /* 4.8e9 weights */
+        {"\\\"args\\\":[3]", "\\\"args\\\":[268435456]", "more than the 268435456 a parameter may have"}, /* 4.8e9 */
+        {"\\\"args\\\":[3]", "\\\"args\\\":[1000000]", "needs 19000020 parameter and buffer elements"}, /* 76 MB */
         {"\\\"args\\\":[3]", "\\\"args\\\":[2147483648]", "is not a valid int"},
         {"\\\"input\\\":[1,6,6]", "\\\"input\\\":[2147483647,6,6]", "input size 0 is not an integer"},
         {"\\\"input\\\":[1,6,6]", "\\\"input\\\":[65536,65536,1]", "the input [65536, 65536, 1] has more than"},

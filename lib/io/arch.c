@@ -140,71 +140,29 @@ lenet_status lenet__ckpt_arch_compare(const lenet_model *m, const lenet_ckpt_arc
     return LENET_OK;
 }
 
-/* Elements of a parameter spec (a non-positive dimension counts as 0); false if the product overflows. */
-static bool spec_numel(const lenet_param_spec *spec, size_t *numel)
-{
-    size_t n = 1;
-    for (int d = 0; d < spec->ndim; d++)
-        if (lenet__mul_overflows(n, spec->shape[d] > 0 ? (size_t)spec->shape[d] : 0, &n))
-            return false;
-    *numel = n;
-    return true;
-}
-
-/* A crafted architecture could ask lenet_model_build for far more memory than the file holds (Linear(1 << 30)),
- * which build would allocate and clear.  This walks the layers as build does, without allocating: shapes through
- * infer_shape (each checked against the model's size limits, as build checks them, so that every size below is
- * computed from shapes known to fit), parameter specs through setup (whose effects on the layer build redoes),
- * and requires the parameter count to equal what the file's parameter tensors hold, which the file's size
- * bounds.  All the counting is checked arithmetic: an architecture that overflows it needs "more than" the file. */
+/* A crafted architecture could ask lenet_model_build for far more memory than the file holds (Linear(1 << 20)
+ * after 256 features: a gigabyte), which build would allocate and clear.  The model's planning walk, the one build
+ * runs, finds every layer's shapes and tensors without allocating them and refuses a network beyond the model's
+ * size limits; the parameters and buffers it plans must then hold exactly as many elements as the file's model
+ * tensors, which the file's size bounds. */
 lenet_status lenet__ckpt_arch_check_size(lenet_model *m, const lenet_ckpt_arch *a, const lenet_st_file *f)
 {
     size_t in_file = 0;
     for (size_t i = 0; i < f->n_tensors; i++)
         if (lenet__ckpt_is_model_tensor(f->tensors[i].name) &&
             lenet__add_overflows(in_file, f->tensors[i].numel, &in_file))
-            return lenet__fail(LENET_EFORMAT, "%s: the parameter tensors hold more elements than memory", f->path);
+            return lenet__fail(LENET_EFORMAT, "%s: the model tensors hold more elements than memory", f->path);
     lenet_shape in = {.ndim = 3, .dim = {a->input[0], a->input[1], a->input[2]}};
-    size_t in_size;
-    lenet_status st = lenet__shape_check(&in, "the input", &in_size);
+    lenet_model_plan plan;
+    lenet_status st = lenet__model_plan(m, in, &plan);
     if (st != LENET_OK)
-        return lenet__ckpt_refail(LENET_EFORMAT, "%s: architecture: ", f->path);
-    size_t needed = 0;
-    bool over = false; /* needed exceeds what size_t counts: more than the file in any case */
-    for (size_t i = 0; i < m->n_layers && st == LENET_OK; i++) {
-        lenet_layer *l = m->layers[i];
-        lenet_shape out;
-        size_t out_size = 0;
-        st = l->ops->infer_shape(l, &in, &out);
-        if (st == LENET_OK)
-            st = lenet__shape_check(&out, "output", &out_size);
-        if (st == LENET_OK && l->ops->setup) {
-            lenet_param_spec specs[LENET_MAX_LAYER_PARAMS];
-            int count = 0;
-            l->in = in;
-            l->out = out;
-            l->in_size = in_size;
-            l->out_size = out_size;
-            st = l->ops->setup(l, specs, &count);
-            memset(&l->in, 0, sizeof l->in);
-            memset(&l->out, 0, sizeof l->out);
-            l->in_size = l->out_size = 0;
-            l->n_params = 0;
-            for (int j = 0; st == LENET_OK && j < count && !over; j++) {
-                size_t numel;
-                over = !spec_numel(&specs[j], &numel) || lenet__add_overflows(needed, numel, &needed);
-            }
-        }
-        if (st != LENET_OK)
-            return lenet__ckpt_refail(LENET_EFORMAT, "%s: architecture: layer %zu (%s): ", f->path, i, l->ops->name);
-        in = out;
-        in_size = out_size;
-    }
-    if (over || needed > in_file)
-        return lenet__fail(LENET_EFORMAT, "%s: the architecture needs more than %zu parameters, the file holds %zu",
-                           f->path, in_file, in_file);
-    if (needed != in_file)
-        return lenet__fail(LENET_EFORMAT, "%s: the architecture needs %zu parameters, the file holds %zu", f->path,
-                           needed, in_file);
+        return st == LENET_ENOMEM ? st : lenet__ckpt_refail(LENET_EFORMAT, "%s: architecture: ", f->path);
+    size_t needed;
+    bool over = lenet__add_overflows(plan.param_elements, plan.buffer_elements, &needed);
+    lenet__model_plan_free(&plan);
+    lenet__model_forget_shapes(m); /* build plans again */
+    if (over || needed != in_file)
+        return lenet__fail(LENET_EFORMAT, "%s: the architecture needs %s%zu parameter and buffer elements, the file's "
+                           "tensors hold %zu", f->path, over ? "more than " : "", over ? SIZE_MAX : needed, in_file);
     return LENET_OK;
 }
