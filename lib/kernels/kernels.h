@@ -117,7 +117,8 @@ const lenet_kernels *lenet__kernels(void);
  * lacks it.  For tests and benchmarks, not while other threads run kernels. */
 bool lenet__kernels_force(const char *isa);
 
-/* wpack (c*k*k + 1 rows of ocpad = oc rounded up to vw): weight (oc, c, k, k) transposed tap-major, then bias. */
+/* The data layouts the channel- and row-vectorized kernels read (conv_plan.c):
+ * wpack (c*k*k + 1 rows of ocpad = oc rounded up to vw): weight (oc, c, k, k) transposed tap-major, then bias. */
 void lenet__conv_pack_weights(int oc, int c, int k, int vw, const float *weight, const float *bias, float *wpack);
 /* xp (c, h + 2p, w + 2p) = x with a zero border. */
 void lenet__conv_pad_input(const lenet_conv_geom *g, const float *x, float *xp);
@@ -128,7 +129,45 @@ void lenet__conv_pad_input_rows(const lenet_conv_geom *g, const float *x, float 
 void lenet__to_lanes_ref(int n, int planes, int h, int w, int p, const float *x, float *xt);
 /* y (n, count) from the first n lanes of the lane tensor yt (count, LENET_LANES). */
 void lenet__from_lanes_ref(int n, size_t count, const float *yt, float *y);
-/* True when the row-vectorized kernels fill more lanes than the channel-vectorized ones for this layer. */
-bool lenet__conv_prefers_rows(const lenet_kernels *k, const lenet_conv_geom *g, int oc);
+
+/* ---- convolution layers: one entry point over the vector kernels' strategies (conv_plan.c) ---- */
+
+/* How a convolution runs. */
+typedef enum lenet_conv_method {
+    /* The table's vector kernels, with the strategy lenet__conv_strategy chooses for each call. */
+    LENET_CONV_DIRECT = 0,
+    /* im2col and BLAS products, one sample at a time: PartialConv2d's dense weights, whose results it keeps. */
+    LENET_CONV_GEMM,
+} lenet_conv_method;
+
+/* Which kernels a call runs (conv_plan.c describes each). */
+typedef enum lenet_conv_strategy {
+    LENET_CONV_LANES,    /* samples across the lanes (stride 1, a chunk of LANES_MIN samples or more) */
+    LENET_CONV_ROWS,     /* output columns across the lanes (stride 1, few channels, wide rows) */
+    LENET_CONV_CHANNELS, /* output channels across the lanes */
+    LENET_CONV_IM2COL,   /* im2col and GEMM (method LENET_CONV_GEMM) */
+} lenet_conv_strategy;
+
+/* A convolution layer as the entry points see it, fixed when the layer is built. */
+typedef struct lenet_conv_plan {
+    lenet_conv_geom g; /* one sample: input (c, h, w), kernel, stride, padding, output (oh, ow) */
+    int oc;            /* output channels */
+    lenet_conv_method method;
+} lenet_conv_plan;
+
+/* Floats of scratch that lenet__conv_forward and lenet__conv_backward need for any batch of up to n samples, on any
+ * kernel table. */
+size_t lenet__conv_workspace(const lenet_conv_plan *cp, int n);
+/* The strategy the passes over a batch of n samples take on kernel table k. */
+lenet_conv_strategy lenet__conv_strategy(const lenet_conv_plan *cp, const lenet_kernels *k, int n);
+/* y (n, oc, oh, ow) = weight (oc, c, k, k) * x (n, c, h, w) + bias (oc), on the selected kernel table.  work is
+ * lenet__conv_workspace(cp, n) floats or more of scratch: read only after being written, left undefined. */
+void lenet__conv_forward(const lenet_conv_plan *cp, int n, const float *x, const float *weight, const float *bias,
+                         float *y, float *work);
+/* The gradients of lenet__conv_forward for the output gradient dy (n, oc, oh, ow): adds dW into grad_weight
+ * (oc, c, k, k) and db into grad_bias (oc), and writes dX = W^T dY into dx (n, c, h, w) unless dx is NULL.  The
+ * sums run in an order fixed by cp, n and the table, so results repeat bit for bit.  work as for forward. */
+void lenet__conv_backward(const lenet_conv_plan *cp, int n, const float *x, const float *dy, const float *weight,
+                          float *grad_weight, float *grad_bias, float *dx, float *work);
 
 #endif /* LENET_KERNELS_H */
