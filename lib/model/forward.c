@@ -15,12 +15,12 @@
 #include "kernels/kernels.h"
 #include "model/internal.h"
 
-static int chunk_count(int batch)
+int lenet__chunk_count(int batch)
 {
     return (batch + LENET_CHUNK - 1) / LENET_CHUNK;
 }
 
-static int threads_for(int chunks, int cap)
+int lenet__threads_for(int chunks, int cap)
 {
     int t = lenet__threads();
     if (t > chunks)
@@ -35,7 +35,7 @@ size_t lenet__model_out_size(const lenet_model *m)
     return m->layers[m->n_layers - 1]->out_size;
 }
 
-static size_t max_workspace(const lenet_model *m, int n)
+size_t lenet__model_max_workspace(const lenet_model *m, int n)
 {
     size_t most = 0;
     for (size_t i = 0; i < m->n_layers; i++) {
@@ -66,7 +66,7 @@ lenet_status lenet__model_reserve(lenet_model *m, int batch)
         batch = m->batch_cap;
     if (threads < m->threads_cap)
         threads = m->threads_cap;
-    const size_t work = max_workspace(m, LENET_CHUNK), chunks = (size_t)chunk_count(batch);
+    const size_t work = lenet__model_max_workspace(m, LENET_CHUNK), chunks = (size_t)lenet__chunk_count(batch);
     const size_t slices = (size_t)threads * LENET_CHUNK;
     const bool cuts = m->stats_total > 0;
     float **acts = lenet__calloc(m->n_layers + 1, sizeof *acts);
@@ -129,7 +129,7 @@ fail:
 }
 
 /* Validates x against the model's input; shared by forward, predict and the training loop. */
-static lenet_status check_input(const lenet_model *m, const lenet_tensor *x, const char *who, int *batch)
+lenet_status lenet__model_check_shape(const lenet_model *m, const lenet_tensor *x, const char *who, int *batch)
 {
     if (x->ndim != 4) {
         char shape[96];
@@ -160,7 +160,7 @@ lenet_status lenet__model_check_input(lenet_model *m, const lenet_tensor *x, con
     if (!m->built)
         return lenet__fail(LENET_ESHAPE, "%s: input must be (N, C, H, W) to build the model from, got %d dimensions",
                            who, x->ndim);
-    st = check_input(m, x, who, batch);
+    st = lenet__model_check_shape(m, x, who, batch);
     for (size_t i = 0; i < m->n_layers && st == LENET_OK; i++) {
         const lenet_layer *l = m->layers[i];
         if (l->ops->check_batch && (st = l->ops->check_batch(l, *batch, m->training)) != LENET_OK)
@@ -169,7 +169,7 @@ lenet_status lenet__model_check_input(lenet_model *m, const lenet_tensor *x, con
     return st;
 }
 
-static int chunk_size(int batch, int start)
+int lenet__chunk_size(int batch, int start)
 {
     return batch - start < LENET_CHUNK ? batch - start : LENET_CHUNK;
 }
@@ -194,7 +194,7 @@ static lenet_pass layer_pass(const lenet_model *m, size_t i, int batch, int c, f
 {
     const int start = c * LENET_CHUNK;
     return (lenet_pass){
-        .n = chunk_size(batch, start),
+        .n = lenet__chunk_size(batch, start),
         .x = m->acts[i] + (size_t)start * m->layers[i]->in_size,
         .y = m->acts[i + 1] + (size_t)start * m->layers[i]->out_size,
         .work = work,
@@ -240,13 +240,13 @@ static void forward_chunk(void *ctx, int c, int worker)
 /* Sums the chunks' statistics rows of layer `cut` into `out`. */
 static void reduce_stats(lenet_model *m, size_t cut, int batch, double *out)
 {
-    m->reducer->sum_doubles(m->reducer->ctx, m->partials, chunk_count(batch), m->stats_count[cut],
+    m->reducer->sum_doubles(m->reducer->ctx, m->partials, lenet__chunk_count(batch), m->stats_count[cut],
                             out + m->stats_offset[cut]);
 }
 
 void lenet__model_forward_raw(lenet_model *m, int batch)
 {
-    const int chunks = chunk_count(batch), threads = threads_for(chunks, m->threads_cap);
+    const int chunks = lenet__chunk_count(batch), threads = lenet__threads_for(chunks, m->threads_cap);
     /* Each training forward draws new random streams (dropout); evaluation draws none. */
     m->last_seed = lenet__rng_mix(m->seed, m->training ? m->step++ : UINT64_MAX);
     pass_job job = {.m = m, .batch = batch, .first = 0, .cut = next_cut(m, 0)};
@@ -343,7 +343,8 @@ void lenet__model_backward_raw(lenet_model *m, const float *dy)
 
 void lenet__model_backward_input(lenet_model *m, const float *dy, float *dx)
 {
-    const int batch = m->last_batch, chunks = chunk_count(batch), threads = threads_for(chunks, m->threads_cap);
+    const int batch = m->last_batch, chunks = lenet__chunk_count(batch);
+    const int threads = lenet__threads_for(chunks, m->threads_cap);
     pass_job job = {.m = m, .batch = batch, .last = m->n_layers, .dy = dy, .zero_grads = true};
     int boundary = 0;
     size_t below = m->n_layers; /* the next cut is searched below this layer */
@@ -385,104 +386,3 @@ lenet_status lenet_model_backward(lenet_model *m, const lenet_tensor *dy)
     return LENET_OK;
 }
 
-typedef struct predict_job {
-    const lenet_model *m;
-    int batch;
-    const float *x;
-    float *y, *scratch;
-    size_t act, work;
-} predict_job;
-
-/* Each worker owns two chunk-sized ping-pong activation buffers and a workspace in the scratch, so the scratch
- * grows with the thread count, not with the batch, and stays in cache. */
-static void predict_chunk(void *ctx, int c, int worker)
-{
-    const predict_job *job = ctx;
-    const lenet_model *m = job->m;
-    const int start = c * LENET_CHUNK, n = chunk_size(job->batch, start);
-    float *own = job->scratch + (size_t)worker * (2 * job->act + job->work);
-    float *buf[2] = {own, own + job->act};
-    float *workspace = own + 2 * job->act;
-    const float *in = job->x + (size_t)start * lenet__shape_size(&m->in_shape);
-    for (size_t i = 0; i < m->n_layers; i++) {
-        const lenet_layer *l = m->layers[i];
-        lenet_pass p = {.n = n, .x = in, .work = workspace, .start = start, .batch = job->batch};
-        float *out = (i + 1 == m->n_layers) ? job->y + (size_t)start * l->out_size : buf[i & 1];
-        l->ops->forward(l, &p, out);
-        in = out;
-    }
-}
-
-lenet_status lenet_model_predict(const lenet_model *m, const lenet_tensor *x, lenet_tensor *y)
-{
-    if (!m || !x || !y)
-        return lenet__fail(LENET_EINVAL, "model_predict: %s is NULL", !m ? "model" : !x ? "input" : "output");
-    lenet_status st = lenet__model_check_sticky(m, "model_predict");
-    if (st != LENET_OK)
-        return st;
-    if (!m->built)
-        return lenet__fail(LENET_ESTATE, "model_predict: the model is not built (lenet_model_build, or a forward)");
-    int batch = 0;
-    st = check_input(m, x, "model_predict", &batch);
-    if (st != LENET_OK)
-        return st;
-    const lenet_layer *last = m->layers[m->n_layers - 1];
-    bool same = y->ndim == 1 + last->out.ndim && y->shape[0] == batch;
-    for (int d = 0; same && d < last->out.ndim; d++)
-        same = y->shape[1 + d] == last->out.dim[d];
-    if (!same) {
-        char got[96];
-        lenet__shape_str(y->ndim, y->shape, got, sizeof got);
-        return lenet__fail(LENET_ESHAPE, "model_predict: output tensor is %s, expected (%d, %zu) elements per sample",
-                           got, batch, last->out_size);
-    }
-    /* Private scratch per worker, so the model is only read and any number of threads may predict at once. */
-    const int chunks = chunk_count(batch);
-    const int threads = threads_for(chunks, 0);
-    const size_t act = ((size_t)LENET_CHUNK * m->max_size + 15) & ~(size_t)15, work = max_workspace(m, LENET_CHUNK);
-    float *scratch = lenet__malloc_aligned(((size_t)threads * (2 * act + work) + 16) * sizeof(float));
-    if (!scratch)
-        return lenet__oom("prediction scratch");
-    predict_job job = {.m = m, .batch = batch, .x = x->data, .y = y->data, .scratch = scratch, .act = act,
-                       .work = work};
-    lenet__parallel_for(chunks, threads, predict_chunk, &job);
-    lenet__free_aligned(scratch);
-    return LENET_OK;
-}
-
-lenet_status lenet_model_classify(const lenet_model *m, const lenet_tensor *x, int32_t *classes, float *probs)
-{
-    if (!m || !x)
-        return lenet__fail(LENET_EINVAL, "model_classify: %s is NULL", !m ? "model" : "input");
-    lenet_status st = lenet__model_check_sticky(m, "model_classify");
-    if (st != LENET_OK)
-        return st;
-    if (!m->built)
-        return lenet__fail(LENET_ESTATE, "model_classify: the model is not built (lenet_model_build, or a forward)");
-    if (x->ndim != 4)
-        return lenet__fail(LENET_ESHAPE, "model_classify: input must be (N, C, H, W)");
-    const lenet_layer *last = m->layers[m->n_layers - 1];
-    const int n = x->shape[0], k = (int)last->out_size;
-    int full[1 + LENET_MAX_SAMPLE_DIMS] = {n};
-    for (int d = 0; d < last->out.ndim; d++)
-        full[1 + d] = last->out.dim[d];
-    lenet_tensor *y = lenet_tensor_create(1 + last->out.ndim, full);
-    if (!y)
-        return LENET_ENOMEM;
-    st = lenet_model_predict(m, x, y);
-    for (int i = 0; st == LENET_OK && i < n; i++) {
-        const float *row = y->data + (size_t)i * k;
-        const int best = lenet__argmax(row, k);
-        if (classes)
-            classes[i] = best;
-        if (probs) {
-            double sum = 0.0;
-            for (int j = 0; j < k; j++)
-                sum += exp((double)row[j] - row[best]);
-            for (int j = 0; j < k; j++)
-                probs[(size_t)i * k + j] = (float)(exp((double)row[j] - row[best]) / sum);
-        }
-    }
-    lenet_tensor_free(y);
-    return st;
-}

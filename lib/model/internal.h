@@ -114,5 +114,20 @@ void lenet__model_backward_raw(lenet_model *m, const float *dy);
 /* The same, also writing the gradient of the input (batch * input size floats) into dx unless it is NULL. */
 void lenet__model_backward_input(lenet_model *m, const float *dy, float *dx);
 size_t lenet__model_out_size(const lenet_model *m);
+/* Checks that x is (N, C, H, W) of the built input shape and returns N (the model must be built). */
+lenet_status lenet__model_check_shape(const lenet_model *m, const lenet_tensor *x, const char *who, int *batch);
+
+/* Chunks of a batch and the threads to run them on (at most `cap` when cap > 0). */
+int lenet__chunk_count(int batch);
+int lenet__chunk_size(int batch, int start);
+int lenet__threads_for(int chunks, int cap);
+/* Floats of scratch the layers need for n samples, rounded up to 64 bytes. */
+size_t lenet__model_max_workspace(const lenet_model *m, int n);
+/* Scratch for running one chunk through the model: two ping-pong activation buffers of *act floats and a
+ * workspace of *work; returns their sum. */
+size_t lenet__model_chunk_scratch(const lenet_model *m, size_t *act, size_t *work);
+/* Runs chunk c of a batch of x in evaluation mode into y, with lenet__model_chunk_scratch floats of 64-byte aligned
+ * scratch.  Only reads the model. */
+void lenet__model_run_chunk(const lenet_model *m, int batch, int c, const float *x, float *y, float *scratch);
 
 #endif /* LENET_MODEL_INTERNAL_H */
