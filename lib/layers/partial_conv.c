@@ -5,8 +5,9 @@
  *
  * Parameters: "weight" (connections, k, k), the kernels of the table's connections numbered output-major
  * (output map 0's inputs in increasing order first), and "bias" (out_channels).  C3: 60 * 25 + 16 = 1,516.
- * The passes run as one GEMM per sample over a dense (out, in*k*k) weight matrix with zeros where the table
- * has no connection (C3: 240k multiply-adds where 150k would do, but at GEMM speed). */
+ * The passes are a dense convolution's, through the kernels' entry point (lib/kernels/conv_plan.c) with its im2col
+ * and GEMM method, over a dense (out, in, k, k) weight tensor with zeros where the table has no connection
+ * (C3: 240k multiply-adds where 150k would do, but at GEMM speed). */
 #include <math.h>
 #include <string.h>
 
@@ -25,7 +26,7 @@ typedef struct partial_conv {
     int conn_in[MAX_TABLE];       /* input map of connection c */
     int conn_out[MAX_TABLE];      /* output map of connection c */
     int first[MAX_TABLE + 1];     /* connections of output map o: [first[o], first[o + 1]) */
-    int h, w, oh, ow;             /* set by setup */
+    lenet_conv_plan plan;         /* the dense convolution, set by setup */
 } partial_conv;
 
 /* LeCun et al. 1998, Table I: rows are S2's 6 maps, columns C3's 16 maps; 'X' marks a connection. */
@@ -59,10 +60,9 @@ static lenet_status partial_infer_shape(const lenet_layer *l, const lenet_shape 
 static lenet_status partial_setup(lenet_layer *l, lenet_param_spec *specs, int *count)
 {
     partial_conv *pc = (partial_conv *)l;
-    pc->h = l->in.dim[1];
-    pc->w = l->in.dim[2];
-    pc->oh = l->out.dim[1];
-    pc->ow = l->out.dim[2];
+    const lenet_conv_geom g = {.c = pc->in_channels, .h = l->in.dim[1], .w = l->in.dim[2], .k = pc->kernel_size,
+                               .s = 1, .p = 0, .oh = l->out.dim[1], .ow = l->out.dim[2]};
+    pc->plan = (lenet_conv_plan){.g = g, .oc = pc->out_channels, .method = LENET_CONV_GEMM};
     int k = pc->kernel_size;
     specs[0] = (lenet_param_spec){.suffix = "weight", .ndim = 3, .shape = {pc->n_conn, k, k}, .trainable = true};
     specs[1] = (lenet_param_spec){.suffix = "bias", .ndim = 1, .shape = {pc->out_channels}, .trainable = true};
@@ -90,43 +90,38 @@ static void partial_init(lenet_layer *l, lenet_init scheme, lenet_rng *rng)
     }
 }
 
-/* Scratch of one call: cols (in*k*k rows, oh*ow columns), the dense weights (out, in*k*k) with zeros where the
- * table has no connection, their gradient, and the gradient of cols. */
-static size_t cols_size(const partial_conv *pc)
-{
-    return (size_t)pc->in_channels * pc->kernel_size * pc->kernel_size * pc->oh * pc->ow;
-}
-
 static size_t dense_size(const partial_conv *pc)
 {
     return (size_t)pc->out_channels * pc->in_channels * pc->kernel_size * pc->kernel_size;
 }
 
+/* Scratch of one call on n samples: the dense weights (out, in, k, k) with zeros where the table has no connection,
+ * their gradient, the squared inputs of the Gauss-Newton pass, then the convolution's own. */
+typedef struct partial_work {
+    float *dense, *ddense, *x_squared, *conv;
+} partial_work;
+
+/* Floats rounded up to whole vectors, so each buffer starts where the previous one's last vector ends. */
+static size_t whole_vectors(size_t floats)
+{
+    return (floats + LENET_MAX_VECTOR_FLOATS - 1) / LENET_MAX_VECTOR_FLOATS * LENET_MAX_VECTOR_FLOATS;
+}
+
+static size_t work_layout(const partial_conv *pc, int n, float *base, partial_work *w)
+{
+    const size_t dense = whole_vectors(dense_size(pc)), x_squared = whole_vectors((size_t)n * pc->base.in_size);
+    if (base)
+        *w = (partial_work){.dense = base, .ddense = base + dense, .x_squared = base + 2 * dense,
+                            .conv = base + 2 * dense + x_squared};
+    return 2 * dense + x_squared + lenet__conv_workspace(&pc->plan, n);
+}
+
 static size_t partial_workspace(const lenet_layer *l, int n)
 {
-    (void)n;
-    const partial_conv *pc = (const partial_conv *)l;
-    return 2 * cols_size(pc) + 2 * dense_size(pc);
+    return work_layout((const partial_conv *)l, n, NULL, NULL);
 }
 
-/* The geometry of the dense convolution (stride 1, no padding) for the shared im2col and col2im kernels. */
-static lenet_conv_geom dense_geom(const partial_conv *pc)
-{
-    return (lenet_conv_geom){.c = pc->in_channels, .h = pc->h, .w = pc->w, .k = pc->kernel_size, .s = 1, .p = 0,
-                             .oh = pc->oh, .ow = pc->ow};
-}
-
-/* cols[(i k + u) k + v][r ow + c] = x[i][r + u][c + v] (squared when asked), one sample. */
-static void im2col(const partial_conv *pc, const float *x, float *cols, bool squared)
-{
-    const lenet_conv_geom g = dense_geom(pc);
-    lenet__im2col(&g, x, cols);
-    if (squared)
-        for (size_t t = 0; t < cols_size(pc); t++)
-            cols[t] *= cols[t];
-}
-
-/* dense[o][i k k + t] = weight[c][t] (squared when asked) for each connection c = (o, i), else 0. */
+/* dense[o][i][t] = weight[c][t] (squared when asked) for each connection c = (o, i), else 0. */
 static void densify(const partial_conv *pc, const float *weight, float *dense, bool squared)
 {
     const size_t k2 = (size_t)pc->kernel_size * pc->kernel_size, row = (size_t)pc->in_channels * k2;
@@ -139,47 +134,38 @@ static void densify(const partial_conv *pc, const float *weight, float *dense, b
     }
 }
 
-/* Per sample: y (out, oh*ow) = dense (out, in*k*k) . cols (in*k*k, oh*ow) + bias */
+/* y = dense * x + bias */
 static void partial_forward(const lenet_layer *l, const lenet_pass *p, float *y)
 {
     const partial_conv *pc = (const partial_conv *)l;
-    const int ohw = pc->oh * pc->ow, ckk = pc->in_channels * pc->kernel_size * pc->kernel_size;
-    float *cols = p->work, *dense = p->work + 2 * cols_size(pc);
-    densify(pc, l->param[0], dense, false);
-    for (int n = 0; n < p->n; n++) {
-        float *yn = y + (size_t)n * l->out_size;
-        im2col(pc, p->x + (size_t)n * l->in_size, cols, false);
-        lenet__sgemm(false, false, pc->out_channels, ohw, ckk, 1.0f, dense, ckk, cols, ohw, 0.0f, yn, ohw);
-        lenet__add_bias_rows((size_t)pc->out_channels, (size_t)ohw, l->param[1], (size_t)pc->out_channels, yn);
-    }
+    partial_work w;
+    work_layout(pc, p->n, p->work, &w);
+    densify(pc, l->param[0], w.dense, false);
+    lenet__conv_forward(&pc->plan, p->n, p->x, w.dense, l->param[1], y, w.conv);
 }
 
 /* Backward, and with `squared` its Gauss-Newton twin (linear in x and in the weights: the same products over
- * squared inputs and weights, with hy in place of dy).  Per sample:
- *   ddense (out, in*k*k) += dy (out, oh*ow) . cols^T,  dbias[o] += sum dy[o],
- *   dcols = dense^T . dy,  dx = col2im(dcols);  the connections' gradients are gathered from ddense. */
+ * squared inputs and weights, with hy in place of dy): the dense convolution's
+ *   ddense += dy correlated with x,  dbias[o] += sum dy[o],  dx = dense^T dy,
+ * then the connections' gradients gathered from ddense. */
 static void partial_pass(const partial_conv *pc, const lenet_pass *p, const float *dy, float *dx, bool squared)
 {
     const lenet_layer *l = &pc->base;
-    const int ohw = pc->oh * pc->ow, ckk = pc->in_channels * pc->kernel_size * pc->kernel_size;
-    const size_t k2 = (size_t)pc->kernel_size * pc->kernel_size;
-    float *cols = p->work, *dcols = p->work + cols_size(pc);
-    float *dense = dcols + cols_size(pc), *ddense = dense + dense_size(pc);
-    const lenet_conv_geom g = dense_geom(pc);
-    densify(pc, l->param[0], dense, squared);
-    memset(ddense, 0, sizeof(float) * dense_size(pc));
-    for (int n = 0; n < p->n; n++) {
-        const float *dyn = dy + (size_t)n * l->out_size;
-        im2col(pc, p->x + (size_t)n * l->in_size, cols, squared);
-        lenet__sgemm(false, true, pc->out_channels, ckk, ohw, 1.0f, dyn, ohw, cols, ohw, 1.0f, ddense, ckk);
-        lenet__sum_rows_into((size_t)pc->out_channels, (size_t)ohw, dyn, p->grads[1], (size_t)pc->out_channels);
-        if (dx) {
-            lenet__sgemm(true, false, ckk, ohw, pc->out_channels, 1.0f, dense, ckk, dyn, ohw, 0.0f, dcols, ohw);
-            lenet__col2im(&g, dcols, dx + (size_t)n * l->in_size);
-        }
+    const size_t k2 = (size_t)pc->kernel_size * pc->kernel_size, ckk = (size_t)pc->in_channels * k2;
+    partial_work w;
+    work_layout(pc, p->n, p->work, &w);
+    densify(pc, l->param[0], w.dense, squared);
+    const float *x = p->x;
+    if (squared) {
+        const size_t count = (size_t)p->n * l->in_size;
+        for (size_t t = 0; t < count; t++)
+            w.x_squared[t] = x[t] * x[t];
+        x = w.x_squared;
     }
+    memset(w.ddense, 0, sizeof(float) * dense_size(pc));
+    lenet__conv_backward(&pc->plan, p->n, x, dy, w.dense, w.ddense, p->grads[1], dx, w.conv);
     for (int c = 0; c < pc->n_conn; c++) {
-        const float *src = ddense + (size_t)pc->conn_out[c] * ckk + (size_t)pc->conn_in[c] * k2;
+        const float *src = w.ddense + (size_t)pc->conn_out[c] * ckk + (size_t)pc->conn_in[c] * k2;
         float *grad = p->grads[0] + (size_t)c * k2;
         for (size_t t = 0; t < k2; t++)
             grad[t] += src[t];
@@ -200,7 +186,7 @@ static void partial_backward_gn(const lenet_layer *l, const lenet_pass *p, const
 static size_t partial_connections(const lenet_layer *l)
 {
     const partial_conv *pc = (const partial_conv *)l;
-    size_t plane_out = (size_t)pc->oh * pc->ow, k2 = (size_t)pc->kernel_size * pc->kernel_size;
+    size_t plane_out = (size_t)pc->plan.g.oh * pc->plan.g.ow, k2 = (size_t)pc->kernel_size * pc->kernel_size;
     return plane_out * ((size_t)pc->n_conn * k2 + (size_t)pc->out_channels);
 }
 
