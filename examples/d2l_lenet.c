@@ -173,8 +173,13 @@ static int parse_options(int argc, char **argv, options *o)
     return 0;
 }
 
+static const char *variant_name(enum variant v)
+{
+    return v == VARIANT_MODERN ? "modern" : "d2l";
+}
+
 /* Layer i (0..11) of the d2l network's nn.Sequential, or of its modern variant. */
-static lenet_layer *lenet_layer_at(enum variant v, int i)
+static lenet_layer *variant_layer(enum variant v, int i)
 {
     bool modern = v == VARIANT_MODERN;
     switch (i) {
@@ -190,14 +195,14 @@ static lenet_layer *lenet_layer_at(enum variant v, int i)
     }
 }
 
-/* The first `layers` layers of the network, built for 1x28x28 images. */
-static lenet_model *build_network(enum variant v, int layers)
+/* The network of variant v, built for 1x28x28 images. */
+static lenet_model *build_network(enum variant v)
 {
     lenet_model *m = lenet_model_create();
     if (!m)
         return NULL;
-    for (int i = 0; i < layers; i++)
-        if (lenet_model_add(m, lenet_layer_at(v, i)) != LENET_OK)
+    for (int i = 0; i < 12; i++)
+        if (lenet_model_add(m, variant_layer(v, i)) != LENET_OK)
             goto fail;
     if (lenet_model_build(m, 1, 28, 28) != LENET_OK)
         goto fail;
@@ -340,7 +345,7 @@ static int write_plot(const char *path, const curves *c, const options *o)
 {
     char title[128];
     snprintf(title, sizeof title, "%s LeNet on Fashion-MNIST (lr %g, batch %d, seed %llu)",
-             o->variant == VARIANT_MODERN ? "modern" : "d2l", (double)o->lr, o->batch_size,
+             variant_name(o->variant), (double)o->lr, o->batch_size,
              (unsigned long long)o->seed);
     plot_axes axes = {title, "epoch", NULL, 0.0, (double)o->epochs, 0.0, NAN, 640, 440};
     plot_series series[] = {
@@ -366,22 +371,23 @@ static void min_max(const float *v, size_t n, float *lo, float *hi)
         *lo = fminf(*lo, v[i]), *hi = fmaxf(*hi, v[i]);
 }
 
-/* Copies the parameters of `net` into the prefix model `part` (same numbering, as PyTorch's state_dict). */
-static int copy_prefix_params(lenet_model *part, lenet_model *net)
+enum { SHOWN = 4, IMG = 28 };
+
+/* Index of the n-th layer (0-based) whose PyTorch class name is `name`, or -1. */
+static long nth_layer_named(const lenet_model *net, const char *name, int n)
 {
-    for (size_t i = 0; i < lenet_model_param_count(part); i++)
-        if (strcmp(lenet_model_param_name(part, i), lenet_model_param_name(net, i)) != 0 ||
-            lenet_tensor_copy(lenet_model_param(part, i), lenet_model_param(net, i)) != LENET_OK)
-            return -1;
-    return 0;
+    for (size_t i = 0; i < lenet_model_layer_count(net); i++)
+        if (strcmp(lenet_layer_name(lenet_model_layer(net, i)), name) == 0 && n-- == 0)
+            return (long)i;
+    return -1;
 }
 
-enum { SHOWN = 4, IMG = 28, MAPS1 = 6, MAPS2 = 16, SIDE2 = 10 };
-
-/* One canvas per class: a row per test image, with the input, conv1's 6 maps and conv2's 16 maps (after the
- * activation), each layer's maps scaled together from their minimum (black) to maximum (white). */
+/* One canvas per class: a row per test image, with the input, conv1's maps and conv2's maps (the outputs of the
+ * activations that follow them, layers act1 and act2), each layer's maps scaled together from their minimum
+ * (black) to maximum (white).  One forward pass in evaluation mode gives the predictions and, through
+ * lenet_model_activation(), the maps. */
 static int write_class_activations(const char *dir, int label, const lenet_dataset *test, lenet_model *net,
-                                   lenet_model *upto1, lenet_model *upto2, const options *o)
+                                   size_t act1, size_t act2, const options *o)
 {
     size_t index[SHOWN], shown = 0;
     for (size_t i = 0; i < lenet_dataset_size(test) && shown < SHOWN; i++)
@@ -394,61 +400,84 @@ static int write_class_activations(const char *dir, int label, const lenet_datas
     int rc = -1;
     plot_canvas *canvas = NULL;
     lenet_tensor *x = lenet_tensor_create(4, (int[]){(int)shown, 1, IMG, IMG});
-    int32_t predicted[SHOWN];
-    const lenet_tensor *maps1, *maps2;
+    const lenet_tensor *y, *maps1, *maps2;
     char text[160], path[4096];
     if (!x)
         goto lib_fail;
     for (size_t k = 0; k < shown; k++)
         if (lenet_dataset_image(test, index[k], lenet_tensor_data(x) + k * IMG * IMG) != LENET_OK)
             goto lib_fail;
-    if (lenet_model_classify(net, x, predicted, NULL) != LENET_OK || lenet_model_forward(upto1, x, &maps1) != LENET_OK ||
-        lenet_model_forward(upto2, x, &maps2) != LENET_OK)
+    /* Evaluation mode, as lenet_evaluate() and PyTorch's net.eval(): BatchNorm uses its running statistics and
+     * Dropout passes everything, so the maps are those the test accuracy comes from. */
+    bool training = lenet_model_is_training(net);
+    lenet_status st = lenet_model_set_training(net, false);
+    if (st == LENET_OK)
+        st = lenet_model_forward(net, x, &y);
+    lenet_model_set_training(net, training);
+    if (st != LENET_OK)
         goto lib_fail;
-    if (lenet_tensor_dim(maps1, 1) != MAPS1 || lenet_tensor_dim(maps1, 2) != IMG || lenet_tensor_dim(maps2, 1) != MAPS2 ||
-        lenet_tensor_dim(maps2, 2) != SIDE2) {
+    maps1 = lenet_model_activation(net, act1);
+    maps2 = lenet_model_activation(net, act2);
+    if (!maps1 || !maps2 || lenet_tensor_ndim(maps1) != 4 || lenet_tensor_ndim(maps2) != 4 ||
+        lenet_tensor_ndim(y) != 2) {
+        fprintf(stderr, PROG ": --activations: unexpected feature map shapes\n");
+        goto done;
+    }
+    const int maps1_count = lenet_tensor_dim(maps1, 1), side1 = lenet_tensor_dim(maps1, 2);
+    const int maps2_count = lenet_tensor_dim(maps2, 1), side2 = lenet_tensor_dim(maps2, 2);
+    const int columns2 = (maps2_count + 1) / 2, classes = lenet_tensor_dim(y, 1);
+    const size_t size1 = (size_t)side1 * (size_t)lenet_tensor_dim(maps1, 3);
+    const size_t size2 = (size_t)side2 * (size_t)lenet_tensor_dim(maps2, 3);
+    if (side1 != lenet_tensor_dim(maps1, 3) || side2 != lenet_tensor_dim(maps2, 3)) {
         fprintf(stderr, PROG ": --activations: unexpected feature map shapes\n");
         goto done;
     }
 
-    const double margin = 16, scale1 = 4, scale2 = 5, gap = 6, group_gap = 26, header = 76, caption = 22;
-    const double big = IMG * scale1, small = SIDE2 * scale2;
-    const double x_maps1 = margin + big + group_gap, x_maps2 = x_maps1 + MAPS1 * (big + gap) - gap + group_gap;
-    const double width = x_maps2 + 8 * (small + gap) - gap + margin, row_h = caption + big + 18;
+    /* conv1's maps are drawn as large as the input, conv2's in two rows beside them, whatever their size. */
+    const double margin = 16, scale1 = 4, gap = 6, group_gap = 26, header = 76, caption = 22;
+    const double big = IMG * scale1, small = 50;
+    const double x_maps1 = margin + big + group_gap, x_maps2 = x_maps1 + maps1_count * (big + gap) - gap + group_gap;
+    const double width = x_maps2 + columns2 * (small + gap) - gap + margin, row_h = caption + big + 18;
     snprintf(path, sizeof path, "%s/%s.png", dir, class_names[label]);
     canvas = plot_canvas_create(path, width, header + (double)shown * row_h);
     if (!canvas)
         goto plot_fail;
-    const char *act = o->variant == VARIANT_MODERN ? "ReLU" : "Sigmoid";
+    const char *act = lenet_layer_name(lenet_model_layer(net, act1));
     snprintf(text, sizeof text, "Activations for Fashion-MNIST test %ss (%s LeNet, %d epoch%s, lr %g, seed %llu)",
-             class_names[label], o->variant == VARIANT_MODERN ? "modern" : "d2l", o->epochs, o->epochs == 1 ? "" : "s",
-             (double)o->lr, (unsigned long long)o->seed);
+             class_names[label], variant_name(o->variant), o->epochs, o->epochs == 1 ? "" : "s", (double)o->lr,
+             (unsigned long long)o->seed);
     plot_canvas_text(canvas, margin, 22, 15, true, text);
     plot_canvas_text(canvas, margin + 1, 40, 11, false,
                      "Each layer's maps of one image share a gray scale: black is their minimum, white their maximum.");
     plot_canvas_text(canvas, margin, header - 12, 13, false, "input");
-    snprintf(text, sizeof text, "conv1: 6 maps 28x28 after %s", act);
+    snprintf(text, sizeof text, "conv1: %d maps %dx%d after %s", maps1_count, side1, side1, act);
     plot_canvas_text(canvas, x_maps1, header - 12, 13, false, text);
-    snprintf(text, sizeof text, "conv2: 16 maps 10x10 after %s", act);
+    snprintf(text, sizeof text, "conv2: %d maps %dx%d after %s", maps2_count, side2, side2, act);
     plot_canvas_text(canvas, x_maps2, header - 12, 13, false, text);
     for (size_t k = 0; k < shown; k++) {
+        const float *logits = lenet_tensor_cdata(y) + k * (size_t)classes;
+        int predicted = 0;
+        for (int j = 1; j < classes; j++)
+            if (logits[j] > logits[predicted])
+                predicted = j;
         double top = header + (double)k * row_h;
         snprintf(text, sizeof text, "test image %zu: %s, predicted %s", index[k], class_names[label],
-                 predicted[k] >= 0 && predicted[k] < 10 ? class_names[predicted[k]] : "?");
+                 predicted < 10 ? class_names[predicted] : "?");
         plot_canvas_text(canvas, margin, top + 15, 12, false, text);
         top += caption;
         plot_canvas_image(canvas, margin, top, scale1, lenet_tensor_cdata(x) + k * IMG * IMG, IMG, IMG, 0, 1);
-        const float *m1 = lenet_tensor_cdata(maps1) + k * MAPS1 * IMG * IMG;
-        const float *m2 = lenet_tensor_cdata(maps2) + k * MAPS2 * SIDE2 * SIDE2;
+        const float *m1 = lenet_tensor_cdata(maps1) + k * (size_t)maps1_count * size1;
+        const float *m2 = lenet_tensor_cdata(maps2) + k * (size_t)maps2_count * size2;
         float lo, hi;
-        min_max(m1, MAPS1 * IMG * IMG, &lo, &hi);
-        for (int c = 0; c < MAPS1; c++)
-            plot_canvas_image(canvas, x_maps1 + c * (big + gap), top, scale1, m1 + c * IMG * IMG, IMG, IMG, lo, hi);
-        min_max(m2, MAPS2 * SIDE2 * SIDE2, &lo, &hi);
+        min_max(m1, (size_t)maps1_count * size1, &lo, &hi);
+        for (int c = 0; c < maps1_count; c++)
+            plot_canvas_image(canvas, x_maps1 + c * (big + gap), top, big / side1, m1 + c * size1, side1, side1, lo,
+                              hi);
+        min_max(m2, (size_t)maps2_count * size2, &lo, &hi);
         double top2 = top + (big - (2 * small + gap)) / 2;
-        for (int c = 0; c < MAPS2; c++)
-            plot_canvas_image(canvas, x_maps2 + (c % 8) * (small + gap), top2 + (c / 8) * (small + gap), scale2,
-                              m2 + c * SIDE2 * SIDE2, SIDE2, SIDE2, lo, hi);
+        for (int c = 0; c < maps2_count; c++)
+            plot_canvas_image(canvas, x_maps2 + (c % columns2) * (small + gap), top2 + (c / columns2) * (small + gap),
+                              small / side2, m2 + c * size2, side2, side2, lo, hi);
     }
     if (plot_canvas_save(canvas) != 0)
         goto plot_fail;
@@ -467,24 +496,21 @@ done:
     return rc;
 }
 
-/* The feature maps come from models made of the first 2 and first 5 layers (up to conv1's and conv2's
- * activation) holding copies of the trained weights. */
+/* The feature maps are the outputs of the first two activation layers (after conv1 and conv2, and after their
+ * BatchNorm in the bn variant), read with lenet_model_activation(). */
 static int write_activations(const char *dir, const lenet_dataset *test, lenet_model *net, const options *o)
 {
-    int rc = -1;
-    lenet_model *upto1 = build_network(o->variant, 2), *upto2 = build_network(o->variant, 5);
-    if (!upto1 || !upto2 || copy_prefix_params(upto1, net) != 0 || copy_prefix_params(upto2, net) != 0) {
-        fprintf(stderr, PROG ": --activations: %s\n", lenet_last_error());
-        goto done;
+    const char *act = o->variant == VARIANT_MODERN ? "ReLU" : "Sigmoid";
+    long act1 = nth_layer_named(net, act, 0), act2 = nth_layer_named(net, act, 1);
+    if (act1 < 0 || act2 < 0) {
+        fprintf(stderr, PROG ": --activations: the network has no %s after conv1 and conv2\n", act);
+        return -1;
     }
-    rc = 0;
-    if (write_class_activations(dir, 2, test, net, upto1, upto2, o) != 0) /* pullover: d2l's "sweaters" */
+    int rc = 0;
+    if (write_class_activations(dir, 2, test, net, (size_t)act1, (size_t)act2, o) != 0) /* pullover: d2l's "sweaters" */
         rc = -1;
-    if (write_class_activations(dir, 4, test, net, upto1, upto2, o) != 0) /* coat */
+    if (write_class_activations(dir, 4, test, net, (size_t)act1, (size_t)act2, o) != 0) /* coat */
         rc = -1;
-done:
-    lenet_model_free(upto2);
-    lenet_model_free(upto1);
     return rc;
 }
 #endif /* LENET_HAVE_CAIRO */
@@ -561,7 +587,7 @@ int main(int argc, char **argv)
                 o.data, INSTALL_HINT);
         goto done;
     }
-    if (!(net = build_network(o.variant, 12)) || lenet_model_init(net, LENET_INIT_XAVIER_UNIFORM, o.seed) != LENET_OK ||
+    if (!(net = build_network(o.variant)) || lenet_model_init(net, LENET_INIT_XAVIER_UNIFORM, o.seed) != LENET_OK ||
         !(sgd = lenet_sgd_create(net, o.lr, o.momentum, 0.0f)) ||
         !(train_iter = lenet_iter_create(train, o.batch_size, true, o.seed)) ||
         !(test_iter = lenet_iter_create(test, o.batch_size, false, 0))) {
