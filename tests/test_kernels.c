@@ -1,6 +1,6 @@
 /* The numeric kernels (lib/kernels) against naive loops written here and against each other:
  * sgemm, im2col/col2im, the reference convolution, the sample-vectorized (lane) convolution kernels of every ISA the
- * CPU has, pooling, activations and the bias helpers. */
+ * CPU has, the convolution entry point over every strategy of every ISA, pooling, activations and the bias helpers. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -617,7 +617,8 @@ END_TEST
 
 START_TEST(test_lane_input_gradient_is_the_flipped_kernel_forward_convolution)
 {
-    /* conv2d's backward_lanes, stride 1: dX[c][y][x] = sum over (o, ky, kx) of w[o][c][ky][kx] dy[o][y + p - ky][x + p - kx]
+    /* The lanes' dX in lenet__conv_backward (conv_plan.c), stride 1:
+     * dX[c][y][x] = sum over (o, ky, kx) of w[o][c][ky][kx] dy[o][y + p - ky][x + p - kx]
      * is the forward convolution of dy bordered by q = k - 1 - p, with wflip[c][o] = w[o][c] turned by 180 degrees,
      * over the geometry {c = oc, h = oh, w = ow, k, s = 1, p = q, oh = h, ow = w}. */
     lane_case *cases = malloc(MAX_LANE_CASES * sizeof *cases);
@@ -706,6 +707,265 @@ START_TEST(test_lane_input_gradient_is_the_flipped_kernel_forward_convolution)
     free(cases);
     fprintf(stderr, "lane input gradient, %d geometries on %d ISAs: worst error %.2f of the tolerance\n", tested, nk,
             worst);
+}
+END_TEST
+
+/* ---- the convolution entry point (conv_plan.c): every strategy of every table against plain loops ---- */
+
+/* One layer of the sweep: input (c, h, w), kernel k, stride s, padding p, oc output channels. */
+typedef struct conv_case {
+    int c, h, w, k, s, p, oc;
+} conv_case;
+
+static const conv_case conv_cases[] = {
+    {1, 28, 28, 5, 1, 2, 6},  /* d2l's first layer: rows below the lanes' chunk on every table */
+    {6, 14, 14, 5, 1, 0, 16}, /* d2l's second layer: channels below the lanes' chunk */
+    {2, 9, 40, 3, 1, 0, 2},   /* two channels, rows of 38 */
+    {3, 7, 6, 3, 1, 4, 20},   /* padding 4 > k - 1: dX by col2im even in the lanes; 20 channels, a partial vector */
+    {2, 11, 13, 3, 2, 1, 4},  /* stride 2 */
+    {3, 9, 10, 4, 2, 3, 5},   /* stride 2, padding 3 > k - 1 */
+    {4, 5, 5, 1, 1, 0, 9},    /* 1x1 kernel */
+    {1, 3, 3, 3, 3, 0, 7},    /* one output pixel */
+};
+/* Batches: single samples, a few, the lanes' threshold (12), a full chunk, and a full chunk plus one. */
+static const int conv_batches[] = {1, 5, 12, 16, 17};
+
+#define CONV_CASE_FMT "c=%d h=%d w=%d k=%d s=%d p=%d oc=%d"
+#define CONV_CASE_ARGS(cc) (cc).c, (cc).h, (cc).w, (cc).k, (cc).s, (cc).p, (cc).oc
+
+static lenet_conv_plan conv_case_plan(const conv_case *cc, lenet_conv_method method)
+{
+    return (lenet_conv_plan){.g = make_geom(cc->c, cc->h, cc->w, cc->k, cc->s, cc->p), .oc = cc->oc, .method = method};
+}
+
+/* The passes in double over n samples, with the sums of their terms' magnitudes: y = W * x + b, and for dy
+ * dW = gw0 + sum dy * x (shifted by the tap), db = gb0 + sum dy, dX = W^T dy. */
+typedef struct conv_want {
+    float *y, *y_mag, *gw, *gw_mag, *gb, *gb_mag, *dx, *dx_mag;
+} conv_want;
+
+static void conv_reference(const lenet_conv_plan *cp, int n, const float *x, const float *weight, const float *bias,
+                           const float *dy, const float *gw0, const float *gb0, conv_want *want)
+{
+    const lenet_conv_geom *g = &cp->g;
+    const int k = g->k, oc = cp->oc;
+    const size_t in_size = (size_t)g->c * g->h * g->w, out_size = (size_t)oc * g->oh * g->ow;
+    const size_t nweight = (size_t)oc * g->c * k * k;
+    double *gw = calloc(nweight, sizeof *gw), *gwm = calloc(nweight, sizeof *gwm);
+    double *dx = calloc((size_t)n * in_size, sizeof *dx), *dxm = calloc((size_t)n * in_size, sizeof *dxm);
+    ck_assert(gw && gwm && dx && dxm);
+    float *xa = floats((size_t)n * in_size), *wa = floats(nweight), *ba = floats((size_t)oc);
+    abs_copy(x, (size_t)n * in_size, xa);
+    abs_copy(weight, nweight, wa);
+    abs_copy(bias, (size_t)oc, ba);
+    for (int i = 0; i < n; i++) {
+        lenet__conv2d_ref(g, oc, x + i * in_size, weight, bias, want->y + i * out_size);
+        lenet__conv2d_ref(g, oc, xa + i * in_size, wa, ba, want->y_mag + i * out_size);
+    }
+    for (int o = 0; o < oc; o++) {
+        double db = gb0[o], dbm = fabs((double)gb0[o]);
+        for (int i = 0; i < n; i++)
+            for (int q = 0; q < g->oh * g->ow; q++) {
+                db += dy[i * out_size + (size_t)o * g->oh * g->ow + q];
+                dbm += fabs((double)dy[i * out_size + (size_t)o * g->oh * g->ow + q]);
+            }
+        want->gb[o] = (float)db;
+        want->gb_mag[o] = (float)dbm;
+    }
+    for (size_t t = 0; t < nweight; t++) {
+        gw[t] = gw0[t];
+        gwm[t] = fabs((double)gw0[t]);
+    }
+    for (int i = 0; i < n; i++)
+        for (int o = 0; o < oc; o++)
+            for (int oy = 0; oy < g->oh; oy++)
+                for (int ox = 0; ox < g->ow; ox++) {
+                    const double d = dy[i * out_size + ((size_t)o * g->oh + oy) * g->ow + ox];
+                    for (int c = 0; c < g->c; c++)
+                        for (int ky = 0; ky < k; ky++) {
+                            const int iy = oy * g->s - g->p + ky;
+                            if (iy < 0 || iy >= g->h)
+                                continue;
+                            for (int kx = 0; kx < k; kx++) {
+                                const int ix = ox * g->s - g->p + kx;
+                                if (ix < 0 || ix >= g->w)
+                                    continue;
+                                const size_t t = (((size_t)o * g->c + c) * k + ky) * k + kx;
+                                const size_t at = i * in_size + ((size_t)c * g->h + iy) * g->w + ix;
+                                gw[t] += d * x[at];
+                                gwm[t] += fabs(d * x[at]);
+                                dx[at] += d * weight[t];
+                                dxm[at] += fabs(d * weight[t]);
+                            }
+                        }
+                }
+    for (size_t t = 0; t < nweight; t++) {
+        want->gw[t] = (float)gw[t];
+        want->gw_mag[t] = (float)gwm[t];
+    }
+    for (size_t t = 0; t < (size_t)n * in_size; t++) {
+        want->dx[t] = (float)dx[t];
+        want->dx_mag[t] = (float)dxm[t];
+    }
+    free(gw);
+    free(gwm);
+    free(dx);
+    free(dxm);
+    free(xa);
+    free(wa);
+    free(ba);
+}
+
+/* A value the passes never write: workspace overruns and writes past an output show as a changed guard. */
+#define GUARD_VALUE -1234.5f
+enum { CONV_GUARD = 64 };
+
+static void fill_guard(float *p)
+{
+    for (int i = 0; i < CONV_GUARD; i++)
+        p[i] = GUARD_VALUE;
+}
+
+static bool guard_intact(const float *p)
+{
+    for (int i = 0; i < CONV_GUARD; i++)
+        if (p[i] != GUARD_VALUE)
+            return false;
+    return true;
+}
+
+START_TEST(test_conv_entry_points_match_the_reference_on_every_isa_strategy_and_batch)
+{
+    const lenet_kernels *kerns[3];
+    const int nk = supported_kernels(kerns);
+    int hits[3][LENET_CONV_IM2COL + 1] = {{0}};
+    double worst = 0.0;
+    lenet_rng rng;
+    lenet__rng_seed(&rng, 1998);
+    for (size_t ci = 0; ci < sizeof conv_cases / sizeof conv_cases[0]; ci++) {
+        const conv_case cc = conv_cases[ci];
+        for (size_t bi = 0; bi < sizeof conv_batches / sizeof conv_batches[0]; bi++) {
+            const int n = conv_batches[bi];
+            const lenet_conv_plan direct = conv_case_plan(&cc, LENET_CONV_DIRECT);
+            const lenet_conv_geom *g = &direct.g;
+            const size_t in = (size_t)n * g->c * g->h * g->w, out = (size_t)n * cc.oc * g->oh * g->ow;
+            const size_t nweight = (size_t)cc.oc * g->c * g->k * g->k;
+            float *x = floats(in), *weight = floats(nweight), *bias = floats((size_t)cc.oc), *dy = floats(out);
+            float *gw0 = floats(nweight), *gb0 = floats((size_t)cc.oc);
+            fill_uniform(&rng, x, in, -1.0f, 1.0f);
+            fill_uniform(&rng, weight, nweight, -1.0f, 1.0f);
+            fill_uniform(&rng, bias, (size_t)cc.oc, -1.0f, 1.0f);
+            fill_uniform(&rng, dy, out, -1.0f, 1.0f);
+            fill_uniform(&rng, gw0, nweight, -1.0f, 1.0f); /* backward adds to what is there */
+            fill_uniform(&rng, gb0, (size_t)cc.oc, -1.0f, 1.0f);
+            conv_want want = {floats(out), floats(out), floats(nweight), floats(nweight), floats((size_t)cc.oc),
+                              floats((size_t)cc.oc), floats(in), floats(in)};
+            conv_reference(&direct, n, x, weight, bias, dy, gw0, gb0, &want);
+            float *y = floats(out + CONV_GUARD), *dx = floats(in + CONV_GUARD);
+            float *gw = floats(nweight), *gb = floats((size_t)cc.oc), *gw_nodx = floats(nweight);
+            float *gb_nodx = floats((size_t)cc.oc);
+
+            for (int ki = 0; ki < nk; ki++) {
+                ck_assert(lenet__kernels_force(kerns[ki]->isa));
+                for (int method = LENET_CONV_DIRECT; method <= LENET_CONV_GEMM; method++) {
+                    const lenet_conv_plan cp = conv_case_plan(&cc, (lenet_conv_method)method);
+                    const lenet_conv_strategy s = lenet__conv_strategy(&cp, kerns[ki], n);
+                    hits[ki][s]++;
+                    /* Exactly the workspace asked for, garbage in it and a guard after it. */
+                    const size_t ws = lenet__conv_workspace(&cp, n);
+                    float *work = floats(ws + CONV_GUARD);
+                    fill_nan(work, ws);
+                    fill_guard(work + ws);
+                    fill_nan(y, out);
+                    fill_guard(y + out);
+                    lenet__conv_forward(&cp, n, x, weight, bias, y, work);
+
+                    size_t at;
+                    double err = worst_over_tolerance(y, want.y, want.y_mag, out, &at);
+                    ck_assert_msg(err < 1.0, "%s strategy %d " CONV_CASE_FMT " n=%d: y[%zu] = %.9g, want %.9g",
+                                  kerns[ki]->isa, s, CONV_CASE_ARGS(cc), n, at, y[at], want.y[at]);
+                    worst = err > worst ? err : worst;
+                    ck_assert_msg(guard_intact(y + out), "%s strategy %d " CONV_CASE_FMT " n=%d: forward wrote past y",
+                                  kerns[ki]->isa, s, CONV_CASE_ARGS(cc), n);
+
+                    memcpy(gw, gw0, nweight * sizeof(float));
+                    memcpy(gb, gb0, (size_t)cc.oc * sizeof(float));
+                    fill_nan(work, ws);
+                    fill_nan(dx, in);
+                    fill_guard(dx + in);
+                    lenet__conv_backward(&cp, n, x, dy, weight, gw, gb, dx, work);
+                    const struct {
+                        const char *name;
+                        const float *got, *want, *mag;
+                        size_t count;
+                    } checks[] = {{"dW", gw, want.gw, want.gw_mag, nweight},
+                                  {"db", gb, want.gb, want.gb_mag, (size_t)cc.oc},
+                                  {"dX", dx, want.dx, want.dx_mag, in}};
+                    for (size_t t = 0; t < sizeof checks / sizeof checks[0]; t++) {
+                        err = worst_over_tolerance(checks[t].got, checks[t].want, checks[t].mag, checks[t].count, &at);
+                        ck_assert_msg(err < 1.0, "%s strategy %d " CONV_CASE_FMT " n=%d: %s[%zu] = %.9g, want %.9g",
+                                      kerns[ki]->isa, s, CONV_CASE_ARGS(cc), n, checks[t].name, at, checks[t].got[at],
+                                      checks[t].want[at]);
+                        worst = err > worst ? err : worst;
+                    }
+                    ck_assert_msg(guard_intact(dx + in), "%s strategy %d " CONV_CASE_FMT " n=%d: backward wrote past dX",
+                                  kerns[ki]->isa, s, CONV_CASE_ARGS(cc), n);
+
+                    /* Without dX (a first layer) the parameter gradients are the same, bit for bit. */
+                    memcpy(gw_nodx, gw0, nweight * sizeof(float));
+                    memcpy(gb_nodx, gb0, (size_t)cc.oc * sizeof(float));
+                    fill_nan(work, ws);
+                    lenet__conv_backward(&cp, n, x, dy, weight, gw_nodx, gb_nodx, NULL, work);
+                    ck_assert_msg(first_difference(gw_nodx, gw, nweight) == nweight &&
+                                      first_difference(gb_nodx, gb, (size_t)cc.oc) == (size_t)cc.oc,
+                                  "%s strategy %d " CONV_CASE_FMT " n=%d: dW or db differ without dX", kerns[ki]->isa,
+                                  s, CONV_CASE_ARGS(cc), n);
+                    ck_assert_msg(guard_intact(work + ws),
+                                  "%s strategy %d " CONV_CASE_FMT " n=%d: the passes overran %zu floats of workspace",
+                                  kerns[ki]->isa, s, CONV_CASE_ARGS(cc), n, ws);
+                    free(work);
+                }
+            }
+            ck_assert(lenet__kernels_force(NULL));
+            free(x);
+            free(weight);
+            free(bias);
+            free(dy);
+            free(gw0);
+            free(gb0);
+            free(y);
+            free(dx);
+            free(gw);
+            free(gb);
+            free(gw_nodx);
+            free(gb_nodx);
+            float **wants[] = {&want.y, &want.y_mag, &want.gw, &want.gw_mag, &want.gb, &want.gb_mag, &want.dx,
+                               &want.dx_mag};
+            for (size_t t = 0; t < sizeof wants / sizeof wants[0]; t++)
+                free(*wants[t]);
+        }
+    }
+    /* The sweep reaches every strategy on every table. */
+    for (int ki = 0; ki < nk; ki++)
+        for (int s = LENET_CONV_LANES; s <= LENET_CONV_IM2COL; s++)
+            ck_assert_msg(hits[ki][s] > 0, "%s: no case took strategy %d", kerns[ki]->isa, s);
+    fprintf(stderr, "conv entry points, %zu layers x %zu batches on %d ISAs: worst error %.2f of the tolerance\n",
+            sizeof conv_cases / sizeof conv_cases[0], sizeof conv_batches / sizeof conv_batches[0], nk, worst);
+}
+END_TEST
+
+START_TEST(test_conv_workspace_never_shrinks_as_the_batch_grows)
+{
+    /* The engine sizes the workspace for a full chunk and runs the batch's last, shorter chunk in it too. */
+    for (size_t ci = 0; ci < sizeof conv_cases / sizeof conv_cases[0]; ci++)
+        for (int method = LENET_CONV_DIRECT; method <= LENET_CONV_GEMM; method++) {
+            const lenet_conv_plan cp = conv_case_plan(&conv_cases[ci], (lenet_conv_method)method);
+            for (int n = 2; n <= 40; n++)
+                ck_assert_msg(lenet__conv_workspace(&cp, n) >= lenet__conv_workspace(&cp, n - 1),
+                              CONV_CASE_FMT " method %d: workspace(%d) = %zu < workspace(%d) = %zu",
+                              CONV_CASE_ARGS(conv_cases[ci]), method, n, lenet__conv_workspace(&cp, n), n - 1,
+                              lenet__conv_workspace(&cp, n - 1));
+        }
 }
 END_TEST
 
@@ -964,6 +1224,8 @@ int main(void)
     tcase_add_test(tc, test_lane_convolution_matches_reference_per_sample_on_every_isa_and_tile_remainder);
     tcase_add_test(tc, test_lane_weight_gradient_matches_double_sum_and_never_reads_the_border);
     tcase_add_test(tc, test_lane_input_gradient_is_the_flipped_kernel_forward_convolution);
+    tcase_add_test(tc, test_conv_entry_points_match_the_reference_on_every_isa_strategy_and_batch);
+    tcase_add_test(tc, test_conv_workspace_never_shrinks_as_the_batch_grows);
     tcase_add_test(tc, test_small_gemm_matches_naive_product_on_every_isa_and_tile_remainder);
     tcase_add_test(tc, test_pooling_kernels_match_naive_loops_over_random_geometries);
     tcase_add_test(tc, test_maxpool_kernel_gives_tied_gradient_to_first_maximum);
