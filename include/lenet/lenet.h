@@ -18,5 +18,6 @@
 #include "lenet/train.h"
 #include "lenet/io.h"
 #include "lenet/threads.h"
+#include "lenet/plan.h"
 
 #endif /* LENET_LENET_H */

@@ -215,6 +215,18 @@ static void batchnorm_backward(const lenet_layer *l, const lenet_pass *p)
     }
 }
 
+/* Evaluation mode is y = scale x + shift per channel, which a plan folds into the layer before. */
+static int batchnorm_eval_affine(const lenet_layer *l, float *scale, float *shift)
+{
+    const batchnorm *b = (const batchnorm *)l;
+    for (int c = 0; c < b->channels; c++) {
+        const double gain = l->param[0][c] / sqrt((double)l->buffer[1][c] + b->eps);
+        scale[c] = (float)gain;
+        shift[c] = (float)(l->param[1][c] - l->buffer[0][c] * gain);
+    }
+    return b->channels;
+}
+
 /* Each value: one multiply and one add. */
 static size_t batchnorm_connections(const lenet_layer *l)
 {
@@ -235,6 +247,7 @@ static size_t batchnorm_connections(const lenet_layer *l)
         .backward_stats = batchnorm_backward_stats,                                                        \
         .update_buffers = batchnorm_update_buffers,                                                        \
         .check_batch = batchnorm_check_batch,                                                              \
+        .eval_affine = batchnorm_eval_affine,                                                              \
     };
 
 BATCHNORM_OPS(batchnorm1d, "BatchNorm1d")

@@ -98,6 +98,7 @@ static const lenet_layer_ops conv2d_ops = {
     .forward = conv2d_forward,
     .backward = conv2d_backward,
     .connections = conv2d_connections,
+    .fold_affine = lenet__fold_affine_weight_bias,
     .gn_rule = lenet__gn_squares,
 };
 

@@ -60,6 +60,7 @@ static const lenet_layer_ops dropout_ops = {
     .infer_shape = same_shape,
     .forward = dropout_forward,
     .backward = dropout_backward,
+    .eval_identity = true,
 };
 
 lenet_layer *lenet_dropout(float p)

@@ -31,6 +31,19 @@ lenet_gn_rule lenet__gn_one_to_one(const lenet_layer *l)
     return LENET_GN_ONE_TO_ONE;
 }
 
+bool lenet__fold_affine_weight_bias(lenet_layer *l, const float *scale, const float *shift, int channels)
+{
+    if (l->n_params < 2 || channels < 1 || l->param_numel[1] != (size_t)channels)
+        return false;
+    const size_t row = l->param_numel[0] / (size_t)channels;
+    for (int c = 0; c < channels; c++) {
+        for (size_t k = 0; k < row; k++)
+            l->param[0][(size_t)c * row + k] *= scale[c];
+        l->param[1][c] = l->param[1][c] * scale[c] + shift[c];
+    }
+    return true;
+}
+
 const char *lenet_layer_name(const lenet_layer *l)
 {
     return l ? l->ops->name : "";

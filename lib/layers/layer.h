@@ -114,6 +114,15 @@ typedef struct lenet_layer_ops {
     /* Refuses a batch the layer cannot handle in a mode (BatchNorm in training: one value per channel), before
      * anything runs; sets the error.  NULL: any batch. */
     lenet_status (*check_batch)(const lenet_layer *l, int batch, bool training);
+
+    /* Inference plans (lib/plan).  A layer that is the identity in evaluation mode (Dropout) is left out.  One that
+     * is a per-channel affine map there (BatchNorm) gives it through eval_affine: it fills scale and shift (room for
+     * l->out.dim[0] floats each) and returns the channel count.  A plan folds that map into the layer before it when
+     * the latter's fold_affine takes it (Conv2d, Linear: y'[c] = scale[c] y[c] + shift[c] absorbed into the weight
+     * rows and the bias); fold_affine changes the layer's parameters and returns false when the channels differ. */
+    bool eval_identity;
+    int (*eval_affine)(const lenet_layer *l, float *scale, float *shift);
+    bool (*fold_affine)(lenet_layer *l, const float *scale, const float *shift, int channels);
 } lenet_layer_ops;
 
 struct lenet_layer {
@@ -152,6 +161,10 @@ void lenet__shape_format(const lenet_shape *s, char *buf, size_t size);
 void lenet__fill_uniform(float *p, size_t n, float bound, lenet_rng *rng);
 /* The weight/bias init shared by Conv2d and Linear (and any layer with one weight and one bias). */
 void lenet__init_weight_bias(lenet_layer *l, lenet_init scheme, lenet_rng *rng, size_t fan_in, size_t fan_out);
+
+/* fold_affine for layers whose parameter 0 holds one row per output channel and parameter 1 one bias per channel
+ * (Conv2d, Linear): row c and bias c are multiplied by scale[c], then shift[c] is added to the bias. */
+bool lenet__fold_affine_weight_bias(lenet_layer *l, const float *scale, const float *shift, int channels);
 
 /* Helpers for shape errors that name the layer kind and sizes. */
 lenet_status lenet__expect_image(const lenet_layer *l, const lenet_shape *in);

@@ -79,6 +79,7 @@ static const lenet_layer_ops linear_ops = {
     .forward = linear_forward,
     .backward = linear_backward,
     .connections = linear_connections,
+    .fold_affine = lenet__fold_affine_weight_bias,
     .gn_rule = lenet__gn_squares,
 };
 

@@ -1,0 +1,70 @@
+/**
+ * @file plan.h
+ * @brief Read-only inference plans: a trained model compiled for deployment, run without allocating.
+ *
+ * A plan is made once from a built model and keeps its own copy of the weights in the layout its kernels use
+ * (BatchNorm folded into the convolution or Linear before it, Dropout left out), so the model may be changed or
+ * freed afterwards.  A plan never changes after creation: any number of threads may run one plan at once, each
+ * with a workspace of its own of lenet_plan_workspace_size() bytes.  lenet_plan_run() allocates nothing, takes no
+ * lock and starts no thread; to use several cores, run one workspace per thread.
+ *
+ * @code
+ * lenet_plan *p = lenet_plan_create(model, 64);
+ * void *work = malloc(lenet_plan_workspace_size(p));       // one per thread, reused for every call
+ * lenet_plan_run(p, work, lenet_plan_workspace_size(p), images, logits);
+ * @endcode
+ */
+#ifndef LENET_PLAN_H
+#define LENET_PLAN_H
+
+#include <stddef.h>
+
+#include "lenet/export.h"
+#include "lenet/model.h"
+#include "lenet/status.h"
+#include "lenet/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** An opaque, immutable inference plan. */
+typedef struct lenet_plan lenet_plan;
+
+/**
+ * Compiles a built model for float32 inference on batches of 1 to @p max_batch samples, with the model's
+ * evaluation-mode semantics (lenet_model_predict() gives the same outputs within float rounding: folding
+ * BatchNorm into the weights rounds differently).  The model is only read, and not kept.
+ * @return a new plan to free with lenet_plan_free(), or NULL: LENET_EINVAL (NULL model, max_batch < 1);
+ *         LENET_ESTATE (the model is not built, or a layer could not be added to it); LENET_EUNSUPPORTED naming a
+ *         layer a plan cannot hold (a layer kind outside the library); LENET_ENOMEM.
+ */
+LENET_API lenet_plan *lenet_plan_create(const lenet_model *m, int max_batch);
+
+/**
+ * Bytes of workspace lenet_plan_run() needs for any batch up to the plan's max_batch (0 for NULL).  The same for
+ * every call: allocate it once per thread.  Any alignment will do.
+ */
+LENET_API size_t lenet_plan_workspace_size(const lenet_plan *p);
+
+/** The largest batch the plan runs (0 for NULL). */
+LENET_API int lenet_plan_max_batch(const lenet_plan *p);
+
+/**
+ * Runs the plan on @p x (N, C, H, W), 1 <= N <= max_batch, of the input shape the model was built for, writing
+ * @p y, a tensor of N rows of the model's outputs (shape (N, ...) as lenet_model_predict() wants it).
+ * Runs on the calling thread; reads the plan and x, writes only y and the workspace.  Allocates nothing.
+ * @return LENET_OK; LENET_EINVAL for NULL arguments or a workspace smaller than lenet_plan_workspace_size();
+ *         LENET_ESHAPE for a batch over max_batch or shapes that do not match.  Nothing is written on failure.
+ */
+LENET_API lenet_status lenet_plan_run(const lenet_plan *p, void *workspace, size_t workspace_size,
+                                      const lenet_tensor *x, lenet_tensor *y);
+
+/** Frees the plan.  Harmless on NULL. */
+LENET_API void lenet_plan_free(lenet_plan *p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LENET_PLAN_H */

@@ -1,0 +1,358 @@
+/* Inference plans: the same outputs as lenet_model_predict for every layer kind, no allocation inside
+ * lenet_plan_run (counted by a malloc interposer), many threads on one plan, and the errors. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layers/layer.h"
+#include "testutil.h"
+
+/* ---- counting allocations: this executable's malloc family wraps glibc's, for every library in the process ---- */
+
+extern void *__libc_malloc(size_t size);
+extern void *__libc_calloc(size_t count, size_t size);
+extern void *__libc_realloc(void *p, size_t size);
+extern void *__libc_memalign(size_t alignment, size_t size);
+
+static atomic_bool counting;
+static atomic_size_t allocations;
+
+static void count(void)
+{
+    if (atomic_load(&counting))
+        atomic_fetch_add(&allocations, 1);
+}
+
+void *malloc(size_t size)
+{
+    count();
+    return __libc_malloc(size);
+}
+
+void *calloc(size_t n, size_t size)
+{
+    count();
+    return __libc_calloc(n, size);
+}
+
+void *realloc(void *p, size_t size)
+{
+    count();
+    return __libc_realloc(p, size);
+}
+
+void *aligned_alloc(size_t alignment, size_t size)
+{
+    count();
+    return __libc_memalign(alignment, size);
+}
+
+int posix_memalign(void **out, size_t alignment, size_t size)
+{
+    count();
+    void *p = __libc_memalign(alignment, size);
+    if (!p)
+        return 12; /* ENOMEM */
+    *out = p;
+    return 0;
+}
+
+/* ---- the networks ---- */
+
+static lenet_model *model_of(lenet_layer *const *layers, size_t n, int c, int h, int w)
+{
+    lenet_model *m = lenet_model_create();
+    for (size_t i = 0; i < n; i++)
+        ck_assert_lenet_ok(lenet_model_add(m, layers[i]));
+    ck_assert_lenet_ok(lenet_model_build(m, c, h, w));
+    ck_assert_lenet_ok(lenet_model_init(m, LENET_INIT_PYTORCH, 7));
+    return m;
+}
+
+#define MODEL(c, h, w, ...)                                                                                    \
+    model_of((lenet_layer *[]){__VA_ARGS__}, sizeof((lenet_layer *[]){__VA_ARGS__}) / sizeof(lenet_layer *), c, h, w)
+
+/* Trains the BatchNorm statistics away from their initial values with a few training forwards. */
+static void warm_up(lenet_model *m, int c, int h, int w)
+{
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){32, c, h, w});
+    const lenet_tensor *y;
+    for (int step = 0; step < 3; step++) {
+        lenet_test_fill(x, 40 + (uint64_t)step, -1.0f, 2.0f);
+        ck_assert_lenet_ok(lenet_model_forward(m, x, &y));
+    }
+    lenet_tensor_free(x);
+    for (size_t i = 0; i < lenet_model_param_count(m); i++)
+        if (strstr(lenet_model_param_name(m, i), "bias"))
+            lenet_test_fill(lenet_model_param(m, i), 50 + i, -0.3f, 0.3f);
+}
+
+typedef struct network {
+    const char *name;
+    lenet_model *(*make)(void);
+    int c, h, w;
+} network;
+
+static lenet_model *d2l(void)
+{
+    lenet_model *m = lenet_test_d2l_model();
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 28, 28));
+    ck_assert_lenet_ok(lenet_model_init(m, LENET_INIT_XAVIER_UNIFORM, 7));
+    return m;
+}
+
+static lenet_model *modern_bn_dropout(void)
+{
+    lenet_model *m = MODEL(1, 28, 28, lenet_conv2d(6, 5, 1, 2), lenet_batchnorm2d(1e-5f, 0.1f), lenet_relu(),
+                           lenet_maxpool2d(2, 2), lenet_conv2d(16, 5, 1, 0), lenet_batchnorm2d(1e-5f, 0.1f),
+                           lenet_tanh(), lenet_avgpool2d(2, 2), lenet_flatten(), lenet_dropout(0.3f),
+                           lenet_linear(120), lenet_batchnorm1d(1e-5f, 0.1f), lenet_sigmoid(), lenet_dropout(0.5f),
+                           lenet_linear(84), lenet_relu(), lenet_linear(10));
+    warm_up(m, 1, 28, 28);
+    return m;
+}
+
+/* BatchNorm where there is nothing to fold it into: first, and after a pooling layer. */
+static lenet_model *unfoldable_bn(void)
+{
+    lenet_model *m = MODEL(2, 9, 9, lenet_batchnorm2d(1e-3f, 0.2f), lenet_conv2d(3, 3, 2, 1), lenet_maxpool2d(2, 1),
+                           lenet_batchnorm2d(1e-5f, 0.1f), lenet_flatten(), lenet_batchnorm1d(1e-5f, 0.1f),
+                           lenet_linear(5));
+    warm_up(m, 2, 9, 9);
+    return m;
+}
+
+static lenet_model *lenet5(void)
+{
+    return MODEL(1, 32, 32, lenet_conv2d(6, 5, 1, 0), lenet_scaled_tanh(), lenet_subsample2d(2, 2),
+                 lenet_scaled_tanh(), lenet_lenet5_c3(), lenet_scaled_tanh(), lenet_subsample2d(2, 2),
+                 lenet_scaled_tanh(), lenet_conv2d(120, 5, 1, 0), lenet_scaled_tanh(), lenet_flatten(),
+                 lenet_linear(84), lenet_scaled_tanh(), lenet_rbf_lenet5());
+}
+
+static const network NETWORKS[] = {
+    {"d2l", d2l, 1, 28, 28},
+    {"modern+bn+dropout", modern_bn_dropout, 1, 28, 28},
+    {"unfoldable bn", unfoldable_bn, 2, 9, 9},
+    {"lenet5", lenet5, 1, 32, 32},
+};
+
+/* Worst |a - b| / max(|b|, floor) where floor is 1e-3 of the largest |b|. */
+static double worst_error(const float *a, const float *b, size_t n)
+{
+    double most = 0.0;
+    for (size_t i = 0; i < n; i++)
+        most = fmax(most, fabs((double)b[i]));
+    return lenet_test_max_rel_err(a, b, n, fmax(1e-3 * most, 1e-30));
+}
+
+static void check_network(const network *net, const int *batches, size_t n_batches)
+{
+    lenet_model *m = net->make();
+    lenet_plan *p = lenet_plan_create(m, 1000);
+    ck_assert_msg(p != NULL, "%s: %s", net->name, lenet_last_error());
+    const size_t size = lenet_plan_workspace_size(p);
+    void *work = malloc(size);
+    for (size_t b = 0; b < n_batches; b++) {
+        const int n = batches[b];
+        lenet_tensor *x = lenet_tensor_create(4, (int[]){n, net->c, net->h, net->w});
+        lenet_test_fill(x, 100 + (uint64_t)n, -1.0f, 2.0f);
+        const int outputs = (int)lenet_model_output_size(m);
+        lenet_tensor *want = lenet_tensor_create(2, (int[]){n, outputs}), *got = lenet_tensor_create(2, (int[]){n, outputs});
+        ck_assert_lenet_ok(lenet_model_predict(m, x, want));
+        atomic_store(&allocations, 0);
+        atomic_store(&counting, true);
+        lenet_status st = lenet_plan_run(p, work, size, x, got);
+        atomic_store(&counting, false);
+        ck_assert_lenet_ok(st);
+        ck_assert_msg(atomic_load(&allocations) == 0, "%s, batch %d: %zu allocations inside lenet_plan_run",
+                      net->name, n, atomic_load(&allocations));
+        double err = worst_error(lenet_tensor_cdata(got), lenet_tensor_cdata(want), lenet_tensor_numel(want));
+        printf("%-18s batch %4d: worst relative error against predict %.3g\n", net->name, n, err);
+        ck_assert_msg(err <= 1e-5, "%s, batch %d: plan differs from predict by %.3g", net->name, n, err);
+        lenet_tensor_free(x);
+        lenet_tensor_free(want);
+        lenet_tensor_free(got);
+    }
+    free(work);
+    lenet_plan_free(p);
+    lenet_model_free(m);
+}
+
+START_TEST(test_plans_give_predicts_outputs_for_every_layer_kind_without_allocating)
+{
+    const int batches[] = {1, 7, 16, 17};
+    for (size_t i = 0; i < sizeof NETWORKS / sizeof NETWORKS[0]; i++)
+        check_network(&NETWORKS[i], batches, sizeof batches / sizeof batches[0]);
+}
+END_TEST
+
+START_TEST(test_a_plan_runs_a_batch_of_1000)
+{
+    const int batches[] = {1000};
+    check_network(&NETWORKS[0], batches, 1);
+    check_network(&NETWORKS[1], batches, 1);
+}
+END_TEST
+
+START_TEST(test_a_plan_outlives_its_model_and_folds_batchnorm_away)
+{
+    lenet_model *m = modern_bn_dropout();
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){5, 1, 28, 28}), *want = lenet_tensor_create(2, (int[]){5, 10});
+    lenet_test_fill(x, 3, 0.0f, 1.0f);
+    ck_assert_lenet_ok(lenet_model_predict(m, x, want));
+    lenet_plan *p = lenet_plan_create(m, 5);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_int_eq(lenet_plan_max_batch(p), 5);
+    lenet_model_free(m);
+    lenet_tensor *got = lenet_tensor_create(2, (int[]){5, 10});
+    void *work = malloc(lenet_plan_workspace_size(p));
+    ck_assert_lenet_ok(lenet_plan_run(p, work, lenet_plan_workspace_size(p), x, got));
+    ck_assert(worst_error(lenet_tensor_cdata(got), lenet_tensor_cdata(want), 50) <= 1e-5);
+    /* Any alignment of the workspace will do. */
+    char *odd = malloc(lenet_plan_workspace_size(p) + 3);
+    ck_assert_lenet_ok(lenet_plan_run(p, odd + 3, lenet_plan_workspace_size(p), x, got));
+    free(odd);
+    free(work);
+    lenet_plan_free(p);
+    lenet_tensor_free(x);
+    lenet_tensor_free(want);
+    lenet_tensor_free(got);
+}
+END_TEST
+
+START_TEST(test_plan_errors_are_statuses_and_write_nothing)
+{
+    lenet_model *m = lenet_test_d2l_model();
+    ck_assert_ptr_null(lenet_plan_create(m, 4));
+    ck_assert_int_eq(lenet__last_status(), LENET_ESTATE); /* not built */
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 28, 28));
+    ck_assert_ptr_null(lenet_plan_create(NULL, 4));
+    ck_assert_ptr_null(lenet_plan_create(m, 0));
+    ck_assert_msg(strstr(lenet_last_error(), "max_batch") != NULL, "message: %s", lenet_last_error());
+    lenet_plan *p = lenet_plan_create(m, 4);
+    const size_t size = lenet_plan_workspace_size(p);
+    void *work = malloc(size);
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){4, 1, 28, 28}), *y = lenet_tensor_create(2, (int[]){4, 10});
+    lenet_tensor *big = lenet_tensor_create(4, (int[]){5, 1, 28, 28}), *big_y = lenet_tensor_create(2, (int[]){5, 10});
+    lenet_tensor *wrong = lenet_tensor_create(4, (int[]){4, 1, 32, 32}), *wrong_y = lenet_tensor_create(2, (int[]){4, 9});
+    lenet_test_fill(y, 1, 5.0f, 6.0f);
+    float before[40];
+    memcpy(before, lenet_tensor_cdata(y), sizeof before);
+    ck_assert_int_eq(lenet_plan_run(p, work, size - 1, x, y), LENET_EINVAL);
+    ck_assert_msg(strstr(lenet_last_error(), "workspace") != NULL, "message: %s", lenet_last_error());
+    ck_assert_int_eq(lenet_plan_run(p, NULL, size, x, y), LENET_EINVAL);
+    ck_assert_int_eq(lenet_plan_run(NULL, work, size, x, y), LENET_EINVAL);
+    ck_assert_int_eq(lenet_plan_run(p, work, size, big, big_y), LENET_ESHAPE);
+    ck_assert_msg(strstr(lenet_last_error(), "max_batch") != NULL, "message: %s", lenet_last_error());
+    ck_assert_int_eq(lenet_plan_run(p, work, size, wrong, y), LENET_ESHAPE);
+    ck_assert_int_eq(lenet_plan_run(p, work, size, x, wrong_y), LENET_ESHAPE);
+    ck_assert_mem_eq(before, lenet_tensor_cdata(y), sizeof before);
+    ck_assert_uint_eq(lenet_plan_workspace_size(NULL), 0);
+    lenet_plan_free(NULL);
+    lenet_tensor_free(x);
+    lenet_tensor_free(y);
+    lenet_tensor_free(big);
+    lenet_tensor_free(big_y);
+    lenet_tensor_free(wrong);
+    lenet_tensor_free(wrong_y);
+    free(work);
+    lenet_plan_free(p);
+    lenet_model_free(m);
+}
+END_TEST
+
+/* A layer kind outside the library: a plan cannot rebuild it. */
+static lenet_status same_shape(const lenet_layer *l, const lenet_shape *in, lenet_shape *out)
+{
+    (void)l;
+    *out = *in;
+    return LENET_OK;
+}
+
+static void copy_forward(const lenet_layer *l, const lenet_pass *p, float *y)
+{
+    memcpy(y, p->x, (size_t)p->n * l->in_size * sizeof(float));
+}
+
+static const lenet_layer_ops custom_ops = {.name = "Custom", .infer_shape = same_shape, .forward = copy_forward};
+
+START_TEST(test_a_layer_kind_outside_the_library_is_unsupported_by_name)
+{
+    lenet_model *m = lenet_model_create();
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet__layer_alloc(sizeof(lenet_layer), &custom_ops, 0, NULL)));
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 2, 2));
+    ck_assert_ptr_null(lenet_plan_create(m, 1));
+    ck_assert_int_eq(lenet__last_status(), LENET_EUNSUPPORTED);
+    ck_assert_msg(strstr(lenet_last_error(), "layer 1 (Custom)") != NULL, "message: %s", lenet_last_error());
+    lenet_model_free(m);
+}
+END_TEST
+
+typedef struct thread_job {
+    const lenet_plan *p;
+    const lenet_tensor *x;
+    const float *want;
+    int failures;
+} thread_job;
+
+static void *run_many(void *arg)
+{
+    thread_job *job = arg;
+    size_t size = lenet_plan_workspace_size(job->p);
+    void *work = malloc(size);
+    lenet_tensor *y = lenet_tensor_create(2, (int[]){lenet_tensor_dim(job->x, 0), 10});
+    for (int r = 0; r < 20; r++) {
+        if (lenet_plan_run(job->p, work, size, job->x, y) != LENET_OK ||
+            memcmp(lenet_tensor_cdata(y), job->want, lenet_tensor_numel(y) * sizeof(float)) != 0)
+            job->failures++;
+    }
+    lenet_tensor_free(y);
+    free(work);
+    return NULL;
+}
+
+START_TEST(test_many_threads_run_one_plan_at_once_with_a_workspace_each)
+{
+    lenet_model *m = modern_bn_dropout();
+    lenet_plan *p = lenet_plan_create(m, 20);
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){20, 1, 28, 28}), *y = lenet_tensor_create(2, (int[]){20, 10});
+    lenet_test_fill(x, 8, 0.0f, 1.0f);
+    void *work = malloc(lenet_plan_workspace_size(p));
+    ck_assert_lenet_ok(lenet_plan_run(p, work, lenet_plan_workspace_size(p), x, y));
+    free(work);
+    enum { THREADS = 6 };
+    pthread_t threads[THREADS];
+    thread_job jobs[THREADS];
+    for (int t = 0; t < THREADS; t++) {
+        jobs[t] = (thread_job){p, x, lenet_tensor_cdata(y), 0};
+        ck_assert_int_eq(pthread_create(&threads[t], NULL, run_many, &jobs[t]), 0);
+    }
+    for (int t = 0; t < THREADS; t++) {
+        pthread_join(threads[t], NULL);
+        ck_assert_int_eq(jobs[t].failures, 0);
+    }
+    lenet_tensor_free(x);
+    lenet_tensor_free(y);
+    lenet_plan_free(p);
+    lenet_model_free(m);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("plan");
+    TCase *tc = tcase_create("plan");
+    tcase_add_test(tc, test_plans_give_predicts_outputs_for_every_layer_kind_without_allocating);
+    tcase_add_test(tc, test_a_plan_runs_a_batch_of_1000);
+    tcase_add_test(tc, test_a_plan_outlives_its_model_and_folds_batchnorm_away);
+    tcase_add_test(tc, test_plan_errors_are_statuses_and_write_nothing);
+    tcase_add_test(tc, test_a_layer_kind_outside_the_library_is_unsupported_by_name);
+    tcase_add_test(tc, test_many_threads_run_one_plan_at_once_with_a_workspace_each);
+    suite_add_tcase(s, tc);
+    return lenet_test_run(s);
+}
