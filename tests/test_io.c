@@ -3,6 +3,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -201,12 +202,39 @@ static void assert_params_equal(lenet_model *m, const float *expected, size_t co
     free(now);
 }
 
+/* All buffers (running statistics, counts), concatenated, in a new buffer. */
+static float *buffers_copy(lenet_model *m, size_t *count)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < lenet_model_buffer_count(m); i++)
+        total += lenet_tensor_numel(lenet_model_buffer(m, i));
+    float *out = malloc((total ? total : 1) * sizeof *out);
+    ck_assert_ptr_nonnull(out);
+    size_t at = 0;
+    for (size_t i = 0; i < lenet_model_buffer_count(m); i++) {
+        const lenet_tensor *b = lenet_model_buffer(m, i);
+        memcpy(out + at, lenet_tensor_cdata(b), lenet_tensor_numel(b) * sizeof *out);
+        at += lenet_tensor_numel(b);
+    }
+    *count = total;
+    return out;
+}
+
+/* The same parameters and the same buffers, bit for bit, under the same names. */
 static void assert_models_equal(lenet_model *a, lenet_model *b)
 {
-    size_t n;
+    size_t n, nb;
     float *pa = params_copy(a, &n);
     assert_params_equal(b, pa, n);
     free(pa);
+    ck_assert_uint_eq(lenet_model_buffer_count(a), lenet_model_buffer_count(b));
+    for (size_t i = 0; i < lenet_model_buffer_count(a); i++)
+        ck_assert_str_eq(lenet_model_buffer_name(a, i), lenet_model_buffer_name(b, i));
+    float *ba = buffers_copy(a, &n), *bb = buffers_copy(b, &nb);
+    ck_assert_uint_eq(n, nb);
+    ck_assert_msg(memcmp(ba, bb, n * sizeof *ba) == 0, "buffers differ");
+    free(ba);
+    free(bb);
 }
 
 /* One SGD step on a batch: forward, cross-entropy, zero_grad, backward, step. */
@@ -445,8 +473,8 @@ END_TEST
 /* ---- the state of a model, optimizer and iterator, to check that a failed load changed nothing ---- */
 
 typedef struct snapshot {
-    float *params;
-    size_t n_params;
+    float *params, *buffers;
+    size_t n_params, n_buffer_values;
     unsigned long long steps;
     float lr;
     float *buffer;
@@ -461,6 +489,7 @@ static snapshot take_snapshot(lenet_model *m, lenet_optimizer *o, lenet_iter *it
 {
     snapshot s = {0};
     s.params = params_copy(m, &s.n_params);
+    s.buffers = buffers_copy(m, &s.n_buffer_values);
     if (o) {
         s.steps = o->steps;
         s.lr = o->lr;
@@ -489,6 +518,8 @@ static void assert_unchanged(const snapshot *s, lenet_model *m, lenet_optimizer 
     snapshot now = take_snapshot(m, o, it);
     ck_assert_uint_eq(now.n_params, s->n_params);
     ck_assert_msg(memcmp(now.params, s->params, s->n_params * sizeof(float)) == 0, "parameters changed");
+    ck_assert_uint_eq(now.n_buffer_values, s->n_buffer_values);
+    ck_assert_msg(memcmp(now.buffers, s->buffers, s->n_buffer_values * sizeof(float)) == 0, "buffers changed");
     ck_assert_uint_eq(now.steps, s->steps);
     ck_assert_float_eq(now.lr, s->lr);
     ck_assert_uint_eq(now.buffer_numel, s->buffer_numel);
@@ -505,6 +536,7 @@ static void assert_unchanged(const snapshot *s, lenet_model *m, lenet_optimizer 
         ck_assert_msg(memcmp(now.order, s->order, s->order_size * sizeof *s->order) == 0, "order changed");
     ck_assert_msg(memcmp(now.rng, s->rng, sizeof s->rng) == 0, "generator changed");
     free(now.params);
+    free(now.buffers);
     free(now.buffer);
     free(now.order);
 }
@@ -512,6 +544,7 @@ static void assert_unchanged(const snapshot *s, lenet_model *m, lenet_optimizer 
 static void snapshot_free(snapshot *s)
 {
     free(s->params);
+    free(s->buffers);
     free(s->buffer);
     free(s->order);
 }
@@ -614,6 +647,409 @@ START_TEST(test_float64_float16_and_bfloat16_weights_are_converted)
     ck_assert_msg(strstr(lenet_last_error(), "I32") != NULL, "%s", lenet_last_error());
     assert_unchanged(&s, m, NULL, NULL);
     snapshot_free(&s);
+    lenet_model_free(m);
+    remove_tmpdir();
+}
+END_TEST
+
+/* ---- buffers: running statistics and num_batches_tracked ---- */
+
+/* Conv2d(3, 3, 1, 1) BatchNorm2d ReLU Flatten Linear(4) BatchNorm1d Linear(2) on 1x4x4, trained `steps` SGD steps
+ * on a batch of 6, so that its running statistics and its num_batches_tracked (= steps) are not the initial ones. */
+static lenet_model *bn_model(uint64_t seed, int steps)
+{
+    lenet_model *m = lenet_model_create();
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(3, 3, 1, 1)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_batchnorm2d(1e-5f, 0.1f)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_relu()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(4)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_batchnorm1d(1e-5f, 0.1f)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(2)));
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 4, 4));
+    ck_assert_lenet_ok(lenet_model_init(m, LENET_INIT_PYTORCH, seed));
+    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.9f, 0.0f);
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){6, 1, 4, 4});
+    lenet_test_fill(x, seed + 100, 0.0f, 1.0f);
+    int32_t labels[6] = {0, 1, 1, 0, 1, 0};
+    for (int i = 0; i < steps; i++)
+        sgd_step_on(m, o, x, labels);
+    lenet_tensor_free(x);
+    lenet_optimizer_free(o);
+    return m;
+}
+
+/* The JSON header of a safetensors file, NUL-terminated, in a new buffer. */
+static char *raw_header(const char *path)
+{
+    bytes b = read_bytes(path);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--)
+        n = (n << 8) | b.data[i];
+    ck_assert_uint_le(n, b.size - 8);
+    char *header = malloc(n + 1);
+    ck_assert_ptr_nonnull(header);
+    memcpy(header, b.data + 8, n);
+    header[n] = '\0';
+    free(b.data);
+    return header;
+}
+
+START_TEST(test_buffers_round_trip_under_their_names_with_counts_as_i64)
+{
+    make_tmpdir();
+    lenet_model *m = bn_model(1, 3);
+    const char *names[6] = {"1.running_mean", "1.running_var", "1.num_batches_tracked",
+                            "5.running_mean", "5.running_var", "5.num_batches_tracked"};
+    ck_assert_uint_eq(lenet_model_buffer_count(m), 6);
+    for (size_t i = 0; i < 6; i++)
+        ck_assert_str_eq(lenet_model_buffer_name(m, i), names[i]);
+    ck_assert_float_eq(lenet_tensor_cdata(lenet_model_buffer(m, 2))[0], 3.0f);
+    ck_assert_float_ne(lenet_tensor_cdata(lenet_model_buffer(m, 0))[0], 0.0f); /* trained: not the initial 0 */
+
+    const char *path = tmp_path("bn.safetensors");
+    ck_assert_lenet_ok(lenet_model_save(m, path));
+    /* On file: F32 running statistics, and the counts as PyTorch keeps them, 0-dimensional I64. */
+    char *header = raw_header(path);
+    ck_assert_msg(strstr(header, "\"1.num_batches_tracked\":{\"dtype\":\"I64\",\"shape\":[],") != NULL, "%s", header);
+    ck_assert_msg(strstr(header, "\"5.num_batches_tracked\":{\"dtype\":\"I64\",\"shape\":[],") != NULL, "%s", header);
+    ck_assert_msg(strstr(header, "\"1.running_mean\":{\"dtype\":\"F32\",\"shape\":[3],") != NULL, "%s", header);
+    ck_assert_msg(strstr(header, "\"5.running_var\":{\"dtype\":\"F32\",\"shape\":[4],") != NULL, "%s", header);
+    free(header);
+    lenet_st_file f;
+    ck_assert_lenet_ok(lenet__st_read(path, &f));
+    const lenet_st_tensor *count = lenet__st_find(&f, "5.num_batches_tracked");
+    ck_assert_ptr_nonnull(count);
+    ck_assert_int_eq(count->ndim, 0);
+    ck_assert_uint_eq(count->nbytes, 8);
+    uint64_t value = 0;
+    ck_assert(lenet__st_index_at(count, 0, &value));
+    ck_assert_uint_eq(value, 3);
+    ck_assert_uint_eq(f.n_tensors, 10 + 6);
+    lenet__st_close(&f);
+
+    /* lenet_model_load rebuilds it with the same names and values; predict uses the running statistics. */
+    lenet_model *loaded = lenet_model_load(path);
+    ck_assert_msg(loaded != NULL, "%s", lenet_last_error());
+    assert_models_equal(m, loaded);
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){5, 1, 4, 4});
+    lenet_tensor *ya = lenet_tensor_create(2, (int[]){5, 2}), *yb = lenet_tensor_create(2, (int[]){5, 2});
+    lenet_test_fill(x, 7, 0.0f, 1.0f);
+    ck_assert_lenet_ok(lenet_model_predict(m, x, ya));
+    ck_assert_lenet_ok(lenet_model_predict(loaded, x, yb));
+    ck_assert_mem_eq(lenet_tensor_cdata(ya), lenet_tensor_cdata(yb), 10 * sizeof(float));
+
+    /* lenet_model_load_weights into the same network built in code, its buffers untrained. */
+    lenet_model *other = bn_model(2, 0);
+    ck_assert_float_eq(lenet_tensor_cdata(lenet_model_buffer(other, 2))[0], 0.0f);
+    ck_assert_lenet_ok(lenet_model_load_weights(other, path));
+    assert_models_equal(m, other);
+
+    /* A training checkpoint carries them too, and training on from it gives the same running statistics. */
+    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.9f, 0.0f);
+    const char *ckpt = tmp_path("bn.ckpt");
+    ck_assert_lenet_ok(lenet_checkpoint_save(m, o, NULL, NULL, ckpt));
+    lenet_model *resumed = bn_model(3, 1);
+    lenet_optimizer *ro = lenet_sgd_create(resumed, 0.1f, 0.9f, 0.0f);
+    ck_assert_lenet_ok(lenet_checkpoint_load(resumed, ro, NULL, ckpt, NULL, 0));
+    assert_models_equal(m, resumed);
+    lenet_tensor *batch = lenet_tensor_create(4, (int[]){6, 1, 4, 4});
+    lenet_test_fill(batch, 8, 0.0f, 1.0f);
+    int32_t labels[6] = {1, 1, 0, 0, 1, 0};
+    sgd_step_on(m, o, batch, labels);
+    sgd_step_on(resumed, ro, batch, labels);
+    ck_assert_float_eq(lenet_tensor_cdata(lenet_model_buffer(resumed, 5))[0], 4.0f);
+    assert_models_equal(m, resumed);
+
+    /* Counts are exact up to 2^24 (what a float holds): 2^24 goes out and comes back exactly. */
+    lenet_tensor_data(lenet_model_buffer(m, 2))[0] = 16777216.0f;
+    ck_assert_lenet_ok(lenet_model_save(m, path));
+    ck_assert_lenet_ok(lenet__st_read(path, &f));
+    ck_assert(lenet__st_index_at(lenet__st_find(&f, "1.num_batches_tracked"), 0, &value));
+    ck_assert_uint_eq(value, 16777216);
+    lenet__st_close(&f);
+    ck_assert_lenet_ok(lenet_model_load_weights(other, path));
+    ck_assert_float_eq(lenet_tensor_cdata(lenet_model_buffer(other, 2))[0], 16777216.0f);
+
+    lenet_tensor_free(batch);
+    lenet_optimizer_free(ro);
+    lenet_model_free(resumed);
+    lenet_optimizer_free(o);
+    lenet_model_free(other);
+    lenet_tensor_free(x);
+    lenet_tensor_free(ya);
+    lenet_tensor_free(yb);
+    lenet_model_free(loaded);
+    lenet_model_free(m);
+    remove_tmpdir();
+}
+END_TEST
+
+/* One tensor of a hand-made file: `size` bytes, the first (up to 8) holding `bits` little-endian, the rest 0. */
+typedef struct st_entry {
+    const char *name, *dtype, *shape;
+    uint64_t bits;
+    size_t size;
+} st_entry;
+
+static const char *write_entries(const char *file, const st_entry *e, int n)
+{
+    char header[4096];
+    unsigned char data[1024] = {0};
+    size_t used = (size_t)snprintf(header, sizeof header, "{"), at = 0;
+    for (int i = 0; i < n; i++) {
+        used += (size_t)snprintf(header + used, sizeof header - used,
+                                 "%s\"%s\":{\"dtype\":\"%s\",\"shape\":%s,\"data_offsets\":[%zu,%zu]}", i ? "," : "",
+                                 e[i].name, e[i].dtype, e[i].shape, at, at + e[i].size);
+        ck_assert_uint_lt(used, sizeof header);
+        ck_assert_uint_le(at + e[i].size, sizeof data);
+        for (size_t k = 0; k < e[i].size && k < 8; k++)
+            data[at + k] = (unsigned char)(e[i].bits >> (8 * k));
+        at += e[i].size;
+    }
+    snprintf(header + used, sizeof header - used, "}");
+    return write_st(file, header, data, at);
+}
+
+static uint64_t f32_bits(float v)
+{
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    return bits;
+}
+
+/* Two floats (a [2] F32 tensor) as the 8 bytes write_entries stores. */
+static uint64_t f32_pair(float a, float b)
+{
+    return f32_bits(a) | f32_bits(b) << 32;
+}
+
+START_TEST(test_counts_load_from_integers_and_bad_counts_or_dtypes_are_refused)
+{
+    make_tmpdir();
+    /* Flatten BatchNorm1d on 1x1x2: 1.weight, 1.bias (2), 1.running_mean, 1.running_var (2), 1.num_batches_tracked. */
+    lenet_model *m = lenet_model_create();
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_batchnorm1d(1e-5f, 0.1f)));
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 1, 2));
+    const float *mean = lenet_tensor_cdata(lenet_model_buffer(m, 0));
+    const float *var = lenet_tensor_cdata(lenet_model_buffer(m, 1));
+    const float *count = lenet_tensor_cdata(lenet_model_buffer(m, 2));
+    st_entry e[6] = {
+        {"1.weight", "F32", "[2]", f32_pair(1.5f, -2.0f), 8},
+        {"1.bias", "F32", "[2]", f32_pair(0.25f, 0.5f), 8},
+        {"1.running_mean", "F32", "[2]", f32_pair(0.125f, -0.5f), 8},
+        {"1.running_var", "F32", "[2]", f32_pair(2.0f, 4.0f), 8},
+        {"1.num_batches_tracked", "I64", "[]", 7, 8},
+    };
+    const struct {
+        const char *dtype, *shape;
+        uint64_t bits;
+        size_t size;
+        float count; /* what loads */
+    } good[] = {
+        {"I64", "[]", 7, 8, 7.0f},                       /* as PyTorch writes it */
+        {"I64", "[1]", 9, 8, 9.0f},                      /* as a one-element vector */
+        {"I32", "[]", 11, 4, 11.0f},
+        {"U64", "[]", 12, 8, 12.0f},
+        {"F32", "[]", 0x40a00000, 4, 5.0f},              /* 5.0: a float file (.float() on the whole state_dict) */
+        {"F64", "[]", 0x4340000000000000, 8, 0x1p53f},   /* 2^53 */
+        {"I64", "[]", 9007199254740992, 8, 0x1p53f},     /* 2^53, the largest count */
+        {"I64", "[]", 16777217, 8, 16777216.0f},         /* 2^24 + 1: beyond 2^24, the nearest float */
+        {"I64", "[]", 0, 8, 0.0f},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        e[4] = (st_entry){"1.num_batches_tracked", good[i].dtype, good[i].shape, good[i].bits, good[i].size};
+        lenet_status st = lenet_model_load_weights(m, write_entries("good.safetensors", e, 5));
+        ck_assert_msg(st == LENET_OK, "%s %s: %s", good[i].dtype, good[i].shape, lenet_last_error());
+        ck_assert_float_eq(count[0], good[i].count);
+        ck_assert_float_eq(mean[0], 0.125f);
+        ck_assert_float_eq(mean[1], -0.5f);
+        ck_assert_float_eq(var[1], 4.0f);
+        ck_assert_float_eq(lenet_tensor_cdata(lenet_model_param(m, 1))[0], 0.25f);
+    }
+
+    const struct {
+        int entry;
+        st_entry replace;
+        lenet_status status;
+        const char *message;
+    } bad[] = {
+        {4, {"1.num_batches_tracked", "F32", "[]", 0x40200000, 4}, LENET_EFORMAT, "holds 2.5, not a count"},
+        {4, {"1.num_batches_tracked", "F32", "[]", 0xbf800000, 4}, LENET_EFORMAT, "holds -1, not a count"},
+        {4, {"1.num_batches_tracked", "F32", "[]", 0x7fc00000, 4}, LENET_EFORMAT, "not a count"}, /* NaN */
+        {4, {"1.num_batches_tracked", "F64", "[]", 0x4340000000000001, 8}, LENET_EFORMAT, "not a count"}, /* 2^53+2 */
+        {4, {"1.num_batches_tracked", "I64", "[]", UINT64_MAX, 8}, LENET_EFORMAT, "holds a negative count"}, /* -1 */
+        {4, {"1.num_batches_tracked", "I64", "[]", 9007199254740993, 8}, LENET_EFORMAT,
+         "holds 9007199254740993, more than the 2^53"},
+        {4, {"1.num_batches_tracked", "U64", "[]", UINT64_MAX, 8}, LENET_EFORMAT, "more than the 2^53"},
+        {4, {"1.num_batches_tracked", "U8", "[]", 1, 1}, LENET_EFORMAT, "has dtype U8"},
+        {4, {"1.num_batches_tracked", "I64", "[2]", 1, 16}, LENET_ESHAPE, "is [2] in the file, [1] in the model"},
+        {4, {"1.num_batches_tracked", "I64", "[1,1]", 1, 8}, LENET_ESHAPE, "is [1, 1] in the file"},
+        /* An integer tensor is read only into a count: never into a float buffer or a parameter. */
+        {2, {"1.running_mean", "I64", "[2]", 1, 16}, LENET_EFORMAT, "\"1.running_mean\" has dtype I64"},
+        {3, {"1.running_var", "I32", "[2]", 1, 8}, LENET_EFORMAT, "\"1.running_var\" has dtype I32"},
+        {0, {"1.weight", "I64", "[2]", 1, 16}, LENET_EFORMAT, "\"1.weight\" has dtype I64"},
+        /* A buffer the file lacks fails as PyTorch's load_state_dict(strict=True) does; an unknown tensor too. */
+        {4, {"2.num_batches_tracked", "I64", "[]", 1, 8}, LENET_ESHAPE, "no tensor \"1.num_batches_tracked\""},
+        {2, {"1.running_man", "F32", "[2]", 0, 8}, LENET_ESHAPE, "no tensor \"1.running_mean\""},
+        {5, {"1.running_std", "F32", "[2]", 0, 8}, LENET_ESHAPE, "\"1.running_std\" is not a parameter or buffer"},
+    };
+    e[4] = (st_entry){"1.num_batches_tracked", "I64", "[]", 42, 8};
+    ck_assert_lenet_ok(lenet_model_load_weights(m, write_entries("good.safetensors", e, 5)));
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        st_entry edited[6];
+        memcpy(edited, e, sizeof edited);
+        edited[bad[i].entry] = bad[i].replace;
+        int n = bad[i].entry == 5 ? 6 : 5;
+        snapshot s = take_snapshot(m, NULL, NULL);
+        lenet_status st = lenet_model_load_weights(m, write_entries("bad.safetensors", edited, n));
+        ck_assert_msg(st == bad[i].status, "case %zu: status %d: %s", i, st, lenet_last_error());
+        ck_assert_msg(strstr(lenet_last_error(), bad[i].message) != NULL, "case %zu: \"%s\" lacks \"%s\"", i,
+                      lenet_last_error(), bad[i].message);
+        ck_assert_msg(strstr(lenet_last_error(), "bad.safetensors") != NULL, "%s", lenet_last_error());
+        assert_unchanged(&s, m, NULL, NULL);
+        snapshot_free(&s);
+        ck_assert_float_eq(count[0], 42.0f);
+    }
+    lenet_model_free(m);
+    remove_tmpdir();
+}
+END_TEST
+
+START_TEST(test_saving_refuses_a_count_that_is_not_one)
+{
+    make_tmpdir();
+    lenet_model *m = bn_model(1, 1);
+    const char *path = tmp_path("bn.safetensors");
+    float *count = lenet_tensor_data(lenet_model_buffer(m, 5));
+    const float not_counts[] = {-1.0f, 0.5f, NAN, INFINITY, 0x1p60f};
+    for (size_t i = 0; i < sizeof not_counts / sizeof not_counts[0]; i++) {
+        *count = not_counts[i];
+        ck_assert_int_eq(lenet_model_save(m, path), LENET_EINVAL);
+        ck_assert_msg(strstr(lenet_last_error(), "model_save: buffer \"5.num_batches_tracked\" holds") != NULL &&
+                          strstr(lenet_last_error(), "not a count") != NULL,
+                      "%s", lenet_last_error());
+        ck_assert_uint_eq(count_dir_entries(), 0);
+    }
+    *count = 0x1p53f;
+    ck_assert_lenet_ok(lenet_model_save(m, path));
+    lenet_model_free(m);
+    remove_tmpdir();
+}
+END_TEST
+
+/* d2l's BatchNorm LeNet, as tests/fixtures/make_safetensors_fixture.py builds it in PyTorch. */
+static lenet_model *bn_lenet(void)
+{
+    lenet_model *m = lenet_model_create();
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(6, 5, 1, 0)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_batchnorm2d(1e-5f, 0.1f)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_avgpool2d(2, 2)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(16, 5, 1, 0)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_batchnorm2d(1e-5f, 0.1f)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_avgpool2d(2, 2)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(120)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_batchnorm1d(1e-5f, 0.1f)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(84)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_batchnorm1d(1e-5f, 0.1f)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(10)));
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 28, 28));
+    return m;
+}
+
+/* Every tensor of `a` is in `b` under the same name with the same dtype, shape and bytes, and b has no other. */
+static void assert_same_tensors(const lenet_st_file *a, const lenet_st_file *b)
+{
+    ck_assert_uint_eq(a->n_tensors, b->n_tensors);
+    for (size_t i = 0; i < a->n_tensors; i++) {
+        const lenet_st_tensor *ta = &a->tensors[i], *tb = lenet__st_find(b, ta->name);
+        ck_assert_msg(tb != NULL, "%s lacks %s", b->path, ta->name);
+        ck_assert_msg(ta->dtype == tb->dtype, "%s: %s, then %s", ta->name, lenet__st_dtype_name(ta->dtype),
+                      lenet__st_dtype_name(tb->dtype));
+        ck_assert_int_eq(ta->ndim, tb->ndim);
+        for (int d = 0; d < ta->ndim; d++)
+            ck_assert_uint_eq(ta->shape[d], tb->shape[d]);
+        ck_assert_uint_eq(ta->nbytes, tb->nbytes);
+        ck_assert_msg(memcmp(ta->data, tb->data, ta->nbytes) == 0, "%s: other values", ta->name);
+    }
+}
+
+START_TEST(test_pytorch_batchnorm_state_dict_loads_and_saves_back_the_same)
+{
+    make_tmpdir();
+    const char *fixture = lenet_test_fixture("pytorch_bn_lenet_state.safetensors");
+    lenet_st_file pt, io;
+    ck_assert_lenet_ok(lenet__st_read(fixture, &pt));
+    lenet_model *m = bn_lenet();
+    ck_assert_lenet_ok(lenet_model_load_weights(m, fixture));
+
+    /* Every buffer is PyTorch's, num_batches_tracked included (10 training steps). */
+    ck_assert_uint_eq(lenet_model_buffer_count(m), 12);
+    ck_assert_uint_eq(lenet_model_param_count(m) + lenet_model_buffer_count(m), pt.n_tensors);
+    for (size_t i = 0; i < lenet_model_buffer_count(m); i++) {
+        const char *name = lenet_model_buffer_name(m, i);
+        const lenet_tensor *b = lenet_model_buffer(m, i);
+        const lenet_st_tensor *t = lenet__st_find(&pt, name);
+        ck_assert_msg(t != NULL, "no %s in the PyTorch file", name);
+        ck_assert_uint_eq(t->numel, lenet_tensor_numel(b));
+        if (strstr(name, "num_batches_tracked")) {
+            uint64_t value;
+            ck_assert_int_eq(t->dtype, LENET_ST_I64);
+            ck_assert(lenet__st_index_at(t, 0, &value));
+            ck_assert_uint_eq(value, 10);
+            ck_assert_float_eq(lenet_tensor_cdata(b)[0], 10.0f);
+        } else {
+            float values[120];
+            ck_assert_uint_le(t->numel, 120);
+            lenet__st_to_float(t, values);
+            ck_assert_mem_eq(values, lenet_tensor_cdata(b), t->numel * sizeof(float));
+        }
+    }
+
+    /* Evaluation with the running statistics gives PyTorch's logits. */
+    ck_assert_lenet_ok(lenet__st_read(lenet_test_fixture("pytorch_bn_lenet_io.safetensors"), &io));
+    const lenet_st_tensor *input = lenet__st_find(&io, "input"), *logits = lenet__st_find(&io, "logits");
+    ck_assert_ptr_nonnull(input);
+    ck_assert_ptr_nonnull(logits);
+    ck_assert_uint_eq(input->numel, 4 * 28 * 28);
+    ck_assert_uint_eq(logits->numel, 40);
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){4, 1, 28, 28});
+    lenet_tensor *y = lenet_tensor_create(2, (int[]){4, 10}), *y2 = lenet_tensor_create(2, (int[]){4, 10});
+    float expected[40];
+    lenet__st_to_float(input, lenet_tensor_data(x));
+    lenet__st_to_float(logits, expected);
+    ck_assert_lenet_ok(lenet_model_predict(m, x, y));
+    double err = lenet_test_max_rel_err(lenet_tensor_cdata(y), expected, 40, 1.0);
+    printf("PyTorch BatchNorm LeNet logits (evaluation mode): worst |lenet - torch| / max(|torch|, 1) = %.3g\n", err);
+    ck_assert_msg(err <= 1e-5, "logits differ from PyTorch's by %g", err);
+
+    /* Saved again: the same names, dtypes (num_batches_tracked I64), shapes ([] for the counts) and bytes. */
+    const char *path = tmp_path("bn_lenet.safetensors");
+    ck_assert_lenet_ok(lenet_model_save(m, path));
+    lenet_st_file saved;
+    ck_assert_lenet_ok(lenet__st_read(path, &saved));
+    assert_same_tensors(&pt, &saved);
+    lenet__st_close(&saved);
+
+    /* And that file rebuilds the network by itself. */
+    lenet_model *loaded = lenet_model_load(path);
+    ck_assert_msg(loaded != NULL, "%s", lenet_last_error());
+    assert_models_equal(m, loaded);
+    ck_assert_lenet_ok(lenet_model_predict(loaded, x, y2));
+    ck_assert_mem_eq(lenet_tensor_cdata(y), lenet_tensor_cdata(y2), 40 * sizeof(float));
+
+    lenet_model_free(loaded);
+    lenet_tensor_free(x);
+    lenet_tensor_free(y);
+    lenet_tensor_free(y2);
+    lenet__st_close(&io);
+    lenet__st_close(&pt);
     lenet_model_free(m);
     remove_tmpdir();
 }
@@ -1583,6 +2019,10 @@ int main(void)
     tcase_add_test(tc, test_load_weights_fills_a_model_built_in_code);
     tcase_add_test(tc, test_pytorch_state_dict_gives_pytorchs_logits);
     tcase_add_test(tc, test_float64_float16_and_bfloat16_weights_are_converted);
+    tcase_add_test(tc, test_buffers_round_trip_under_their_names_with_counts_as_i64);
+    tcase_add_test(tc, test_counts_load_from_integers_and_bad_counts_or_dtypes_are_refused);
+    tcase_add_test(tc, test_saving_refuses_a_count_that_is_not_one);
+    tcase_add_test(tc, test_pytorch_batchnorm_state_dict_loads_and_saves_back_the_same);
     tcase_add_test(tc, test_every_truncation_is_rejected_and_changes_nothing);
     tcase_add_test(tc, test_every_flipped_byte_fails_cleanly_or_loads);
     tcase_add_test(tc, test_malformed_containers_are_rejected_with_a_message);

@@ -159,6 +159,8 @@ static lenet_status save(const lenet_model *m, const lenet_optimizer *o, const l
         st = lenet__st_add_meta(&w, "note", note);
     if (st == LENET_OK)
         st = lenet__st_commit(&w, path, who);
+    else
+        name_caller(who);
     lenet__st_writer_free(&w);
     return st;
 }
@@ -183,7 +185,7 @@ lenet_model *lenet_model_load(const char *path)
     lenet_st_file f;
     lenet_ckpt_arch a = {0};
     lenet_model *m = NULL;
-    float *arena = NULL;
+    lenet_ckpt_tensors staged = {0};
     lenet_status st = lenet__st_read(path, &f);
     if (st == LENET_OK)
         st = check_liblenet_file(&f);
@@ -205,26 +207,21 @@ lenet_model *lenet_model_load(const char *path)
             lenet__ckpt_refail(LENET_EFORMAT, "%s: architecture: ", path);
         goto fail;
     }
-    arena = lenet__ckpt_floats(m->arena_numel);
-    if (!arena) {
-        lenet__oom("model parameters");
-        goto fail;
-    }
-    st = lenet__ckpt_stage_model(m, &f, arena);
+    st = lenet__ckpt_stage_model(m, &f, &staged);
     if (st != LENET_OK) {
         if (st == LENET_ESHAPE)
             lenet__ckpt_refail(LENET_EFORMAT, "the tensors do not fit the architecture: ");
         goto fail;
     }
-    memcpy(m->params, arena, m->arena_numel * sizeof(float));
-    lenet__free_aligned(arena);
+    lenet__ckpt_commit_model(m, &staged);
+    lenet__ckpt_tensors_free(&staged);
     lenet__ckpt_arch_free(&a);
     lenet__st_close(&f);
     return m;
 
 fail:
     name_caller("model_load");
-    lenet__free_aligned(arena);
+    lenet__ckpt_tensors_free(&staged);
     lenet_model_free(m);
     lenet__ckpt_arch_free(&a);
     lenet__st_close(&f);
@@ -246,10 +243,8 @@ static lenet_status load_into(lenet_model *m, lenet_optimizer *o, lenet_iter *it
     lenet_iter_state is = {0};
     size_t *order = NULL;
     const char *saved_note = NULL;
-    float *arena = lenet__ckpt_floats(m->arena_numel);
+    lenet_ckpt_tensors staged = {0};
     lenet_status st = lenet__st_read(path, &f);
-    if (st == LENET_OK && !arena)
-        st = lenet__oom("model parameters");
     if (st == LENET_OK && checkpoint) {
         st = check_liblenet_file(&f);
         if (st == LENET_OK)
@@ -258,7 +253,7 @@ static lenet_status load_into(lenet_model *m, lenet_optimizer *o, lenet_iter *it
             st = lenet__ckpt_arch_compare(m, &a, path);
     }
     if (st == LENET_OK)
-        st = lenet__ckpt_stage_model(m, &f, arena);
+        st = lenet__ckpt_stage_model(m, &f, &staged);
     if (st == LENET_OK && o)
         st = lenet__ckpt_stage_optimizer(o, &f, &so);
     if (st == LENET_OK && it)
@@ -275,7 +270,7 @@ static lenet_status load_into(lenet_model *m, lenet_optimizer *o, lenet_iter *it
     }
 
     /* Everything is checked: commit.  Nothing below can fail. */
-    memcpy(m->params, arena, m->arena_numel * sizeof(float));
+    lenet__ckpt_commit_model(m, &staged);
     if (o) {
         for (int i = 0; o->ops->adopt && i < so.state.n_buffers; i++) {
             o->ops->adopt(o, i, so.buffers[i]);
@@ -292,7 +287,7 @@ done:
     lenet__free(order);
     lenet__ckpt_optimizer_free(&so);
     lenet__ckpt_arch_free(&a);
-    lenet__free_aligned(arena);
+    lenet__ckpt_tensors_free(&staged);
     lenet__st_close(&f);
     return st;
 }

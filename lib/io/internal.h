@@ -65,10 +65,14 @@ const char *lenet__st_meta(const lenet_st_file *f, const char *key);
 bool lenet__st_is_float(lenet_st_dtype dtype);
 /* Converts a float tensor (F64, F32, F16, BF16) to numel floats; F64 rounds to nearest. */
 void lenet__st_to_float(const lenet_st_tensor *t, float *out);
+/* Element i (< numel) of a float tensor, exactly. */
+double lenet__st_float_at(const lenet_st_tensor *t, size_t i);
 /* True for the signed and unsigned integer dtypes lenet__st_to_u64 reads (I32, I64, U32, U64). */
 bool lenet__st_is_index(lenet_st_dtype dtype);
 /* Converts an index tensor to numel values; false if one is negative. */
 bool lenet__st_to_u64(const lenet_st_tensor *t, uint64_t *out);
+/* Element i (< numel) of an index tensor; false if it is negative. */
+bool lenet__st_index_at(const lenet_st_tensor *t, size_t i, uint64_t *value);
 
 /* Parses `length` bytes of JSON text strictly (thread-safe: cJSON's error position is global): one value and
  * nothing but whitespace after it, no key twice in one object at any depth, and no key or string holding a NUL
@@ -96,6 +100,8 @@ void lenet__st_writer_free(lenet_st_writer *w);
 lenet_status lenet__st_add_meta(lenet_st_writer *w, const char *key, const char *value);
 /* Adds a float32 tensor, stored little-endian. */
 lenet_status lenet__st_add_f32(lenet_st_writer *w, const char *name, int ndim, const int *shape, const float *values);
+/* Adds an int64 tensor (ndim 0 for a scalar, as PyTorch's num_batches_tracked), stored little-endian. */
+lenet_status lenet__st_add_i64(lenet_st_writer *w, const char *name, int ndim, const int *shape, const int64_t *values);
 /* Adds a 1-D index tensor, as I32 when every value fits, else I64. */
 lenet_status lenet__st_add_index(lenet_st_writer *w, const char *name, const size_t *values, size_t count);
 /* Adds "data_crc32" and writes the file atomically (lenet__write_atomic).  `who` prefixes messages. */
@@ -175,10 +181,21 @@ lenet_status lenet__ckpt_arch_check_size(lenet_model *m, const lenet_ckpt_arch *
 /* Converts the float tensor called `name` into `out` if it has `want`'s shape.  ESHAPE if missing or shaped
  * otherwise, EFORMAT if not a float dtype. */
 lenet_status lenet__ckpt_stage_tensor(const lenet_st_file *f, const char *name, const lenet_tensor *want, float *out);
-/* Fills `params` (arena_numel floats, a copy of the model's parameter arena) from the file by name, and refuses a
- * model tensor of the file that the model lacks. */
-lenet_status lenet__ckpt_stage_model(const lenet_model *m, const lenet_st_file *f, float *params);
-/* Adds the model's tensors to a file. */
+
+/* Staged copies of a model's parameter and buffer arenas. */
+typedef struct lenet_ckpt_tensors {
+    float *params, *buffers;
+} lenet_ckpt_tensors;
+
+/* Copies the model's arenas into `staged` and fills them from the file by name: every parameter and every buffer
+ * must be there with the model's shape (ESHAPE), of a dtype it can be read from (EFORMAT), and the file may hold
+ * no other model tensor (ESHAPE).  Free `staged` with lenet__ckpt_tensors_free, also after a failure. */
+lenet_status lenet__ckpt_stage_model(const lenet_model *m, const lenet_st_file *f, lenet_ckpt_tensors *staged);
+/* Copies what lenet__ckpt_stage_model staged into the model; cannot fail. */
+void lenet__ckpt_commit_model(lenet_model *m, const lenet_ckpt_tensors *staged);
+void lenet__ckpt_tensors_free(lenet_ckpt_tensors *staged);
+/* Adds the model's parameters (F32) and buffers (F32, int64 ones as I64) to a file under their state_dict names;
+ * LENET_EINVAL if an int64 buffer holds anything but an integer in [0, 2^53]. */
 lenet_status lenet__ckpt_write_model(lenet_st_writer *w, const lenet_model *m);
 
 /* ---- training state (train_state.c) ---- */

@@ -593,24 +593,28 @@ static float half_to_float(uint16_t h)
     return bits_to_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
 }
 
+double lenet__st_float_at(const lenet_st_tensor *t, size_t i)
+{
+    const unsigned char *p = t->data; /* i < numel: inside the tensor's bytes */
+    switch (t->dtype) {
+    case LENET_ST_F32: return bits_to_float((uint32_t)load_le(p + 4 * i, 4));
+    case LENET_ST_F16: return half_to_float((uint16_t)load_le(p + 2 * i, 2));
+    case LENET_ST_BF16: return bits_to_float((uint32_t)load_le(p + 2 * i, 2) << 16);
+    case LENET_ST_F64: {
+        uint64_t bits = load_le(p + 8 * i, 8);
+        double v;
+        memcpy(&v, &bits, sizeof v);
+        return v;
+    }
+    default: return 0.0;
+    }
+}
+
 void lenet__st_to_float(const lenet_st_tensor *t, float *out)
 {
-    const unsigned char *p = t->data;
-    for (uint64_t i = 0; i < t->numel; i++) {
-        switch (t->dtype) {
-        case LENET_ST_F32: out[i] = bits_to_float((uint32_t)load_le(p + 4 * i, 4)); break;
-        case LENET_ST_F16: out[i] = half_to_float((uint16_t)load_le(p + 2 * i, 2)); break;
-        case LENET_ST_BF16: out[i] = bits_to_float((uint32_t)load_le(p + 2 * i, 2) << 16); break;
-        case LENET_ST_F64: {
-            uint64_t bits = load_le(p + 8 * i, 8);
-            double v;
-            memcpy(&v, &bits, sizeof v);
-            out[i] = (float)v;
-            break;
-        }
-        default: out[i] = 0.0f; break;
-        }
-    }
+    /* Every F32, F16 and BF16 value is a double exactly, so only F64 is rounded, once. */
+    for (size_t i = 0; i < t->numel; i++)
+        out[i] = (float)lenet__st_float_at(t, i);
 }
 
 bool lenet__st_is_index(lenet_st_dtype dtype)
@@ -618,16 +622,22 @@ bool lenet__st_is_index(lenet_st_dtype dtype)
     return dtype == LENET_ST_I32 || dtype == LENET_ST_I64 || dtype == LENET_ST_U32 || dtype == LENET_ST_U64;
 }
 
-bool lenet__st_to_u64(const lenet_st_tensor *t, uint64_t *out)
+bool lenet__st_index_at(const lenet_st_tensor *t, size_t i, uint64_t *value)
 {
     int size = (int)dtypes[t->dtype].size;
     bool is_signed = t->dtype == LENET_ST_I32 || t->dtype == LENET_ST_I64;
-    for (uint64_t i = 0; i < t->numel; i++) {
-        uint64_t v = load_le(t->data + (size_t)i * size, size);
-        if (is_signed && (v >> (8 * size - 1)) != 0)
+    uint64_t v = load_le(t->data + i * (size_t)size, size); /* i < numel: inside the tensor's bytes */
+    if (is_signed && (v >> (8 * size - 1)) != 0)
+        return false;
+    *value = v;
+    return true;
+}
+
+bool lenet__st_to_u64(const lenet_st_tensor *t, uint64_t *out)
+{
+    for (size_t i = 0; i < t->numel; i++)
+        if (!lenet__st_index_at(t, i, &out[i]))
             return false;
-        out[i] = v;
-    }
     return true;
 }
 
@@ -739,6 +749,28 @@ lenet_status lenet__st_add_f32(lenet_st_writer *w, const char *name, int ndim, c
         store_le(p + 4 * i, bits, 4);
     }
     return add_entry(w, name, LENET_ST_F32, ndim, dims, begin);
+}
+
+lenet_status lenet__st_add_i64(lenet_st_writer *w, const char *name, int ndim, const int *shape, const int64_t *values)
+{
+    if (w->failed)
+        return w->status;
+    double dims[LENET_ST_MAX_DIMS];
+    size_t numel = 1, bytes;
+    bool overflow = ndim < 0 || ndim > LENET_ST_MAX_DIMS;
+    for (int i = 0; i < ndim && !overflow; i++) {
+        dims[i] = shape[i];
+        overflow = shape[i] < 0 || lenet__mul_overflows(numel, (size_t)shape[i], &numel);
+    }
+    if (overflow || lenet__mul_overflows(numel, 8, &bytes))
+        return writer_fail(w, lenet__fail(LENET_EINVAL, "tensor \"%s\" has an impossible shape", name));
+    size_t begin = w->data_size;
+    unsigned char *p = reserve(w, bytes);
+    if (!p)
+        return writer_fail(w, lenet__oom("safetensors data"));
+    for (size_t i = 0; i < numel; i++)
+        store_le(p + 8 * i, (uint64_t)values[i], 8); /* two's complement, as int64_t is */
+    return add_entry(w, name, LENET_ST_I64, ndim, dims, begin);
 }
 
 lenet_status lenet__st_add_index(lenet_st_writer *w, const char *name, const size_t *values, size_t count)
