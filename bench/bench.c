@@ -3,6 +3,7 @@
  * when Debian's python3-torch is installed).  Speeds are only compared as ratios within one run: these machines
  * are shared and their CPUs change.  Writes the table to stdout and, with --json FILE, as JSON. */
 #define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,6 +155,102 @@ static void latency(int calls, double *p50, double *p99)
     lenet_tensor_free(x);
     lenet_tensor_free(y);
     lenet_model_free(m);
+}
+
+/* ---- inference plans: one workspace per thread, each thread running its own share of the batches ---- */
+
+typedef struct plan_job {
+    const lenet_plan *plan;
+    const lenet_tensor *x;
+    lenet_tensor *y;
+    int runs;
+} plan_job;
+
+static void *plan_worker(void *arg)
+{
+    plan_job *job = arg;
+    size_t size = lenet_plan_workspace_size(job->plan);
+    void *work = malloc(size);
+    for (int i = 0; i < job->runs; i++)
+        if (lenet_plan_run(job->plan, work, size, job->x, job->y) != LENET_OK)
+            die("plan_run");
+    free(work);
+    return NULL;
+}
+
+/* Images/sec of `threads` threads each running plans on batches of `batch`, best of 5. */
+static double plan_images_per_sec(const lenet_plan *plan, int threads, int batch)
+{
+    enum { MAX_THREADS = 16 };
+    if (threads > MAX_THREADS)
+        threads = MAX_THREADS;
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){batch, 1, 28, 28});
+    fill(x, 4);
+    pthread_t tid[MAX_THREADS];
+    plan_job jobs[MAX_THREADS];
+    lenet_tensor *ys[MAX_THREADS];
+    const int runs = batch >= 256 ? 10 : 2000;
+    double best = 0.0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t = now();
+        for (int i = 0; i < threads; i++) {
+            ys[i] = lenet_tensor_create(2, (int[]){batch, 10});
+            jobs[i] = (plan_job){plan, x, ys[i], runs};
+            if (pthread_create(&tid[i], NULL, plan_worker, &jobs[i]) != 0)
+                die("pthread_create");
+        }
+        for (int i = 0; i < threads; i++) {
+            pthread_join(tid[i], NULL);
+            lenet_tensor_free(ys[i]);
+        }
+        double rate = (double)threads * runs * batch / (now() - t);
+        best = rate > best ? rate : best;
+    }
+    lenet_tensor_free(x);
+    return best;
+}
+
+/* Single-image latency of a plan on the calling thread. */
+static void plan_latency(const lenet_plan *plan, int calls, double *p50, double *p99)
+{
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){1, 1, 28, 28});
+    lenet_tensor *y = lenet_tensor_create(2, (int[]){1, 10});
+    fill(x, 3);
+    size_t size = lenet_plan_workspace_size(plan);
+    void *work = malloc(size);
+    double *lat = malloc(sizeof *lat * (size_t)calls);
+    for (int i = 0; i < calls + 50; i++) {
+        double t = now();
+        if (lenet_plan_run(plan, work, size, x, y) != LENET_OK)
+            die("plan_run");
+        if (i >= 50)
+            lat[i - 50] = now() - t;
+    }
+    qsort(lat, (size_t)calls, sizeof *lat, cmp_double);
+    *p50 = lat[calls / 2] * 1e6;
+    *p99 = lat[(size_t)(calls * 0.99)] * 1e6;
+    free(lat);
+    free(work);
+    lenet_tensor_free(x);
+    lenet_tensor_free(y);
+}
+
+typedef struct plan_figures {
+    double p50, p99, batch_rate;
+} plan_figures;
+
+static plan_figures measure_plan(int threads)
+{
+    lenet_model *m = d2l_model();
+    lenet_plan *plan = lenet_plan_create(m, 1000);
+    if (!plan)
+        die("plan_create");
+    plan_figures f;
+    plan_latency(plan, 2000, &f.p50, &f.p99);
+    f.batch_rate = plan_images_per_sec(plan, threads, 1000);
+    lenet_plan_free(plan);
+    lenet_model_free(m);
+    return f;
 }
 
 /* Per-layer forward and backward CPU time over one thread, through the internal vtable. */
@@ -308,6 +405,7 @@ int main(int argc, char **argv)
     double infer = infer_images_per_sec(threads);
     double p50, p99;
     latency(1000, &p50, &p99);
+    plan_figures plan = measure_plan(threads);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
 
@@ -326,6 +424,9 @@ int main(int argc, char **argv)
         printf("%-34s %14.1f %14s\n", "latency batch 1, p50 us", p50, "n/a");
         printf("%-34s %14.1f %14s\n", "latency batch 1, p99 us", p99, "n/a");
     }
+    printf("%-34s %14.1f\n", "plan latency batch 1, p50 us", plan.p50);
+    printf("%-34s %14.1f\n", "plan latency batch 1, p99 us", plan.p99);
+    printf("%-34s %14.0f\n", "plan images/sec (batch 1000, N ws)", plan.batch_rate);
     printf("%-34s %14.2f\n", "thread scaling (N / 1 thread)", trainN / train1);
     printf("%-34s %14ld\n", "peak RSS of this benchmark, KB", ru.ru_maxrss);
     printf("(N = %d threads; PyTorch %s)\n", threads, torch.found ? "measured in this run" : "not installed");
@@ -335,9 +436,12 @@ int main(int argc, char **argv)
                 "  \"train_examples_per_sec_1_thread\": %.1f,\n  \"train_examples_per_cpu_sec_1_thread\": %.1f,\n"
                 "  \"train_examples_per_sec\": %.1f,\n"
                 "  \"infer_images_per_sec\": %.1f,\n  \"latency_p50_us\": %.2f,\n  \"latency_p99_us\": %.2f,\n"
+                "  \"plan_latency_p50_us\": %.2f,\n  \"plan_latency_p99_us\": %.2f,\n"
+                "  \"plan_images_per_sec\": %.1f,\n"
                 "  \"peak_rss_kb\": %ld,\n  \"pytorch\": {\"train_examples_per_sec\": %.1f, \"infer_images_per_sec\": "
                 "%.1f, \"latency_p50_us\": %.2f, \"latency_p99_us\": %.2f},\n",
-                cpu, lenet__kernels()->isa, threads, train1, cpu_rate, trainN, infer, p50, p99, ru.ru_maxrss, torch.train,
+                cpu, lenet__kernels()->isa, threads, train1, cpu_rate, trainN, infer, p50, p99, plan.p50, plan.p99,
+                plan.batch_rate, ru.ru_maxrss, torch.train,
                 torch.infer, torch.p50, torch.p99);
     layer_split(stdout, json);
     if (json) {
