@@ -1,8 +1,13 @@
-/* SGD: argument checks, state, and torch.optim.SGD's update rule reproduced in double. */
+/* Optimizers: SGD (argument checks, state, torch.optim.SGD's update rule reproduced in double); Adam and AdamW
+ * against PyTorch 1.13 (tests/fixtures/make_adam_fixtures.py); rollback and checkpoint state of Adam. */
+#include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "idxfixture.h"
+#include "optim/internal.h" /* the state checkpoints save: lenet_optimizer_ops.state / adopt, steps */
 #include "testutil.h"
 
 enum { STEPS = 3 };
@@ -338,6 +343,565 @@ START_TEST(test_sgd_zero_grad_clears_the_model_gradients)
 }
 END_TEST
 
+/* ==== Adam and AdamW against PyTorch 1.13 (tests/fixtures/make_adam_fixtures.py) ==== */
+
+enum { ADAM_STEPS = 5, FIX_MAX_PARAMS = 64, FIX_MAX_CASES = 8, FIX_MAX_SEQS = 16, FIX_MAX_LRS = 32 };
+
+typedef struct adam_case {
+    char kind[8];
+    float lr, beta1, beta2, eps, weight_decay, eta_min;
+    int t_max; /* > 0: a per-step cosine schedule */
+    float after[ADAM_STEPS][FIX_MAX_PARAMS];
+} adam_case;
+
+typedef struct lr_sequence {
+    int warmup, period, count;
+    char kind[16];
+    float value, base;
+    double lrs[FIX_MAX_LRS];
+} lr_sequence;
+
+typedef struct adam_fixture {
+    int n;
+    float init[FIX_MAX_PARAMS];
+    float grads[ADAM_STEPS][FIX_MAX_PARAMS];
+    int n_cases, n_seqs;
+    adam_case cases[FIX_MAX_CASES];
+    lr_sequence seqs[FIX_MAX_SEQS];
+} adam_fixture;
+
+static double read_number(char **at, const char *line)
+{
+    char *end;
+    double v = strtod(*at, &end);
+    ck_assert_msg(end != *at, "fixture: a number expected at \"%.40s\" in \"%.40s\"", *at, line);
+    *at = end;
+    return v;
+}
+
+static int read_int(char **at, const char *line)
+{
+    double v = read_number(at, line);
+    ck_assert_msg(v == (double)(int)v, "fixture: %g is not an integer in \"%.40s\"", v, line);
+    return (int)v;
+}
+
+static void read_word(char **at, char *out, size_t size)
+{
+    while (**at == ' ')
+        (*at)++;
+    size_t n = 0;
+    while ((*at)[n] != '\0' && (*at)[n] != ' ') {
+        ck_assert_msg(n + 1 < size, "fixture: word too long at \"%.40s\"", *at);
+        out[n] = (*at)[n];
+        n++;
+    }
+    out[n] = '\0';
+    *at += n;
+}
+
+/* The values are float32 written exactly (as hex), so the conversion to float is exact. */
+static void read_floats(char **at, const char *line, float *out, int n)
+{
+    for (int i = 0; i < n; i++)
+        out[i] = (float)read_number(at, line);
+}
+
+/* Reads pytorch_adam_fixture.txt (its format is described in make_adam_fixtures.py). */
+static const adam_fixture *load_adam_fixture(void)
+{
+    static adam_fixture f;
+    memset(&f, 0, sizeof f);
+    const char *path = lenet_test_fixture("pytorch_adam_fixture.txt");
+    FILE *file = fopen(path, "rb");
+    ck_assert_msg(file != NULL, "cannot open %s", path);
+    ck_assert_int_eq(fseek(file, 0, SEEK_END), 0);
+    long size = ftell(file);
+    ck_assert_int_gt(size, 0);
+    rewind(file);
+    char *text = malloc((size_t)size + 1);
+    ck_assert_ptr_nonnull(text);
+    ck_assert_uint_eq(fread(text, 1, (size_t)size, file), (size_t)size);
+    text[size] = '\0';
+    fclose(file);
+    for (char *line = text; line && *line;) {
+        char *next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        char word[16], *at = line;
+        if (line[0] == '#' || line[0] == '\0') {
+            line = next;
+            continue;
+        }
+        read_word(&at, word, sizeof word);
+        if (strcmp(word, "params") == 0) {
+            f.n = read_int(&at, line);
+            ck_assert(f.n > 0 && f.n <= FIX_MAX_PARAMS);
+        } else if (strcmp(word, "init") == 0) {
+            read_floats(&at, line, f.init, f.n);
+        } else if (strcmp(word, "grad") == 0) {
+            int k = read_int(&at, line);
+            ck_assert(k >= 1 && k <= ADAM_STEPS);
+            read_floats(&at, line, f.grads[k - 1], f.n);
+        } else if (strcmp(word, "case") == 0) {
+            ck_assert_int_lt(f.n_cases, FIX_MAX_CASES);
+            adam_case *c = &f.cases[f.n_cases++];
+            read_word(&at, c->kind, sizeof c->kind);
+            c->lr = (float)read_number(&at, line);
+            c->beta1 = (float)read_number(&at, line);
+            c->beta2 = (float)read_number(&at, line);
+            c->eps = (float)read_number(&at, line);
+            c->weight_decay = (float)read_number(&at, line);
+            c->t_max = read_int(&at, line);
+            c->eta_min = (float)read_number(&at, line);
+        } else if (strcmp(word, "after") == 0) {
+            ck_assert_int_gt(f.n_cases, 0);
+            int k = read_int(&at, line);
+            ck_assert(k >= 1 && k <= ADAM_STEPS);
+            read_floats(&at, line, f.cases[f.n_cases - 1].after[k - 1], f.n);
+        } else if (strcmp(word, "lrs") == 0) {
+            ck_assert_int_lt(f.n_seqs, FIX_MAX_SEQS);
+            lr_sequence *q = &f.seqs[f.n_seqs++];
+            q->warmup = read_int(&at, line);
+            read_word(&at, q->kind, sizeof q->kind);
+            q->period = read_int(&at, line);
+            q->value = (float)read_number(&at, line);
+            q->base = (float)read_number(&at, line);
+            q->count = read_int(&at, line);
+            ck_assert(q->count > 0 && q->count <= FIX_MAX_LRS);
+            for (int i = 0; i < q->count; i++)
+                q->lrs[i] = read_number(&at, line);
+        } else {
+            ck_abort_msg("fixture: unknown record \"%s\"", word);
+        }
+        line = next;
+    }
+    free(text);
+    ck_assert_int_gt(f.n, 0);
+    ck_assert_int_eq(f.n_cases, 4);
+    ck_assert_int_ge(f.n_seqs, 5);
+    return &f;
+}
+
+/* nn.Sequential(Flatten(), Linear(5, 4), Sigmoid(), Linear(4, 3)) over 5 features, as in the fixture script. */
+static lenet_model *fixture_model(void)
+{
+    lenet_model *m = lenet_model_create();
+    ck_assert_ptr_nonnull(m);
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(4)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_sigmoid()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(3)));
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 1, 5));
+    return m;
+}
+
+/* Writes (or reads) the model's parameters or gradients as one flat float array, tensor after tensor. */
+static void put_flat(lenet_model *m, bool grads, const float *v)
+{
+    for (size_t i = 0, at = 0; i < lenet_model_param_count(m); i++) {
+        lenet_tensor *t = grads ? lenet_model_grad(m, i) : lenet_model_param(m, i);
+        memcpy(lenet_tensor_data(t), v + at, lenet_tensor_numel(t) * sizeof *v);
+        at += lenet_tensor_numel(t);
+    }
+}
+
+static void get_flat(lenet_model *m, bool grads, float *out)
+{
+    for (size_t i = 0, at = 0; i < lenet_model_param_count(m); i++) {
+        const lenet_tensor *t = grads ? lenet_model_grad(m, i) : lenet_model_param(m, i);
+        memcpy(out + at, lenet_tensor_cdata(t), lenet_tensor_numel(t) * sizeof *out);
+        at += lenet_tensor_numel(t);
+    }
+}
+
+/* The optimizer of a fixture case. */
+static lenet_optimizer *case_optimizer(lenet_model *m, const adam_case *c)
+{
+    lenet_optimizer *o = strcmp(c->kind, "AdamW") == 0
+                             ? lenet_adamw_create(m, c->lr, c->beta1, c->beta2, c->eps, c->weight_decay)
+                             : lenet_adam_create(m, c->lr, c->beta1, c->beta2, c->eps, c->weight_decay);
+    ck_assert_msg(o != NULL, "%s", lenet_last_error());
+    return o;
+}
+
+START_TEST(test_adam_and_adamw_match_pytorch_1_13_over_five_steps)
+{
+    const adam_fixture *f = load_adam_fixture();
+    double worst_all = 0.0;
+    size_t identical = 0, total = 0;
+    for (int c = 0; c < f->n_cases; c++) {
+        const adam_case *ac = &f->cases[c];
+        if (ac->t_max > 0)
+            continue; /* with a schedule */
+        lenet_model *m = fixture_model();
+        ck_assert_uint_eq(lenet_model_param_numel(m), (size_t)f->n);
+        const char *names[] = {"1.weight", "1.bias", "3.weight", "3.bias"};
+        ck_assert_uint_eq(lenet_model_param_count(m), 4);
+        for (size_t i = 0; i < 4; i++)
+            ck_assert_str_eq(lenet_model_param_name(m, i), names[i]);
+        put_flat(m, false, f->init);
+        lenet_optimizer *o = case_optimizer(m, ac);
+        float got[FIX_MAX_PARAMS], grads[FIX_MAX_PARAMS];
+        double moved = 0.0;
+        for (int k = 0; k < ADAM_STEPS; k++) {
+            put_flat(m, true, f->grads[k]);
+            ck_assert_lenet_ok(lenet_optimizer_step(o));
+            get_flat(m, false, got);
+            double worst = lenet_test_max_rel_err(got, ac->after[k], (size_t)f->n, 1e-3);
+            for (int i = 0; i < f->n; i++) {
+                identical += memcmp(&got[i], &ac->after[k][i], sizeof got[i]) == 0;
+                moved = fmax(moved, fabs((double)got[i] - f->init[i]));
+            }
+            total += (size_t)f->n;
+            ck_assert_msg(worst <= 1e-6, "%s lr %g wd %g t_max %d, step %d: relative error %.3g against PyTorch",
+                          ac->kind, (double)ac->lr, (double)ac->weight_decay, ac->t_max, k + 1, worst);
+            worst_all = fmax(worst_all, worst);
+            /* The gradients are read, not changed. */
+            get_flat(m, true, grads);
+            ck_assert_mem_eq(grads, f->grads[k], (size_t)f->n * sizeof *grads);
+        }
+        ck_assert_msg(moved > 0.05, "%s case %d: the parameters moved only %g", ac->kind, c, moved);
+        ck_assert_uint_eq(o->steps, ADAM_STEPS);
+        lenet_optimizer_free(o);
+        lenet_model_free(m);
+    }
+    fprintf(stderr, "Adam/AdamW vs PyTorch 1.13 (%d cases x %d steps): worst relative error %.3g, %zu of %zu values "
+            "bit-identical\n", f->n_cases, ADAM_STEPS, worst_all, identical, total);
+}
+END_TEST
+
+START_TEST(test_adam_create_rejects_bad_arguments_with_a_message)
+{
+    lenet_model *m = fixture_model();
+    struct {
+        float lr, beta1, beta2, eps, weight_decay;
+    } bad[] = {
+        {-1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f},   {NAN, 0.9f, 0.999f, 1e-8f, 0.0f},
+        {INFINITY, 0.9f, 0.999f, 1e-8f, 0.0f}, {1e-3f, -0.1f, 0.999f, 1e-8f, 0.0f},
+        {1e-3f, 1.0f, 0.999f, 1e-8f, 0.0f},    {1e-3f, NAN, 0.999f, 1e-8f, 0.0f},
+        {1e-3f, 0.9f, 1.0f, 1e-8f, 0.0f},      {1e-3f, 0.9f, -0.5f, 1e-8f, 0.0f},
+        {1e-3f, 0.9f, NAN, 1e-8f, 0.0f},       {1e-3f, 0.9f, INFINITY, 1e-8f, 0.0f},
+        {1e-3f, 0.9f, 0.999f, -1e-8f, 0.0f},   {1e-3f, 0.9f, 0.999f, NAN, 0.0f},
+        {1e-3f, 0.9f, 0.999f, INFINITY, 0.0f}, {1e-3f, 0.9f, 0.999f, 1e-8f, -1e-4f},
+        {1e-3f, 0.9f, 0.999f, 1e-8f, NAN},     {1e-3f, 0.9f, 0.999f, 1e-8f, INFINITY},
+    };
+    for (int w = 0; w < 2; w++) {
+        lenet_optimizer *(*create)(lenet_model *, float, float, float, float, float) =
+            w ? lenet_adamw_create : lenet_adam_create;
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            lenet_clear_error();
+            lenet_optimizer *o = create(m, bad[i].lr, bad[i].beta1, bad[i].beta2, bad[i].eps, bad[i].weight_decay);
+            ck_assert_msg(o == NULL, "%s case %zu accepted", w ? "AdamW" : "Adam", i);
+            ck_assert_msg(lenet__last_status() == LENET_EINVAL, "case %zu: status %d", i, (int)lenet__last_status());
+            ck_assert_msg(strstr(lenet_last_error(), w ? "adamw_create" : "adam_create") != NULL, "case %zu: %s", i,
+                          lenet_last_error());
+        }
+        lenet_clear_error();
+        ck_assert_ptr_null(create(NULL, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f));
+        ck_assert_str_ne(lenet_last_error(), "");
+        /* The edges PyTorch accepts: zeros, and betas just below 1. */
+        lenet_optimizer *o = create(m, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f);
+        ck_assert_ptr_nonnull(o);
+        lenet_optimizer_free(o);
+        o = create(m, 1e-3f, nextafterf(1.0f, 0.0f), nextafterf(1.0f, 0.0f), 1e-8f, 0.5f);
+        ck_assert_ptr_nonnull(o);
+        ck_assert_float_eq(lenet_optimizer_lr(o), 1e-3f);
+        lenet_optimizer_free(o);
+    }
+    lenet_model_free(m);
+}
+END_TEST
+
+START_TEST(test_adam_updates_only_trainable_parameters)
+{
+    /* Linear(4) then fixed RBF centres: "2.weight" is in the arena but not trainable. */
+    float centers[3 * 4];
+    for (int i = 0; i < 12; i++)
+        centers[i] = (float)(i % 5) * 0.25f - 0.5f;
+    lenet_model *m = lenet_model_create();
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(4)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_rbf(3, 4, centers)));
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 1, 5));
+    ck_assert_uint_eq(lenet_model_param_count(m), 3);
+    ck_assert_str_eq(lenet_model_param_name(m, 2), "2.weight");
+    for (int w = 0; w < 2; w++) {
+        set_params(m);
+        lenet_optimizer *o = w ? lenet_adamw_create(m, 0.1f, 0.9f, 0.999f, 1e-8f, 0.5f)
+                               : lenet_adam_create(m, 0.1f, 0.9f, 0.999f, 1e-8f, 0.5f);
+        ck_assert_ptr_nonnull(o);
+        lenet_tensor *fixed = lenet_model_param(m, 2), *linear = lenet_model_param(m, 0);
+        float before_fixed[12], before_linear[20];
+        memcpy(before_fixed, lenet_tensor_cdata(fixed), sizeof before_fixed);
+        memcpy(before_linear, lenet_tensor_cdata(linear), sizeof before_linear);
+        for (int t = 0; t < 3; t++) {
+            for (size_t i = 0; i < lenet_model_param_count(m); i++) {
+                lenet_tensor *g = lenet_model_grad(m, i);
+                for (size_t j = 0; j < lenet_tensor_numel(g); j++)
+                    lenet_tensor_data(g)[j] = 0.5f + 0.1f * (float)j;
+            }
+            ck_assert_lenet_ok(lenet_optimizer_step(o));
+        }
+        ck_assert_mem_eq(lenet_tensor_cdata(fixed), before_fixed, sizeof before_fixed);
+        ck_assert_msg(memcmp(lenet_tensor_cdata(linear), before_linear, sizeof before_linear) != 0,
+                      "%s did not update the trainable Linear weight", w ? "AdamW" : "Adam");
+        lenet_optimizer_free(o);
+    }
+    lenet_model_free(m);
+}
+END_TEST
+
+static lenet_optimizer_state state_of(const lenet_optimizer *o)
+{
+    lenet_optimizer_state st;
+    memset(&st, 0, sizeof st);
+    ck_assert(o->ops->state != NULL);
+    ck_assert_lenet_ok(o->ops->state(o, &st));
+    return st;
+}
+
+static double setting(const lenet_optimizer_state *st, const char *name)
+{
+    for (int i = 0; i < st->n_settings; i++)
+        if (strcmp(st->setting_names[i], name) == 0)
+            return st->settings[i];
+    ck_abort_msg("no setting %s", name);
+    return NAN;
+}
+
+START_TEST(test_adam_state_names_its_buffers_and_settings_as_pytorch)
+{
+    const adam_fixture *f = load_adam_fixture();
+    for (int w = 0; w < 2; w++) {
+        lenet_model *m = fixture_model();
+        put_flat(m, false, f->init);
+        lenet_optimizer *o = w ? lenet_adamw_create(m, 0.01f, 0.8f, 0.99f, 1e-6f, 0.25f)
+                               : lenet_adam_create(m, 0.01f, 0.8f, 0.99f, 1e-6f, 0.25f);
+        ck_assert_ptr_nonnull(o);
+        ck_assert_str_eq(o->ops->name, w ? "AdamW" : "Adam"); /* the checkpoint's "kind": PyTorch's class name */
+        lenet_optimizer_state st = state_of(o);
+        ck_assert_int_eq(st.n_settings, 4);
+        ck_assert_double_eq(setting(&st, "beta1"), (double)0.8f);
+        ck_assert_double_eq(setting(&st, "beta2"), (double)0.99f);
+        ck_assert_double_eq(setting(&st, "eps"), (double)1e-6f);
+        ck_assert_double_eq(setting(&st, "weight_decay"), (double)0.25f);
+        ck_assert_int_eq(st.n_buffers, 2);
+        ck_assert_str_eq(st.buffer_names[0], "exp_avg");
+        ck_assert_str_eq(st.buffer_names[1], "exp_avg_sq");
+        ck_assert_ptr_null(st.buffers[0]); /* not allocated before the first step */
+        ck_assert_ptr_null(st.buffers[1]);
+        put_flat(m, true, f->grads[0]);
+        ck_assert_lenet_ok(lenet_optimizer_step(o));
+        st = state_of(o);
+        ck_assert_ptr_nonnull(st.buffers[0]);
+        ck_assert_ptr_nonnull(st.buffers[1]);
+        /* After one step from zero, m = (1 - beta1) g (+ L2 for Adam) and v = (1 - beta2) g^2, laid out as the
+         * parameter arena. */
+        for (size_t t = 0, flat = 0; t < m->n_params; t++) {
+            for (size_t j = 0; j < m->param_tensors[t].numel; j++, flat++) {
+                size_t i = m->param_offset[t] + j;
+                float g = w ? f->grads[0][flat] : fmaf(f->init[flat], 0.25f, f->grads[0][flat]);
+                ck_assert_float_eq(st.buffers[0][i], fmaf(g, (float)(1.0 - (double)0.8f), 0.0f));
+                ck_assert_float_eq(st.buffers[1][i], fmaf((float)(1.0 - (double)0.99f) * g, g, 0.0f));
+            }
+        }
+        lenet_optimizer_free(o);
+        lenet_model_free(m);
+    }
+}
+END_TEST
+
+/* A copy of an arena-sized optimizer buffer, as a checkpoint load hands it to adopt. */
+static float *arena_copy(const lenet_model *m, const float *src)
+{
+    float *copy = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float));
+    ck_assert_ptr_nonnull(copy);
+    memcpy(copy, src, m->arena_numel * sizeof(float));
+    return copy;
+}
+
+START_TEST(test_adam_resumed_from_adopted_state_is_bit_identical)
+{
+    /* What lib/io does on load: parameters, then adopt every buffer, then lr and steps. */
+    const adam_fixture *f = load_adam_fixture();
+    const adam_case *ac = &f->cases[2]; /* AdamW */
+    lenet_model *whole = fixture_model(), *first = fixture_model(), *resumed = fixture_model();
+    put_flat(whole, false, f->init);
+    put_flat(first, false, f->init);
+    lenet_optimizer *o_whole = case_optimizer(whole, ac), *o_first = case_optimizer(first, ac);
+    lenet_optimizer *o_resumed = case_optimizer(resumed, ac);
+    for (int k = 0; k < ADAM_STEPS; k++) {
+        put_flat(whole, true, f->grads[k]);
+        ck_assert_lenet_ok(lenet_optimizer_step(o_whole));
+    }
+    for (int k = 0; k < 2; k++) {
+        put_flat(first, true, f->grads[k]);
+        ck_assert_lenet_ok(lenet_optimizer_step(o_first));
+    }
+    float params[FIX_MAX_PARAMS];
+    get_flat(first, false, params);
+    put_flat(resumed, false, params);
+    lenet_optimizer_state st = state_of(o_first);
+    for (int b = 0; b < st.n_buffers; b++)
+        o_resumed->ops->adopt(o_resumed, b, arena_copy(first, st.buffers[b]));
+    o_resumed->lr = o_first->lr;
+    o_resumed->steps = o_first->steps;
+    ck_assert_float_eq(lenet_optimizer_lr(o_resumed), lenet_optimizer_lr(o_first));
+    lenet_optimizer_free(o_first);
+    lenet_model_free(first);
+    for (int k = 2; k < ADAM_STEPS; k++) {
+        put_flat(resumed, true, f->grads[k]);
+        ck_assert_lenet_ok(lenet_optimizer_step(o_resumed));
+    }
+    float a[FIX_MAX_PARAMS], b[FIX_MAX_PARAMS];
+    get_flat(whole, false, a);
+    get_flat(resumed, false, b);
+    ck_assert_mem_eq(a, b, (size_t)f->n * sizeof *a);
+    /* adopt(NULL) goes back to a fresh optimizer's state. */
+    o_resumed->ops->adopt(o_resumed, 0, NULL);
+    o_resumed->ops->adopt(o_resumed, 1, NULL);
+    st = state_of(o_resumed);
+    ck_assert_ptr_null(st.buffers[0]);
+    ck_assert_ptr_null(st.buffers[1]);
+    lenet_optimizer_free(o_whole);
+    lenet_optimizer_free(o_resumed);
+    lenet_model_free(whole);
+    lenet_model_free(resumed);
+}
+END_TEST
+
+static void idx_dir_create_fixture(void)
+{
+    idx_dir_create();
+}
+
+/* ---- training passes: a small data set of 8x8 images, left half bright (class 0) or right half (class 1) ---- */
+
+enum { SIDE = 8 };
+
+static lenet_dataset *bright_halves(const char *name, uint32_t n, uint64_t seed)
+{
+    uint8_t *pixels = malloc((size_t)n * SIDE * SIDE), *labels = malloc(n);
+    ck_assert_ptr_nonnull(pixels);
+    ck_assert_ptr_nonnull(labels);
+    uint64_t state = seed;
+    for (uint32_t i = 0; i < n; i++) {
+        state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+        labels[i] = (uint8_t)((state >> 40) & 1);
+        for (int y = 0; y < SIDE; y++)
+            for (int x = 0; x < SIDE; x++) {
+                state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+                uint32_t r = (uint32_t)(state >> 33);
+                bool bright = (x < SIDE / 2) == (labels[i] == 0);
+                pixels[(size_t)i * SIDE * SIDE + y * SIDE + x] = (uint8_t)(bright ? 160 + r % 96 : r % 64);
+            }
+    }
+    idx_bytes images = idx_images(n, SIDE, SIDE, pixels), label_file = idx_labels(n, labels);
+    char file[64];
+    snprintf(file, sizeof file, "%s-images", name);
+    const char *images_path = idx_write_bytes(file, &images, false);
+    snprintf(file, sizeof file, "%s-labels", name);
+    const char *labels_path = idx_write_bytes(file, &label_file, false);
+    lenet_dataset *d = lenet_dataset_open_idx(images_path, labels_path);
+    ck_assert_msg(d != NULL, "%s", lenet_last_error());
+    idx_bytes_free(&images);
+    idx_bytes_free(&label_file);
+    free(pixels);
+    free(labels);
+    return d;
+}
+
+/* conv(4, k3, p1) relu maxpool(2) flatten linear(2) over 1x8x8, PyTorch's initialisation from `seed`. */
+static lenet_model *tiny_model(uint64_t seed)
+{
+    lenet_model *m = lenet_model_create();
+    ck_assert_ptr_nonnull(m);
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(4, 3, 1, 1)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_relu()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_maxpool2d(2, 2)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(2)));
+    ck_assert_lenet_ok(lenet_model_build(m, 1, SIDE, SIDE));
+    ck_assert_lenet_ok(lenet_model_init(m, LENET_INIT_PYTORCH, seed));
+    return m;
+}
+
+static float *param_snapshot(const lenet_model *m)
+{
+    float *copy = malloc((m->arena_numel ? m->arena_numel : 1) * sizeof *copy);
+    ck_assert_ptr_nonnull(copy);
+    memcpy(copy, m->params, m->arena_numel * sizeof *copy);
+    return copy;
+}
+
+START_TEST(test_an_adam_step_that_overflows_is_rolled_back_with_its_moments)
+{
+    lenet_dataset *d = bright_halves("set", 16, 3);
+    lenet_model *m = tiny_model(4);
+    lenet_optimizer *o = lenet_adam_create(m, 1e-3f, 0.9f, 0.999f, 1e-8f, 1e-4f);
+    lenet_iter *it = lenet_iter_create(d, 4, false, 0);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_ptr_nonnull(it);
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, NULL));
+    ck_assert_uint_eq(o->steps, 4);
+    float *params = param_snapshot(m);
+    lenet_optimizer_state st = state_of(o);
+    float *exp_avg = arena_copy(m, st.buffers[0]), *exp_avg_sq = arena_copy(m, st.buffers[1]);
+
+    /* lr / (1 - beta1^t) beyond FLT_MAX: the step makes every parameter with a gradient infinite or NaN. */
+    ck_assert_lenet_ok(lenet_optimizer_set_lr(o, FLT_MAX));
+    lenet_clear_error();
+    ck_assert_int_eq(lenet_train_epoch(m, o, it, NULL, NULL, NULL), LENET_ENUMERIC);
+    ck_assert_msg(strstr(lenet_last_error(), "restored") != NULL, "message: %s", lenet_last_error());
+    ck_assert_mem_eq(m->params, params, m->arena_numel * sizeof *params);
+    st = state_of(o);
+    ck_assert_mem_eq(st.buffers[0], exp_avg, m->arena_numel * sizeof(float));
+    ck_assert_mem_eq(st.buffers[1], exp_avg_sq, m->arena_numel * sizeof(float));
+    ck_assert_uint_eq(o->steps, 4);
+
+    /* Training goes on from there: the rest of the pass (3 batches). */
+    ck_assert_lenet_ok(lenet_optimizer_set_lr(o, 1e-3f));
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, NULL));
+    ck_assert_uint_eq(o->steps, 7);
+    for (size_t i = 0; i < m->arena_numel; i++)
+        ck_assert_msg(isfinite(m->params[i]), "parameter %zu is %g", i, (double)m->params[i]);
+    lenet__free_aligned(exp_avg);
+    lenet__free_aligned(exp_avg_sq);
+    free(params);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_an_overflowing_first_adam_step_leaves_no_moments)
+{
+    lenet_dataset *d = bright_halves("set", 8, 5);
+    lenet_model *m = tiny_model(6);
+    lenet_optimizer *o = lenet_adamw_create(m, FLT_MAX, 0.9f, 0.999f, 1e-8f, 0.0f);
+    lenet_iter *it = lenet_iter_create(d, 4, false, 0);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_ptr_nonnull(it);
+    float *params = param_snapshot(m);
+    ck_assert_int_eq(lenet_train_epoch(m, o, it, NULL, NULL, NULL), LENET_ENUMERIC);
+    ck_assert_mem_eq(m->params, params, m->arena_numel * sizeof *params);
+    lenet_optimizer_state st = state_of(o);
+    ck_assert_ptr_null(st.buffers[0]); /* as before the step: a fresh optimizer's state */
+    ck_assert_ptr_null(st.buffers[1]);
+    ck_assert_uint_eq(o->steps, 0);
+    ck_assert_lenet_ok(lenet_optimizer_set_lr(o, 1e-3f));
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, NULL));
+    ck_assert_uint_eq(o->steps, 1);
+    free(params);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("optim");
@@ -354,5 +918,17 @@ int main(void)
     tcase_add_test(tc, test_sgd_null_handles_and_free);
     tcase_add_test(tc, test_sgd_zero_grad_clears_the_model_gradients);
     suite_add_tcase(s, tc);
+
+    tc = tcase_create("adam");
+    tcase_add_checked_fixture(tc, idx_dir_create_fixture, idx_dir_remove);
+    tcase_add_test(tc, test_adam_and_adamw_match_pytorch_1_13_over_five_steps);
+    tcase_add_test(tc, test_adam_create_rejects_bad_arguments_with_a_message);
+    tcase_add_test(tc, test_adam_updates_only_trainable_parameters);
+    tcase_add_test(tc, test_adam_state_names_its_buffers_and_settings_as_pytorch);
+    tcase_add_test(tc, test_adam_resumed_from_adopted_state_is_bit_identical);
+    tcase_add_test(tc, test_an_adam_step_that_overflows_is_rolled_back_with_its_moments);
+    tcase_add_test(tc, test_an_overflowing_first_adam_step_leaves_no_moments);
+    suite_add_tcase(s, tc);
+
     return lenet_test_run(s);
 }

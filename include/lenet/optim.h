@@ -31,6 +31,35 @@ typedef struct lenet_optimizer lenet_optimizer;
 LENET_API lenet_optimizer *lenet_sgd_create(lenet_model *m, float lr, float momentum, float weight_decay);
 
 /**
+ * Creates Adam with PyTorch's update rule (torch.optim.Adam of PyTorch 1.13, amsgrad and maximize False), for
+ * every trainable parameter p with gradient grad, at step t = 1, 2, ...:
+ * g = grad + weight_decay * p (L2 added to the gradient; skipped when weight_decay is 0);
+ * m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2  (both start at 0);
+ * p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps),
+ * in PyTorch's order of float operations, with the scalar factors in double as Python computes them, so the
+ * parameters match PyTorch's to float rounding for the same float32 hyperparameters.  PyTorch's defaults are
+ * lr 1e-3, betas 0.9 and 0.999, eps 1e-8, weight_decay 0.  Checkpoints save m and v as PyTorch's state names
+ * "exp_avg" and "exp_avg_sq", and the step count t.
+ *
+ * @param m the model, borrowed: it must outlive the optimizer.  It may be unbuilt; m and v are allocated (zero)
+ *          when the first step finds it built.
+ * @return a new optimizer to free with lenet_optimizer_free(), or NULL: LENET_EINVAL for a NULL model, an lr,
+ *         eps or weight_decay that is negative or not finite, a beta outside [0, 1) (PyTorch's checks, and NaN
+ *         refused); LENET_ENOMEM.
+ */
+LENET_API lenet_optimizer *lenet_adam_create(lenet_model *m, float lr, float beta1, float beta2, float eps,
+                                             float weight_decay);
+
+/**
+ * Creates AdamW (torch.optim.AdamW of PyTorch 1.13, amsgrad and maximize False): Adam with decoupled weight
+ * decay, p *= 1 - lr * weight_decay before each update, then the update of lenet_adam_create() on the gradient
+ * without the L2 term.  PyTorch's default weight_decay is 1e-2.  Arguments, ownership and errors as
+ * lenet_adam_create(); checkpoints record the kind "AdamW".
+ */
+LENET_API lenet_optimizer *lenet_adamw_create(lenet_model *m, float lr, float beta1, float beta2, float eps,
+                                              float weight_decay);
+
+/**
  * Updates the model's parameters from its gradients.
  * @return LENET_OK; LENET_EINVAL; LENET_ESTATE if the model is not built; LENET_ENOMEM on the first step.
  */

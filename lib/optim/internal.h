@@ -45,7 +45,7 @@ struct lenet_optimizer_state {
     /* Every float buffer the optimizer uses, laid out like the model's parameter arena (arena_numel floats,
      * tensor t at param_offset[t]), NULL while not allocated yet; checkpoints store the slices of trainable
      * tensors of the allocated ones under "optimizer.<name>.<parameter name>".  Names follow PyTorch's
-     * optimizer.state_dict() keys ("momentum_buffer"). */
+     * optimizer.state_dict() keys ("momentum_buffer", "exp_avg", "exp_avg_sq"). */
     int n_buffers;
     const char *buffer_names[LENET_OPTIM_MAX_STATE];
     const float *buffers[LENET_OPTIM_MAX_STATE];
