@@ -28,17 +28,21 @@
  * 0.1 ends at 0.885-0.888 test accuracy; this reaches about 0.89-0.90 in the same 10 epochs). */
 #define MODERN_LR 0.05f
 #define MODERN_MOMENTUM 0.9f
+/* d2l's batch normalization chapter: BNLeNet(lr=0.1), BatchNorm with PyTorch's eps and momentum. */
+#define BN_LR 0.1f
+#define BN_EPS 1e-5f
+#define BN_MOMENTUM 0.1f
 #define POINTS_PER_EPOCH 5 /* d2l's Animator draws the train metrics 5 times an epoch */
 #define MAX_EPOCHS 10000
 #define NOTE_LINE 100      /* bytes of one curve point in a checkpoint's note, at most */
 
 
-enum variant { VARIANT_D2L, VARIANT_MODERN };
+enum variant { VARIANT_D2L, VARIANT_MODERN, VARIANT_BN };
 
 typedef struct options {
     int epochs, batch_size, threads;
-    float lr, momentum;
-    bool lr_given, momentum_given, cosine, schedule_given, quiet;
+    float lr, momentum, weight_decay, dropout;
+    bool lr_given, momentum_given, cosine, schedule_given, summary, quiet;
     uint64_t seed;
     enum variant variant;
     const char *data, *csv, *plot, *activations, *save, *resume;
@@ -51,38 +55,46 @@ static void usage(FILE *out)
             "Trains d2l.ai's LeNet on Fashion-MNIST and prints the metrics like d2l's train_ch6.\n"
             "\n"
             "  --epochs N         passes over the training set (default 10)\n"
-            "  --lr RATE          SGD learning rate (default %g; %g for --variant modern)\n"
+            "  --lr RATE          SGD learning rate (default %g; %g for --variant modern, %g for bn)\n"
             "  --momentum M       SGD momentum (default 0, as d2l; %g for --variant modern)\n"
+            "  --weight-decay W   L2 weight decay added to the gradient (default 0)\n"
             "  --schedule NAME    constant learning rate (default), or cosine: annealed towards 0 over the epochs\n"
             "                     (default for --variant modern)\n"
             "  --batch-size N     examples per SGD step (default 128)\n"
-            "  --seed N           seed of the Xavier-uniform weights and of the shuffling (default 0)\n"
+            "  --seed N           seed of the Xavier-uniform weights, the dropout masks and the shuffling (default 0)\n"
             "  --threads N        threads to train with (default: LENET_NUM_THREADS or the processor count)\n"
             "  --data DIR         Fashion-MNIST IDX files (default " DEFAULT_DATA ")\n"
             "  --variant NAME     d2l: Sigmoid and AvgPool2d, as d2l (default)\n"
             "                     modern: ReLU and MaxPool2d, trained with momentum and a cosine schedule\n"
+            "                     bn: d2l's BatchNorm LeNet, BatchNorm after each convolution and hidden Linear\n"
+            "  --dropout P        a Dropout(P) after each hidden activation of the fully connected part (default 0:\n"
+            "                     none)\n"
+            "  --summary          print the network's layer shapes and its table of parameters, then exit\n"
             "  --csv FILE         write epoch, train loss, train acc, test acc, 5 points an epoch\n"
             "  --plot FILE        draw those curves into FILE.png or FILE.svg\n"
             "  --activations DIR  write conv1 and conv2 feature maps of test pullovers and coats to DIR\n"
             "  --save FILE        after each epoch, save a training checkpoint (safetensors) to FILE\n"
-            "  --resume FILE      continue the run saved in FILE (same --variant and --batch-size)\n"
+            "  --resume FILE      continue the run saved in FILE (same --variant, --dropout and --batch-size)\n"
             "  --quiet            no progress on stderr\n"
             "  --help             show this help\n",
-            (double)D2L_LR, (double)MODERN_LR, (double)MODERN_MOMENTUM);
+            (double)D2L_LR, (double)MODERN_LR, (double)BN_LR, (double)MODERN_MOMENTUM);
 }
 
 /* Parses the command line; returns -1 to exit 0 (--help), 0 to go on, 2 for a bad command line. */
 static int parse_options(int argc, char **argv, options *o)
 {
     *o = (options){.epochs = 10, .batch_size = 128, .lr = D2L_LR, .data = DEFAULT_DATA};
-    enum { EPOCHS = 256, LR, MOMENTUM, SCHEDULE, BATCH, SEED, THREADS, DATA, VARIANT, CSV, PLOT, ACTIVATIONS, SAVE, RESUME, QUIET, HELP };
+    enum { EPOCHS = 256, LR, MOMENTUM, WEIGHT_DECAY, SCHEDULE, BATCH, SEED, THREADS, DATA, VARIANT, DROPOUT, SUMMARY,
+           CSV, PLOT, ACTIVATIONS, SAVE, RESUME, QUIET, HELP };
     static const struct option longopts[] = {
         {"epochs", required_argument, NULL, EPOCHS},   {"lr", required_argument, NULL, LR},
         {"momentum", required_argument, NULL, MOMENTUM},
+        {"weight-decay", required_argument, NULL, WEIGHT_DECAY},
         {"schedule", required_argument, NULL, SCHEDULE},
         {"batch-size", required_argument, NULL, BATCH}, {"seed", required_argument, NULL, SEED},
         {"threads", required_argument, NULL, THREADS}, {"data", required_argument, NULL, DATA},
-        {"variant", required_argument, NULL, VARIANT}, {"csv", required_argument, NULL, CSV},
+        {"variant", required_argument, NULL, VARIANT}, {"dropout", required_argument, NULL, DROPOUT},
+        {"summary", no_argument, NULL, SUMMARY},       {"csv", required_argument, NULL, CSV},
         {"plot", required_argument, NULL, PLOT},       {"activations", required_argument, NULL, ACTIVATIONS},
         {"save", required_argument, NULL, SAVE},       {"resume", required_argument, NULL, RESUME},
         {"quiet", no_argument, NULL, QUIET},           {"help", no_argument, NULL, HELP},
@@ -102,6 +114,7 @@ static int parse_options(int argc, char **argv, options *o)
             bad = cli_parse_float(PROG, "--momentum", optarg, 0.0, 0.999, &o->momentum);
             o->momentum_given = true;
             break;
+        case WEIGHT_DECAY: bad = cli_parse_float(PROG, "--weight-decay", optarg, 0.0, 1.0, &o->weight_decay); break;
         case SCHEDULE:
             o->schedule_given = true;
             if (strcmp(optarg, "constant") == 0) {
@@ -122,11 +135,17 @@ static int parse_options(int argc, char **argv, options *o)
                 o->variant = VARIANT_D2L;
             else if (strcmp(optarg, "modern") == 0)
                 o->variant = VARIANT_MODERN;
+            else if (strcmp(optarg, "bn") == 0)
+                o->variant = VARIANT_BN;
             else {
-                fprintf(stderr, PROG ": --variant: '%s' is neither d2l nor modern\n", optarg);
+                fprintf(stderr, PROG ": --variant: '%s' is not d2l, modern or bn\n", optarg);
                 bad = -1;
             }
             break;
+        case DROPOUT:
+            bad = cli_parse_float(PROG, "--dropout", optarg, 0.0, 0.99, &o->dropout);
+            break;
+        case SUMMARY: o->summary = true; break;
         case CSV: o->csv = optarg; break;
         case PLOT: o->plot = optarg; break;
         case ACTIVATIONS: o->activations = optarg; break;
@@ -152,8 +171,8 @@ static int parse_options(int argc, char **argv, options *o)
         fprintf(stderr, "usage: " PROG " [options]; " PROG " --help lists them\n");
         return 2;
     }
-    if (o->variant == VARIANT_MODERN && !o->lr_given)
-        o->lr = MODERN_LR;
+    if (!o->lr_given)
+        o->lr = o->variant == VARIANT_MODERN ? MODERN_LR : o->variant == VARIANT_BN ? BN_LR : D2L_LR;
     if (o->variant == VARIANT_MODERN && !o->momentum_given)
         o->momentum = MODERN_MOMENTUM;
     if (o->variant == VARIANT_MODERN && !o->schedule_given)
@@ -175,41 +194,50 @@ static int parse_options(int argc, char **argv, options *o)
 
 static const char *variant_name(enum variant v)
 {
-    return v == VARIANT_MODERN ? "modern" : "d2l";
+    return v == VARIANT_MODERN ? "modern" : v == VARIANT_BN ? "BatchNorm" : "d2l";
 }
 
-/* Layer i (0..11) of the d2l network's nn.Sequential, or of its modern variant. */
-static lenet_layer *variant_layer(enum variant v, int i)
+/* The network of variant v as d2l's nn.Sequential, built for 1x28x28 images:
+ *   d2l     Conv2d(6, k5, p2) Sigmoid AvgPool2d(2, 2) Conv2d(16, k5) Sigmoid AvgPool2d(2, 2) Flatten
+ *           Linear(120) Sigmoid Linear(84) Sigmoid Linear(10)
+ *   modern  the same with ReLU and MaxPool2d
+ *   bn      d2l's BNLeNet: Conv2d(6, k5) without padding, and a BatchNorm2d after each Conv2d and a BatchNorm1d
+ *           after each hidden Linear, before the Sigmoid
+ * With dropout > 0, a Dropout(dropout) follows each hidden activation of the fully connected part, as in d2l's
+ * dropout chapter. */
+static lenet_model *build_network(enum variant v, float dropout)
 {
-    bool modern = v == VARIANT_MODERN;
-    switch (i) {
-    case 0: return lenet_conv2d(6, 5, 1, 2);
-    case 3: return lenet_conv2d(16, 5, 1, 0);
-    case 2:
-    case 5: return modern ? lenet_maxpool2d(2, 2) : lenet_avgpool2d(2, 2);
-    case 6: return lenet_flatten();
-    case 7: return lenet_linear(120);
-    case 9: return lenet_linear(84);
-    case 11: return lenet_linear(10);
-    default: return modern ? lenet_relu() : lenet_sigmoid(); /* 1, 4, 8, 10 */
-    }
-}
-
-/* The network of variant v, built for 1x28x28 images. */
-static lenet_model *build_network(enum variant v)
-{
+    bool modern = v == VARIANT_MODERN, bn = v == VARIANT_BN;
+    lenet_layer *(*activation)(void) = modern ? lenet_relu : lenet_sigmoid;
+    lenet_layer *(*pool)(int, int) = modern ? lenet_maxpool2d : lenet_avgpool2d;
     lenet_model *m = lenet_model_create();
     if (!m)
         return NULL;
-    for (int i = 0; i < 12; i++)
-        if (lenet_model_add(m, variant_layer(v, i)) != LENET_OK)
-            goto fail;
-    if (lenet_model_build(m, 1, 28, 28) != LENET_OK)
-        goto fail;
+    /* lenet_model_add takes every layer, also the NULL of a failed constructor, and a failed add is sticky:
+     * lenet_model_build returns the first failure. */
+    static const int channels[] = {6, 16}, hidden[] = {120, 84};
+    for (int k = 0; k < 2; k++) {
+        lenet_model_add(m, lenet_conv2d(channels[k], 5, 1, k == 0 && !bn ? 2 : 0));
+        if (bn)
+            lenet_model_add(m, lenet_batchnorm2d(BN_EPS, BN_MOMENTUM));
+        lenet_model_add(m, activation());
+        lenet_model_add(m, pool(2, 2));
+    }
+    lenet_model_add(m, lenet_flatten());
+    for (int k = 0; k < 2; k++) {
+        lenet_model_add(m, lenet_linear(hidden[k]));
+        if (bn)
+            lenet_model_add(m, lenet_batchnorm1d(BN_EPS, BN_MOMENTUM));
+        lenet_model_add(m, activation());
+        if (dropout > 0)
+            lenet_model_add(m, lenet_dropout(dropout));
+    }
+    lenet_model_add(m, lenet_linear(10));
+    if (lenet_model_build(m, 1, 28, 28) != LENET_OK) {
+        lenet_model_free(m);
+        return NULL;
+    }
     return m;
-fail:
-    lenet_model_free(m);
-    return NULL;
 }
 
 /* Training curves: the running train loss and accuracy at the fifths of each epoch and the test accuracy at
@@ -442,7 +470,13 @@ static int write_class_activations(const char *dir, int label, const lenet_datas
     canvas = plot_canvas_create(path, width, header + (double)shown * row_h);
     if (!canvas)
         goto plot_fail;
-    const char *act = lenet_layer_name(lenet_model_layer(net, act1));
+    /* "Sigmoid", or "BatchNorm2d and Sigmoid" when a normalization sits between the convolution and it. */
+    char act[64];
+    const char *before = act1 > 0 ? lenet_layer_name(lenet_model_layer(net, act1 - 1)) : "Conv2d";
+    if (strcmp(before, "Conv2d") != 0)
+        snprintf(act, sizeof act, "%s and %s", before, lenet_layer_name(lenet_model_layer(net, act1)));
+    else
+        snprintf(act, sizeof act, "%s", lenet_layer_name(lenet_model_layer(net, act1)));
     snprintf(text, sizeof text, "Activations for Fashion-MNIST test %ss (%s LeNet, %d epoch%s, lr %g, seed %llu)",
              class_names[label], variant_name(o->variant), o->epochs, o->epochs == 1 ? "" : "s", (double)o->lr,
              (unsigned long long)o->seed);
@@ -543,12 +577,30 @@ static int check_writable_dir(const char *option, const char *path)
     return 0;
 }
 
+/* --summary: the layer shapes as d2l prints them (PyTorch's torch.Size), then the library's table of output shapes,
+ * parameters and connections per layer. */
+static int print_summary(const options *o)
+{
+    lenet_model *net = build_network(o->variant, o->dropout);
+    lenet_status st = net ? lenet_model_summary(net, 1, 1, 28, 28, stdout) : LENET_ENOMEM;
+    if (st == LENET_OK && putchar('\n') == EOF)
+        st = LENET_EIO;
+    if (st == LENET_OK)
+        st = lenet_model_print(net, stdout);
+    if (st != LENET_OK)
+        fprintf(stderr, PROG ": --summary: %s\n", lenet_last_error());
+    lenet_model_free(net);
+    return st == LENET_OK ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     options o;
     int parsed = parse_options(argc, argv, &o);
     if (parsed != 0)
         return parsed < 0 ? 0 : parsed;
+    if (o.summary)
+        return print_summary(&o);
     /* Without --threads the library's default holds: LENET_NUM_THREADS, else the number of online CPUs. */
     if (o.threads > 0 && lenet_set_num_threads(o.threads) != LENET_OK) {
         fprintf(stderr, PROG ": --threads %d: %s\n", o.threads, lenet_last_error());
@@ -560,7 +612,7 @@ int main(int argc, char **argv)
     FILE *csv = NULL;
     lenet_dataset *train = NULL, *test = NULL;
     lenet_model *net = NULL;
-    lenet_optimizer *sgd = NULL;
+    lenet_optimizer *opt = NULL;
     lenet_iter *train_iter = NULL, *test_iter = NULL;
     curves c = {0};
 
@@ -587,8 +639,8 @@ int main(int argc, char **argv)
                 o.data, INSTALL_HINT);
         goto done;
     }
-    if (!(net = build_network(o.variant)) || lenet_model_init(net, LENET_INIT_XAVIER_UNIFORM, o.seed) != LENET_OK ||
-        !(sgd = lenet_sgd_create(net, o.lr, o.momentum, 0.0f)) ||
+    if (!(net = build_network(o.variant, o.dropout)) || lenet_model_init(net, LENET_INIT_XAVIER_UNIFORM, o.seed) != LENET_OK ||
+        !(opt = lenet_sgd_create(net, o.lr, o.momentum, o.weight_decay)) ||
         !(train_iter = lenet_iter_create(train, o.batch_size, true, o.seed)) ||
         !(test_iter = lenet_iter_create(test, o.batch_size, false, 0))) {
         fprintf(stderr, PROG ": %s\n", lenet_last_error());
@@ -601,7 +653,7 @@ int main(int argc, char **argv)
         size_t note_size = 64 + (size_t)MAX_EPOCHS * POINTS_PER_EPOCH * NOTE_LINE;
         char *note = malloc(note_size);
         int done_epochs = 0, parsed_note = -1;
-        lenet_status st = note ? lenet_checkpoint_load(net, sgd, train_iter, o.resume, note, note_size) : LENET_ENOMEM;
+        lenet_status st = note ? lenet_checkpoint_load(net, opt, train_iter, o.resume, note, note_size) : LENET_ENOMEM;
         const char *why = note ? lenet_last_error() : "out of memory";
         if (st == LENET_OK)
             parsed_note = curves_from_note(&c, note, o.epochs, &done_epochs);
@@ -621,7 +673,7 @@ int main(int argc, char **argv)
         }
         first_epoch = done_epochs + 1;
         if (!o.cosine) /* a cosine schedule recomputes each epoch's rate from the base rate */
-            o.lr = lenet_optimizer_lr(sgd);
+            o.lr = lenet_optimizer_lr(opt);
     }
     if (csv && (fprintf(csv, "epoch,train_loss,train_acc,test_acc\n") < 0 || write_csv_rows(csv, &c, 0) != 0))
         goto csv_fail;
@@ -641,8 +693,8 @@ int main(int argc, char **argv)
         r.epoch_first_point = c.n;
         cli_progress_begin_epoch(&r.progress, epoch, examples);
         if (o.cosine) /* lr_e = lr / 2 * (1 + cos(pi * (e - 1) / epochs)): from lr down towards 0 */
-            lenet_optimizer_set_lr(sgd, (float)(0.5 * o.lr * (1.0 + cos(3.14159265358979323846 * (epoch - 1) / o.epochs))));
-        lenet_status st = lenet_train_epoch(net, sgd, train_iter, on_batch, &r, &fit);
+            lenet_optimizer_set_lr(opt, (float)(0.5 * o.lr * (1.0 + cos(3.14159265358979323846 * (epoch - 1) / o.epochs))));
+        lenet_status st = lenet_train_epoch(net, opt, train_iter, on_batch, &r, &fit);
         cli_progress_end_epoch(&r.progress);
         if (st == LENET_OK)
             st = lenet_evaluate(net, test_iter, &eval);
@@ -660,7 +712,7 @@ int main(int argc, char **argv)
             goto csv_fail;
         if (o.save) {
             char *note = curves_note(&c, epoch);
-            if (!note || lenet_checkpoint_save(net, sgd, train_iter, note, o.save) != LENET_OK) {
+            if (!note || lenet_checkpoint_save(net, opt, train_iter, note, o.save) != LENET_OK) {
                 fprintf(stderr, PROG ": --save %s: %s\n", o.save, note ? lenet_last_error() : "out of memory");
                 free(note);
                 goto done;
@@ -699,7 +751,7 @@ done:
         fclose(csv);
     lenet_iter_free(test_iter);
     lenet_iter_free(train_iter);
-    lenet_optimizer_free(sgd);
+    lenet_optimizer_free(opt);
     lenet_model_free(net);
     lenet_dataset_free(test);
     lenet_dataset_free(train);
