@@ -105,6 +105,35 @@ LENET_API lenet_status lenet_checkpoint_load(lenet_model *m, lenet_optimizer *o,
  */
 LENET_API lenet_status lenet_checkpoint_input_shape(const char *path, int *channels, int *height, int *width);
 
+/* ---- ONNX: models to and from other frameworks (docs/onnx.md) ---- */
+
+/**
+ * Exports a built model as an ONNX graph (IR version 7, operator set 13, float32) for ONNX Runtime and other
+ * ONNX consumers, replacing an existing file crash-safely as lenet_model_save() does.  The graph has one input
+ * "input" (N, C, H, W) and one output "output" (N, ...), N a dynamic dimension named "N"; the parameters and
+ * running statistics are initializers named as in lenet_model_param_name() and lenet_model_buffer_name().  It
+ * computes what lenet_model_predict() computes (evaluation mode: BatchNorm with its running statistics, Dropout
+ * left out); LeNet-5's layers become standard operators (docs/onnx.md lists what maps to what).
+ * @return LENET_OK; LENET_EINVAL for NULL; LENET_ESTATE if the model is not built; LENET_EUNSUPPORTED naming the
+ *         first layer kind that has no ONNX form, or for a model too large for one ONNX file (2 GiB); LENET_EIO if
+ *         the file cannot be written (a file already at @p path is then left as it was); LENET_ENOMEM.
+ */
+LENET_API lenet_status lenet_model_export_onnx(const lenet_model *m, const char *path);
+
+/**
+ * Imports an ONNX model: a chain of the operators liblenet's layers map to, as torch.onnx.export writes an
+ * nn.Sequential of them (Conv, Relu/Sigmoid/Tanh, AveragePool/MaxPool, Flatten or Reshape to (N, -1), Gemm or
+ * MatMul + Add, BatchNormalization, Dropout, Identity) and as lenet_model_export_onnx() writes LeNet-5's layers,
+ * which come back as the same layers.  The model is built for the graph input's (C, H, W) and holds the file's
+ * weights and running statistics; it is in training mode, as a new model is.
+ * The file is trusted in nothing: every length, count and size is checked before it is used.
+ * @return a new built model to free with lenet_model_free(), or NULL with lenet_last_error() naming the file and
+ *         the problem: LENET_EINVAL (NULL path); LENET_EIO (cannot read, not a regular file); LENET_EFORMAT (not
+ *         ONNX, truncated or corrupt, or a graph whose tensors do not fit its operators); LENET_EUNSUPPORTED
+ *         naming the operator (or data type, or graph shape) that has no liblenet layer; LENET_ENOMEM.
+ */
+LENET_API lenet_model *lenet_model_import_onnx(const char *path);
+
 #ifdef __cplusplus
 }
 #endif
