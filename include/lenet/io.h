@@ -4,7 +4,8 @@
  *
  * A file is safetensors (https://github.com/huggingface/safetensors): an 8-byte little-endian header length,
  * a JSON header naming each tensor with its dtype, shape and byte range, then the raw little-endian data.
- * Parameters are named as in PyTorch's state_dict() of the same nn.Sequential ("0.weight", "0.bias", ...), so
+ * Parameters and buffers are named as in PyTorch's state_dict() of the same nn.Sequential ("0.weight", "0.bias",
+ * "1.running_mean", ...), with the same dtypes (F32; I64 for BatchNorm's num_batches_tracked), so
  * `safetensors.torch.load_file()` reads liblenet's files and liblenet reads a state_dict saved as safetensors.
  * liblenet adds metadata: the architecture (layer kinds, their arguments, the input shape), the library
  * version and a CRC-32 of the data.  docs/checkpoints.md describes the format and the PyTorch round trip.
@@ -32,8 +33,10 @@ extern "C" {
 #endif
 
 /**
- * Saves a built model's architecture and parameters to @p path, replacing an existing file crash-safely.
- * @return LENET_OK; LENET_EINVAL for NULL; LENET_ESTATE if the model is not built; LENET_EUNSUPPORTED if a
+ * Saves a built model's architecture, parameters and buffers to @p path, replacing an existing file crash-safely.
+ * Buffers PyTorch keeps as int64 (num_batches_tracked) are written as 0-dimensional I64 tensors, as PyTorch does.
+ * @return LENET_OK; LENET_EINVAL for NULL, or for an int64 buffer holding anything but an integer in [0, 2^53]
+ *         (nothing is written then); LENET_ESTATE if the model is not built; LENET_EUNSUPPORTED if a
  *         layer kind cannot be rebuilt from a file; LENET_EIO if the file cannot be written (a full disk, a
  *         missing directory: the message names the system error), in which case a file already at @p path is
  *         left as it was; LENET_ENOMEM.
@@ -42,8 +45,8 @@ LENET_API lenet_status lenet_model_save(const lenet_model *m, const char *path);
 
 /**
  * Loads a model saved by lenet_model_save() or lenet_checkpoint_save(): rebuilds its layers from the recorded
- * architecture, builds it for the recorded input shape and fills its parameters.  The optimizer and iterator
- * state of a training checkpoint are ignored.
+ * architecture, builds it for the recorded input shape and fills its parameters and buffers.  The optimizer and
+ * iterator state of a training checkpoint are ignored.
  * @return a new built model to free with lenet_model_free(), or NULL with lenet_last_error() naming the file
  *         and the problem: LENET_EINVAL (NULL path); LENET_EIO (cannot read); LENET_EFORMAT (not a liblenet
  *         file, or truncated or corrupt: header length, JSON, dtype, offsets, CRC, unknown layer kind, bad layer
@@ -53,23 +56,28 @@ LENET_API lenet_status lenet_model_save(const lenet_model *m, const char *path);
 LENET_API lenet_model *lenet_model_load(const char *path);
 
 /**
- * Fills the parameters of a built model from a safetensors file by name: every parameter
- * (lenet_model_param_name()) must be in the file with the same shape.  This is how a PyTorch state_dict saved
+ * Fills the parameters and buffers of a built model from a safetensors file by name: every parameter
+ * (lenet_model_param_name()) and every buffer (lenet_model_buffer_name()) must be in the file with the same
+ * shape, as PyTorch's load_state_dict(strict=True) requires every key.  This is how a PyTorch state_dict saved
  * with `safetensors.torch.save_file(net.state_dict(), path)` is loaded into the same network built in C; the
  * file needs no liblenet metadata, and its architecture, if recorded, is not compared (only names and shapes).
- * Tensors may be F32, or F64, F16 or BF16, converted to float32 (F64 rounds to nearest).  Tensors whose names
- * do not start with a digit (a training checkpoint's optimizer and iterator state) are ignored.
+ * Tensors may be F32, or F64, F16 or BF16, converted to float32 (F64 rounds to nearest).  An int64 buffer
+ * (num_batches_tracked, shape [] or [1]) may also be I64, I32, U32 or U64; its values must be integers in
+ * [0, 2^53] and become the nearest float (exact up to 2^24).  Tensors whose names do not start with a digit (a
+ * training checkpoint's optimizer and iterator state) are ignored.
  * @return LENET_OK; LENET_EINVAL for NULL; LENET_ESTATE if the model is not built; LENET_EIO; LENET_EFORMAT for
- *         a malformed file or a parameter of a non-float dtype; LENET_ESHAPE naming the tensor when one is
- *         missing, has another shape, or the file has a layer parameter the model lacks; LENET_ENOMEM.
- *         On any failure the parameters are unchanged.
+ *         a malformed file, a parameter or float buffer of a non-float dtype, or a count that is not an integer
+ *         in [0, 2^53]; LENET_ESHAPE naming the tensor when a parameter or buffer is missing or has another
+ *         shape, or the file has a layer tensor the model lacks; LENET_ENOMEM.
+ *         On any failure the parameters and buffers are unchanged.
  */
 LENET_API lenet_status lenet_model_load_weights(lenet_model *m, const char *path);
 
 /**
- * Saves everything a training run needs to continue bit-identically: the model (as lenet_model_save()), the
- * optimizer's state (its kind, learning rate, step count, hyperparameters and buffers such as SGD's momentum)
- * and the training iterator's state (position in the pass, permutation, generator state).
+ * Saves everything a training run needs to continue bit-identically: the model (as lenet_model_save(), running
+ * statistics and other buffers included), the optimizer's state (its kind, learning rate, step count,
+ * hyperparameters and buffers such as SGD's momentum) and the training iterator's state (position in the pass,
+ * permutation, generator state).
  * @param m  the built model
  * @param o  the optimizer bound to @p m, or NULL to save none
  * @param it the training iterator, or NULL to save none
@@ -92,7 +100,7 @@ LENET_API lenet_status lenet_checkpoint_save(const lenet_model *m, const lenet_o
  *         differs from the saved ones (the message says how); LENET_EIO; LENET_EFORMAT if the file is malformed
  *         or lacks the state of an object passed; LENET_EUNSUPPORTED for a newer format version; LENET_ESHAPE as
  *         lenet_model_load_weights(); LENET_ENOMEM.
- *         On any failure the model, optimizer, iterator and note are unchanged.
+ *         On any failure the model (parameters and buffers), optimizer, iterator and note are unchanged.
  */
 LENET_API lenet_status lenet_checkpoint_load(lenet_model *m, lenet_optimizer *o, lenet_iter *it, const char *path,
                                              char *note, size_t note_size);
