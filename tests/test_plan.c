@@ -1,5 +1,7 @@
-/* Inference plans: the same outputs as lenet_model_predict for every layer kind, no allocation inside
- * lenet_plan_run (counted by a malloc interposer), many threads on one plan, and the errors. */
+/* Inference plans: the same outputs as lenet_model_predict for every layer kind, many threads on one plan, and the
+ * errors.  Built a second time with LENET_TEST_COUNT_ALLOCATIONS as the plan_alloc test, whose malloc interposer
+ * also checks that lenet_plan_run allocates nothing; that one runs without sanitizers and valgrind, which replace
+ * malloc themselves. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <pthread.h>
@@ -11,6 +13,8 @@
 #include "testutil.h"
 
 /* ---- counting allocations: this executable's malloc family wraps glibc's, for every library in the process ---- */
+
+#ifdef LENET_TEST_COUNT_ALLOCATIONS
 
 extern void *__libc_malloc(size_t size);
 extern void *__libc_calloc(size_t count, size_t size);
@@ -59,6 +63,10 @@ int posix_memalign(void **out, size_t alignment, size_t size)
     *out = p;
     return 0;
 }
+#else
+static atomic_bool counting;
+static atomic_size_t allocations;
+#endif
 
 /* ---- the networks ---- */
 
