@@ -739,6 +739,15 @@ START_TEST(test_buffers_round_trip_under_their_names_with_counts_as_i64)
     ck_assert_lenet_ok(lenet_model_predict(loaded, x, yb));
     ck_assert_mem_eq(lenet_tensor_cdata(ya), lenet_tensor_cdata(yb), 10 * sizeof(float));
 
+    /* The size check before building counts buffers: a wider BatchNorm1d needs more than the file holds. */
+    const char *wide = edit_header(path, "wide.safetensors", "{\\\"kind\\\":\\\"Linear\\\",\\\"args\\\":[4]}",
+                                   "{\\\"kind\\\":\\\"Linear\\\",\\\"args\\\":[400]}");
+    ck_assert_ptr_null(lenet_model_load(wide));
+    ck_assert_int_eq(lenet__last_status(), LENET_EFORMAT);
+    /* Conv2d 27 + 3, BatchNorm2d 6 + 7, Linear(400) 48 * 400 + 400, BatchNorm1d(400) 800 + 801, Linear(2) 802. */
+    ck_assert_msg(strstr(lenet_last_error(), "needs 22046 parameter and buffer elements, the file's tensors hold 266"),
+                  "%s", lenet_last_error());
+
     /* lenet_model_load_weights into the same network built in code, its buffers untrained. */
     lenet_model *other = bn_model(2, 0);
     ck_assert_float_eq(lenet_tensor_cdata(lenet_model_buffer(other, 2))[0], 0.0f);
@@ -1142,6 +1151,54 @@ typedef struct bad_file {
     size_t data_size;
     const char *message; /* expected in the error */
 } bad_file;
+
+/* PyTorch's files carry no CRC, so there a flipped byte of the data reaches the loader: a count flipped beyond 2^53
+ * is refused, any other value loads; never a crash, never a half-filled model. */
+START_TEST(test_every_flipped_byte_of_a_batchnorm_file_without_crc_fails_cleanly_or_loads)
+{
+    make_tmpdir();
+    lenet_model *src = bn_model(1, 3);
+    const char *path = tmp_path("bn.safetensors");
+    ck_assert_lenet_ok(lenet_model_save(src, path));
+    lenet_st_file f;
+    ck_assert_lenet_ok(lenet__st_read(path, &f));
+    char crc[64];
+    snprintf(crc, sizeof crc, ",\"data_crc32\":\"%s\"", lenet__st_meta(&f, "data_crc32"));
+    lenet__st_close(&f);
+    const char *plain = edit_header(path, "plain.safetensors", crc, "");
+    lenet_model *m = bn_model(2, 0);
+    ck_assert_lenet_ok(lenet_model_load_weights(m, plain));
+    assert_models_equal(src, m);
+    bytes b = read_bytes(plain);
+    const char *bad = tmp_path("flipped.safetensors");
+    size_t refused_counts = 0;
+    for (size_t i = 0; i < b.size; i++) {
+        b.data[i] ^= 0x5a;
+        write_bytes(bad, b.data, b.size);
+        b.data[i] ^= 0x5a;
+        snapshot s = take_snapshot(m, NULL, NULL);
+        lenet_clear_error();
+        lenet_status st = lenet_model_load_weights(m, bad);
+        if (st != LENET_OK) {
+            ck_assert_msg(lenet_last_error()[0] != '\0', "byte %zu: a failure without a message", i);
+            assert_unchanged(&s, m, NULL, NULL);
+            refused_counts += strstr(lenet_last_error(), "more than the 2^53 a count may be") != NULL;
+        } else {
+            for (size_t c = 2; c < 6; c += 3) {
+                float count = lenet_tensor_cdata(lenet_model_buffer(m, c))[0];
+                ck_assert_msg(count >= 0.0f && count <= 0x1p53f && count == floorf(count), "byte %zu: count %g", i,
+                              (double)count);
+            }
+        }
+        snapshot_free(&s);
+    }
+    ck_assert_uint_eq(refused_counts, 4); /* the top two bytes of each of the two counts: 0x5a << 48 > 2^53 */
+    free(b.data);
+    lenet_model_free(m);
+    lenet_model_free(src);
+    remove_tmpdir();
+}
+END_TEST
 
 START_TEST(test_malformed_containers_are_rejected_with_a_message)
 {
@@ -2025,6 +2082,7 @@ int main(void)
     tcase_add_test(tc, test_pytorch_batchnorm_state_dict_loads_and_saves_back_the_same);
     tcase_add_test(tc, test_every_truncation_is_rejected_and_changes_nothing);
     tcase_add_test(tc, test_every_flipped_byte_fails_cleanly_or_loads);
+    tcase_add_test(tc, test_every_flipped_byte_of_a_batchnorm_file_without_crc_fails_cleanly_or_loads);
     tcase_add_test(tc, test_malformed_containers_are_rejected_with_a_message);
     tcase_add_test(tc, test_duplicate_keys_and_nul_characters_are_rejected_naming_the_key);
     tcase_add_test(tc, test_a_fifo_or_a_directory_fails_at_once_as_not_a_regular_file);
