@@ -109,7 +109,9 @@ lenet_status lenet__ckpt_arch_add_layers(const lenet_ckpt_arch *a, lenet_model *
         lenet_layer *l = lenet__layer_create(a->layers[i].kind, a->layers[i].n_args, a->layers[i].args);
         if (!l) {
             lenet_status st = lenet__last_status();
-            return st == LENET_ENOMEM ? st : lenet__ckpt_refail(LENET_EFORMAT, "%s: architecture: layer %zu: ", path, i);
+            if (st == LENET_ENOMEM)
+                return st;
+            return lenet__ckpt_refail(LENET_EFORMAT, "%s: architecture: layer %zu: ", path, i);
         }
         lenet_status st = lenet_model_add(m, l);
         if (st != LENET_OK)
