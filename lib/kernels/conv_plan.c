@@ -9,7 +9,7 @@
  *   channels  output channels across the lanes (conv_forward, conv_grad_weight) otherwise.
  * The input gradient is the lanes' flipped-kernel convolution where the padding allows it (p <= k - 1), else the
  * transpose of im2col: dX = col2im(W^T . dY) per sample.
- * Method LENET_CONV_GEMM runs every pass as im2col and BLAS products, one sample at a time.
+ * Method LENET_CONV_GEMM runs every pass as im2col and lenet__sgemm products, one sample at a time.
  * Letters follow the math: n samples, c input channels, oc output channels, k kernel, s stride, p padding. */
 #include <string.h>
 

@@ -136,7 +136,7 @@ void lenet__from_lanes_ref(int n, size_t count, const float *yt, float *y);
 typedef enum lenet_conv_method {
     /* The table's vector kernels, with the strategy lenet__conv_strategy chooses for each call. */
     LENET_CONV_DIRECT = 0,
-    /* im2col and BLAS products, one sample at a time: PartialConv2d's dense weights, whose results it keeps. */
+    /* im2col and lenet__sgemm, one sample at a time: PartialConv2d's path, over its table densified with zeros. */
     LENET_CONV_GEMM,
 } lenet_conv_method;
 
