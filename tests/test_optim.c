@@ -1,5 +1,6 @@
 /* Optimizers: SGD (argument checks, state, torch.optim.SGD's update rule reproduced in double); Adam and AdamW
- * against PyTorch 1.13 (tests/fixtures/make_adam_fixtures.py); rollback and checkpoint state of Adam. */
+ * against PyTorch 1.13 (tests/fixtures/make_adam_fixtures.py); learning-rate schedules against PyTorch's
+ * schedulers, per step and per epoch of lenet_train_epoch(); rollback and checkpoint state of Adam. */
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -7,7 +8,7 @@
 #include <string.h>
 
 #include "idxfixture.h"
-#include "optim/internal.h" /* the state checkpoints save: lenet_optimizer_ops.state / adopt, steps */
+#include "optim/internal.h" /* the state checkpoints save: lenet_optimizer_ops.state / adopt, epochs */
 #include "testutil.h"
 
 enum { STEPS = 3 };
@@ -515,13 +516,16 @@ static void get_flat(lenet_model *m, bool grads, float *out)
     }
 }
 
-/* The optimizer of a fixture case. */
+/* The optimizer of a fixture case, with its schedule. */
 static lenet_optimizer *case_optimizer(lenet_model *m, const adam_case *c)
 {
     lenet_optimizer *o = strcmp(c->kind, "AdamW") == 0
                              ? lenet_adamw_create(m, c->lr, c->beta1, c->beta2, c->eps, c->weight_decay)
                              : lenet_adam_create(m, c->lr, c->beta1, c->beta2, c->eps, c->weight_decay);
     ck_assert_msg(o != NULL, "%s", lenet_last_error());
+    if (c->t_max > 0)
+        ck_assert_lenet_ok(
+            lenet_optimizer_set_schedule(o, lenet_schedule_cosine(c->t_max, c->eta_min), LENET_SCHEDULE_PER_STEP));
     return o;
 }
 
@@ -532,8 +536,6 @@ START_TEST(test_adam_and_adamw_match_pytorch_1_13_over_five_steps)
     size_t identical = 0, total = 0;
     for (int c = 0; c < f->n_cases; c++) {
         const adam_case *ac = &f->cases[c];
-        if (ac->t_max > 0)
-            continue; /* with a schedule */
         lenet_model *m = fixture_model();
         ck_assert_uint_eq(lenet_model_param_numel(m), (size_t)f->n);
         const char *names[] = {"1.weight", "1.bias", "3.weight", "3.bias"};
@@ -562,7 +564,7 @@ START_TEST(test_adam_and_adamw_match_pytorch_1_13_over_five_steps)
             ck_assert_mem_eq(grads, f->grads[k], (size_t)f->n * sizeof *grads);
         }
         ck_assert_msg(moved > 0.05, "%s case %d: the parameters moved only %g", ac->kind, c, moved);
-        ck_assert_uint_eq(o->steps, ADAM_STEPS);
+        ck_assert_uint_eq(lenet_optimizer_step_count(o), ADAM_STEPS);
         lenet_optimizer_free(o);
         lenet_model_free(m);
     }
@@ -723,9 +725,10 @@ static float *arena_copy(const lenet_model *m, const float *src)
 
 START_TEST(test_adam_resumed_from_adopted_state_is_bit_identical)
 {
-    /* What lib/io does on load: parameters, then adopt every buffer, then lr and steps. */
+    /* What lib/io does on load: parameters, then adopt every buffer, then lr, steps and epochs. */
     const adam_fixture *f = load_adam_fixture();
-    const adam_case *ac = &f->cases[2]; /* AdamW */
+    const adam_case *ac = &f->cases[3]; /* AdamW with a per-step cosine schedule */
+    ck_assert_int_gt(ac->t_max, 0);
     lenet_model *whole = fixture_model(), *first = fixture_model(), *resumed = fixture_model();
     put_flat(whole, false, f->init);
     put_flat(first, false, f->init);
@@ -747,6 +750,7 @@ START_TEST(test_adam_resumed_from_adopted_state_is_bit_identical)
         o_resumed->ops->adopt(o_resumed, b, arena_copy(first, st.buffers[b]));
     o_resumed->lr = o_first->lr;
     o_resumed->steps = o_first->steps;
+    o_resumed->epochs = o_first->epochs;
     ck_assert_float_eq(lenet_optimizer_lr(o_resumed), lenet_optimizer_lr(o_first));
     lenet_optimizer_free(o_first);
     lenet_model_free(first);
@@ -775,6 +779,69 @@ static void idx_dir_create_fixture(void)
 {
     idx_dir_create();
 }
+
+START_TEST(test_adam_checkpoint_round_trip_is_bit_identical_and_checks_the_schedule)
+{
+    const adam_fixture *f = load_adam_fixture();
+    const char *path = idx_write("adam.safetensors", "", 0);
+    lenet_model *whole = fixture_model(), *resumed = fixture_model();
+    put_flat(whole, false, f->init);
+    lenet_optimizer *o = lenet_adam_create(whole, 0.05f, 0.9f, 0.999f, 1e-8f, 0.1f);
+    lenet_optimizer *o2 = lenet_adam_create(resumed, 0.05f, 0.9f, 0.999f, 1e-8f, 0.1f);
+    ck_assert_lenet_ok(lenet_optimizer_set_schedule(o, lenet_schedule_step(2, 0.5f), LENET_SCHEDULE_PER_STEP));
+    ck_assert_lenet_ok(lenet_optimizer_set_schedule(o2, lenet_schedule_step(2, 0.5f), LENET_SCHEDULE_PER_STEP));
+    for (int k = 0; k < 3; k++) {
+        put_flat(whole, true, f->grads[k]);
+        ck_assert_lenet_ok(lenet_optimizer_step(o));
+    }
+    ck_assert_lenet_ok(lenet_checkpoint_save(whole, o, NULL, NULL, path));
+    for (int k = 3; k < ADAM_STEPS; k++) {
+        put_flat(whole, true, f->grads[k]);
+        ck_assert_lenet_ok(lenet_optimizer_step(o));
+    }
+
+    /* Optimizers that differ from the saved one are refused and left alone. */
+    struct {
+        const char *what;
+        lenet_optimizer *o;
+        lenet_schedule *s;
+    } other[] = {
+        {"no schedule", lenet_adam_create(resumed, 0.05f, 0.9f, 0.999f, 1e-8f, 0.1f), NULL},
+        {"another gamma", lenet_adam_create(resumed, 0.05f, 0.9f, 0.999f, 1e-8f, 0.1f), lenet_schedule_step(2, 0.25f)},
+        {"another kind", lenet_adam_create(resumed, 0.05f, 0.9f, 0.999f, 1e-8f, 0.1f), lenet_schedule_cosine(2, 0.0f)},
+        {"another base lr", lenet_adam_create(resumed, 0.01f, 0.9f, 0.999f, 1e-8f, 0.1f), lenet_schedule_step(2, 0.5f)},
+        {"AdamW", lenet_adamw_create(resumed, 0.05f, 0.9f, 0.999f, 1e-8f, 0.1f), lenet_schedule_step(2, 0.5f)},
+        {"another beta2", lenet_adam_create(resumed, 0.05f, 0.9f, 0.99f, 1e-8f, 0.1f), lenet_schedule_step(2, 0.5f)},
+    };
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
+        ck_assert_ptr_nonnull(other[i].o);
+        if (other[i].s)
+            ck_assert_lenet_ok(lenet_optimizer_set_schedule(other[i].o, other[i].s, LENET_SCHEDULE_PER_STEP));
+        float lr = lenet_optimizer_lr(other[i].o);
+        lenet_status st = lenet_checkpoint_load(resumed, other[i].o, NULL, path, NULL, 0);
+        ck_assert_msg(st == LENET_ESTATE, "%s: loading returned %d (%s)", other[i].what, (int)st, lenet_last_error());
+        ck_assert_uint_eq(lenet_optimizer_step_count(other[i].o), 0);
+        ck_assert_float_eq(lenet_optimizer_lr(other[i].o), lr);
+        lenet_optimizer_free(other[i].o);
+    }
+
+    ck_assert_lenet_ok(lenet_checkpoint_load(resumed, o2, NULL, path, NULL, 0));
+    ck_assert_uint_eq(lenet_optimizer_step_count(o2), 3);
+    ck_assert_float_eq(lenet_optimizer_lr(o2), 0.025f); /* 0.05 * 0.5^floor(3 / 2) */
+    for (int k = 3; k < ADAM_STEPS; k++) {
+        put_flat(resumed, true, f->grads[k]);
+        ck_assert_lenet_ok(lenet_optimizer_step(o2));
+    }
+    float a[FIX_MAX_PARAMS], b[FIX_MAX_PARAMS];
+    get_flat(whole, false, a);
+    get_flat(resumed, false, b);
+    ck_assert_mem_eq(a, b, (size_t)f->n * sizeof *a);
+    lenet_optimizer_free(o);
+    lenet_optimizer_free(o2);
+    lenet_model_free(whole);
+    lenet_model_free(resumed);
+}
+END_TEST
 
 /* ---- training passes: a small data set of 8x8 images, left half bright (class 0) or right half (class 1) ---- */
 
@@ -844,7 +911,8 @@ START_TEST(test_an_adam_step_that_overflows_is_rolled_back_with_its_moments)
     ck_assert_ptr_nonnull(o);
     ck_assert_ptr_nonnull(it);
     ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, NULL));
-    ck_assert_uint_eq(o->steps, 4);
+    ck_assert_uint_eq(lenet_optimizer_step_count(o), 4);
+    ck_assert_uint_eq(lenet_optimizer_epoch_count(o), 1);
     float *params = param_snapshot(m);
     lenet_optimizer_state st = state_of(o);
     float *exp_avg = arena_copy(m, st.buffers[0]), *exp_avg_sq = arena_copy(m, st.buffers[1]);
@@ -858,12 +926,14 @@ START_TEST(test_an_adam_step_that_overflows_is_rolled_back_with_its_moments)
     st = state_of(o);
     ck_assert_mem_eq(st.buffers[0], exp_avg, m->arena_numel * sizeof(float));
     ck_assert_mem_eq(st.buffers[1], exp_avg_sq, m->arena_numel * sizeof(float));
-    ck_assert_uint_eq(o->steps, 4);
+    ck_assert_uint_eq(lenet_optimizer_step_count(o), 4);
+    ck_assert_uint_eq(lenet_optimizer_epoch_count(o), 1);
 
     /* Training goes on from there: the rest of the pass (3 batches). */
     ck_assert_lenet_ok(lenet_optimizer_set_lr(o, 1e-3f));
     ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, NULL));
-    ck_assert_uint_eq(o->steps, 7);
+    ck_assert_uint_eq(lenet_optimizer_step_count(o), 7);
+    ck_assert_uint_eq(lenet_optimizer_epoch_count(o), 2);
     for (size_t i = 0; i < m->arena_numel; i++)
         ck_assert_msg(isfinite(m->params[i]), "parameter %zu is %g", i, (double)m->params[i]);
     lenet__free_aligned(exp_avg);
@@ -890,15 +960,356 @@ START_TEST(test_an_overflowing_first_adam_step_leaves_no_moments)
     lenet_optimizer_state st = state_of(o);
     ck_assert_ptr_null(st.buffers[0]); /* as before the step: a fresh optimizer's state */
     ck_assert_ptr_null(st.buffers[1]);
-    ck_assert_uint_eq(o->steps, 0);
+    ck_assert_uint_eq(lenet_optimizer_step_count(o), 0);
+    ck_assert_uint_eq(lenet_optimizer_epoch_count(o), 0);
     ck_assert_lenet_ok(lenet_optimizer_set_lr(o, 1e-3f));
     ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, NULL));
-    ck_assert_uint_eq(o->steps, 1);
+    ck_assert_uint_eq(lenet_optimizer_step_count(o), 1);
     free(params);
     lenet_iter_free(it);
     lenet_optimizer_free(o);
     lenet_model_free(m);
     lenet_dataset_free(d);
+}
+END_TEST
+
+/* ==== learning-rate schedules ==== */
+
+static lenet_schedule *sequence_schedule(const lr_sequence *q)
+{
+    lenet_schedule *s = strcmp(q->kind, "step") == 0     ? lenet_schedule_step(q->period, q->value)
+                        : strcmp(q->kind, "cosine") == 0 ? lenet_schedule_cosine(q->period, q->value)
+                                                         : lenet_schedule_constant();
+    if (q->warmup > 0)
+        s = lenet_schedule_warmup(q->warmup, s);
+    ck_assert_msg(s != NULL, "%s", lenet_last_error());
+    return s;
+}
+
+START_TEST(test_schedules_give_pytorch_lr_sequences)
+{
+    const adam_fixture *f = load_adam_fixture();
+    double worst = 0.0;
+    for (int i = 0; i < f->n_seqs; i++) {
+        const lr_sequence *q = &f->seqs[i];
+        lenet_schedule *s = sequence_schedule(q);
+        for (int k = 0; k < q->count; k++) {
+            double got = lenet_schedule_lr(s, q->base, (uint64_t)k), want = (float)q->lrs[k];
+            double err = fabs(got - want) / fmax(fabs(want), 1e-12);
+            ck_assert_msg(err <= 1e-6, "warmup %d %s(%d, %g) base %g, count %d: lr %.9g, PyTorch %.9g", q->warmup,
+                          q->kind, q->period, (double)q->value, (double)q->base, k, got, q->lrs[k]);
+            worst = fmax(worst, err);
+        }
+        lenet_schedule_free(s);
+    }
+    fprintf(stderr, "schedules vs PyTorch 1.13 (%d sequences): worst relative error %.3g\n", f->n_seqs, worst);
+
+    /* Far counts stay exact: the cosine's period, the step decay down to 0. */
+    lenet_schedule *cosine = lenet_schedule_cosine(5, 0.001f), *step = lenet_schedule_step(3, 0.5f);
+    ck_assert_float_eq(lenet_schedule_lr(cosine, 0.1f, 10000000000000ULL), 0.1f);
+    ck_assert_float_eq(lenet_schedule_lr(cosine, 0.1f, 10000000000005ULL), 0.001f);
+    ck_assert_float_eq(lenet_schedule_lr(step, 0.1f, UINT64_MAX), 0.0f);
+    ck_assert_float_eq(lenet_schedule_lr(NULL, 0.1f, 3), 0.0f);
+    lenet_schedule_free(cosine);
+    lenet_schedule_free(step);
+}
+END_TEST
+
+START_TEST(test_a_per_step_schedule_sets_the_lr_of_each_step)
+{
+    /* Each step from p = 0 with g = 1 leaves p = -lr: the lr the step used. */
+    const adam_fixture *f = load_adam_fixture();
+    for (int i = 0; i < f->n_seqs; i++) {
+        const lr_sequence *q = &f->seqs[i];
+        lenet_model *m = small_model(true);
+        lenet_optimizer *o = lenet_sgd_create(m, q->base, 0.0f, 0.0f);
+        ck_assert_ptr_nonnull(o);
+        ck_assert_lenet_ok(lenet_optimizer_set_schedule(o, sequence_schedule(q), LENET_SCHEDULE_PER_STEP));
+        for (int k = 0; k < q->count; k++) {
+            float want = (float)q->lrs[k], lr = lenet_optimizer_lr(o);
+            ck_assert_msg(fabs((double)lr - want) <= 1e-6 * fmax(fabs((double)want), 1e-12),
+                          "sequence %d, step %d: lr %.9g, PyTorch %.9g", i, k, (double)lr, (double)want);
+            memset(m->params, 0, m->arena_numel * sizeof(float));
+            for (size_t j = 0; j < m->arena_numel; j++)
+                m->grads[j] = 1.0f;
+            ck_assert_lenet_ok(lenet_optimizer_step(o));
+            for (size_t t = 0; t < m->n_params; t++) {
+                const float *p = m->params + m->param_offset[t];
+                ck_assert_float_eq(p[0], -lr);
+                ck_assert_float_eq(p[m->param_tensors[t].numel - 1], -lr);
+            }
+            ck_assert_uint_eq(lenet_optimizer_step_count(o), (uint64_t)k + 1);
+        }
+        ck_assert_uint_eq(lenet_optimizer_epoch_count(o), 0);
+        lenet_optimizer_free(o);
+        lenet_model_free(m);
+    }
+}
+END_TEST
+
+/* The lr seen during each batch of a pass. */
+typedef struct lr_log {
+    const lenet_optimizer *o;
+    int calls;
+    float lr[64];
+} lr_log;
+
+static void log_lr(void *user, size_t done, size_t total, const lenet_metrics *so_far)
+{
+    lr_log *log = user;
+    (void)done, (void)total, (void)so_far;
+    ck_assert_int_lt(log->calls, 64);
+    log->lr[log->calls++] = lenet_optimizer_lr(log->o);
+}
+
+START_TEST(test_a_per_epoch_schedule_advances_with_lenet_train_epoch)
+{
+    lenet_dataset *d = bright_halves("set", 16, 7);
+    lenet_model *m = tiny_model(8), *twin = tiny_model(8);
+    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.9f, 0.0f), *o_twin = lenet_sgd_create(twin, 0.1f, 0.9f, 0.0f);
+    lenet_iter *it = lenet_iter_create(d, 4, true, 9), *it_twin = lenet_iter_create(d, 4, true, 9);
+    lenet_iter *test_it = lenet_iter_create(d, 8, false, 0);
+    ck_assert(o && o_twin && it && it_twin && test_it);
+    /* Warm-up over 2 epochs, then halve every epoch: 0.05, 0.1, 0.1, 0.05. */
+    ck_assert_lenet_ok(
+        lenet_optimizer_set_schedule(o, lenet_schedule_warmup(2, lenet_schedule_step(1, 0.5f)), LENET_SCHEDULE_PER_EPOCH));
+    const float expected[] = {0.05f, 0.1f, 0.1f, 0.05f};
+    for (int e = 0; e < 4; e++) {
+        ck_assert_float_eq(lenet_optimizer_lr(o), expected[e]);
+        lr_log log = {.o = o};
+        ck_assert_lenet_ok(lenet_train_epoch(m, o, it, log_lr, &log, NULL));
+        ck_assert_int_eq(log.calls, 4);
+        for (int b = 0; b < log.calls; b++)
+            ck_assert_float_eq(log.lr[b], expected[e]); /* constant within the epoch */
+        ck_assert_uint_eq(lenet_optimizer_epoch_count(o), (uint64_t)e + 1);
+        ck_assert_uint_eq(lenet_optimizer_step_count(o), 4 * ((uint64_t)e + 1));
+        /* The lr the steps used: a twin trained with that lr set by hand ends bit-identical. */
+        ck_assert_lenet_ok(lenet_optimizer_set_lr(o_twin, expected[e]));
+        ck_assert_lenet_ok(lenet_train_epoch(twin, o_twin, it_twin, NULL, NULL, NULL));
+        ck_assert_mem_eq(m->params, twin->params, m->arena_numel * sizeof(float));
+        /* Evaluating is not an epoch. */
+        ck_assert_lenet_ok(lenet_evaluate(m, test_it, NULL));
+        ck_assert_uint_eq(lenet_optimizer_epoch_count(o), (uint64_t)e + 1);
+    }
+    ck_assert_float_eq(lenet_optimizer_lr(o), 0.025f);
+    lenet_iter_free(test_it);
+    lenet_iter_free(it_twin);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o_twin);
+    lenet_optimizer_free(o);
+    lenet_model_free(twin);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_a_failed_epoch_is_not_counted)
+{
+    lenet_dataset *d = bright_halves("set", 16, 11);
+    ck_assert_lenet_ok(lenet_dataset_set_range(d, 0.0f, 100.0f));
+    lenet_model *m = tiny_model(12);
+    lenet_optimizer *o = lenet_sgd_create(m, 3e38f, 0.0f, 0.0f);
+    lenet_iter *it = lenet_iter_create(d, 4, false, 0);
+    ck_assert(o && it);
+    ck_assert_lenet_ok(lenet_optimizer_set_schedule(o, lenet_schedule_step(1, 0.5f), LENET_SCHEDULE_PER_EPOCH));
+    ck_assert_int_eq(lenet_train_epoch(m, o, it, NULL, NULL, NULL), LENET_ENUMERIC);
+    ck_assert_uint_eq(lenet_optimizer_epoch_count(o), 0);
+    ck_assert_float_eq(lenet_optimizer_lr(o), 3e38f);
+    ck_assert_lenet_ok(lenet_optimizer_set_lr(o, 1e-4f));
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, NULL));
+    ck_assert_uint_eq(lenet_optimizer_epoch_count(o), 1);
+    ck_assert_float_eq(lenet_optimizer_lr(o), 5e-5f);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+typedef struct param_log {
+    const lenet_model *m;
+    float *last; /* the parameters after the last completed step */
+} param_log;
+
+static void log_params(void *user, size_t done, size_t total, const lenet_metrics *so_far)
+{
+    param_log *log = user;
+    (void)done, (void)total, (void)so_far;
+    free(log->last);
+    log->last = param_snapshot(log->m);
+}
+
+START_TEST(test_a_per_step_schedule_follows_a_rolled_back_step)
+{
+    /* Adam at lr 1 for two steps, then lr FLT_MAX: the third step overflows and is rolled back, and the schedule
+     * still gives the third step's lr, because it reads the restored step count. */
+    lenet_dataset *d = bright_halves("set", 16, 13);
+    lenet_model *m = tiny_model(14);
+    lenet_optimizer *o = lenet_adam_create(m, 1.0f, 0.9f, 0.999f, 1e-8f, 0.0f);
+    lenet_iter *it = lenet_iter_create(d, 4, false, 0);
+    ck_assert(o && it);
+    ck_assert_lenet_ok(lenet_optimizer_set_schedule(o, lenet_schedule_step(2, FLT_MAX), LENET_SCHEDULE_PER_STEP));
+    param_log log = {.m = m};
+    ck_assert_int_eq(lenet_train_epoch(m, o, it, log_params, &log, NULL), LENET_ENUMERIC);
+    ck_assert_uint_eq(lenet_optimizer_step_count(o), 2);
+    ck_assert_float_eq(lenet_optimizer_lr(o), FLT_MAX);
+    ck_assert_ptr_nonnull(log.last);
+    ck_assert_mem_eq(m->params, log.last, m->arena_numel * sizeof(float));
+    /* A smaller base brings the third step's lr to 3.4: training goes on. */
+    ck_assert_lenet_ok(lenet_optimizer_set_lr(o, 1e-38f));
+    ck_assert_float_eq(lenet_optimizer_lr(o), (float)(1e-38f * (double)FLT_MAX));
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, NULL));
+    ck_assert_uint_eq(lenet_optimizer_step_count(o), 3);
+    free(log.last);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_set_lr_with_a_schedule_sets_the_base)
+{
+    lenet_model *m = small_model(true);
+    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_lenet_ok(lenet_optimizer_set_schedule(o, lenet_schedule_step(1, 0.5f), LENET_SCHEDULE_PER_STEP));
+    ck_assert_float_eq(lenet_optimizer_lr(o), 0.1f);
+    ck_assert_lenet_ok(lenet_optimizer_step(o));
+    ck_assert_float_eq(lenet_optimizer_lr(o), 0.05f);
+    ck_assert_lenet_ok(lenet_optimizer_set_lr(o, 0.4f));
+    ck_assert_float_eq(lenet_optimizer_lr(o), 0.2f);
+    lenet_optimizer_state st = state_of(o);
+    ck_assert_double_eq(setting(&st, "schedule_base_lr"), (double)0.4f);
+    ck_assert_int_eq(lenet_optimizer_set_lr(o, -1.0f), LENET_EINVAL);
+    ck_assert_float_eq(lenet_optimizer_lr(o), 0.2f);
+    ck_assert_lenet_ok(lenet_optimizer_step(o));
+    ck_assert_float_eq(lenet_optimizer_lr(o), 0.1f);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+}
+END_TEST
+
+START_TEST(test_a_schedule_lr_beyond_float_is_enumeric_and_changes_nothing)
+{
+    lenet_model *m = small_model(true);
+    set_params(m);
+    set_grads(m, 0);
+    lenet_optimizer *o = lenet_sgd_create(m, 1.0f, 0.0f, 0.0f);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_lenet_ok(lenet_optimizer_set_schedule(o, lenet_schedule_step(1, 1e30f), LENET_SCHEDULE_PER_STEP));
+    ck_assert_lenet_ok(lenet_optimizer_step(o));
+    ck_assert_lenet_ok(lenet_optimizer_set_lr(o, 0.0f)); /* keep the parameters finite at 0 * 1e30 */
+    ck_assert_lenet_ok(lenet_optimizer_step(o));
+    ck_assert_lenet_ok(lenet_optimizer_set_lr(o, 1.0f));
+    ck_assert(isinf(lenet_optimizer_lr(o))); /* 1e60 */
+    float *before = param_snapshot(m);
+    lenet_clear_error();
+    ck_assert_int_eq(lenet_optimizer_step(o), LENET_ENUMERIC);
+    ck_assert_msg(strstr(lenet_last_error(), "schedule") != NULL, "message: %s", lenet_last_error());
+    ck_assert_mem_eq(m->params, before, m->arena_numel * sizeof(float));
+    ck_assert_uint_eq(lenet_optimizer_step_count(o), 2);
+    free(before);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+}
+END_TEST
+
+START_TEST(test_schedule_constructors_and_attach_reject_bad_arguments_and_free)
+{
+    struct {
+        int period;
+        float value;
+    } bad[] = {{0, 0.5f}, {-1, 0.5f}, {1, -0.1f}, {1, NAN}, {1, INFINITY}, {INT32_MIN, 0.0f}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        lenet_clear_error();
+        ck_assert_ptr_null(lenet_schedule_step(bad[i].period, bad[i].value));
+        ck_assert_msg(strstr(lenet_last_error(), "schedule_step") != NULL, "case %zu: %s", i, lenet_last_error());
+        lenet_clear_error();
+        ck_assert_ptr_null(lenet_schedule_cosine(bad[i].period, bad[i].value));
+        ck_assert_msg(strstr(lenet_last_error(), "schedule_cosine") != NULL, "case %zu: %s", i, lenet_last_error());
+    }
+    /* warmup takes ownership of its inner schedule also when it fails (valgrind checks the frees). */
+    ck_assert_ptr_null(lenet_schedule_warmup(0, lenet_schedule_constant()));
+    ck_assert_int_eq(lenet__last_status(), LENET_EINVAL);
+    ck_assert_ptr_null(lenet_schedule_warmup(2, lenet_schedule_warmup(3, lenet_schedule_constant())));
+    ck_assert_msg(strstr(lenet_last_error(), "warm-up") != NULL, "%s", lenet_last_error());
+    /* A failed inner constructor's message is kept. */
+    ck_assert_ptr_null(lenet_schedule_warmup(3, lenet_schedule_cosine(0, 0.0f)));
+    ck_assert_msg(strstr(lenet_last_error(), "schedule_cosine") != NULL, "%s", lenet_last_error());
+    lenet_schedule_free(NULL);
+
+    lenet_model *m = small_model(true);
+    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_int_eq(lenet_optimizer_set_schedule(NULL, lenet_schedule_constant(), LENET_SCHEDULE_PER_STEP),
+                     LENET_EINVAL);
+    ck_assert_int_eq(lenet_optimizer_set_schedule(o, lenet_schedule_step(0, 0.5f), LENET_SCHEDULE_PER_STEP),
+                     LENET_EINVAL);
+    ck_assert_msg(strstr(lenet_last_error(), "schedule_step") != NULL, "%s", lenet_last_error());
+    ck_assert_int_eq(lenet_optimizer_set_schedule(o, lenet_schedule_constant(), (lenet_schedule_unit)7),
+                     LENET_EINVAL);
+    ck_assert_lenet_ok(lenet_optimizer_set_schedule(o, lenet_schedule_step(1, 0.5f), LENET_SCHEDULE_PER_EPOCH));
+    ck_assert_int_eq(lenet_optimizer_set_schedule(o, lenet_schedule_constant(), LENET_SCHEDULE_PER_STEP),
+                     LENET_ESTATE);
+    lenet_optimizer_free(o);
+
+    /* Only before the first step and the first epoch. */
+    o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
+    ck_assert_lenet_ok(lenet_optimizer_step(o));
+    ck_assert_int_eq(lenet_optimizer_set_schedule(o, lenet_schedule_constant(), LENET_SCHEDULE_PER_STEP),
+                     LENET_ESTATE);
+    lenet_optimizer_free(o);
+    o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
+    lenet__optimizer_end_epoch(o);
+    ck_assert_int_eq(lenet_optimizer_set_schedule(o, lenet_schedule_constant(), LENET_SCHEDULE_PER_EPOCH),
+                     LENET_ESTATE);
+    ck_assert_float_eq(lenet_optimizer_lr(o), 0.1f);
+    lenet_optimizer_free(o);
+    ck_assert_uint_eq(lenet_optimizer_step_count(NULL), 0);
+    ck_assert_uint_eq(lenet_optimizer_epoch_count(NULL), 0);
+    lenet_model_free(m);
+}
+END_TEST
+
+START_TEST(test_schedule_settings_are_part_of_every_kind_state)
+{
+    lenet_model *m = small_model(true);
+    for (int kind = 0; kind < 4; kind++) {
+        for (int variant = 0; variant < 3; variant++) {
+            lenet_optimizer *o = kind == 0   ? lenet_sgd_create(m, 0.1f, 0.9f, 0.0f)
+                                 : kind == 1 ? lenet_sdlm_create(m, 0.1f, 0.02f)
+                                 : kind == 2 ? lenet_adam_create(m, 0.1f, 0.9f, 0.999f, 1e-8f, 0.0f)
+                                             : lenet_adamw_create(m, 0.1f, 0.9f, 0.999f, 1e-8f, 0.01f);
+            ck_assert_ptr_nonnull(o);
+            int own = state_of(o).n_settings;
+            if (variant == 1)
+                ck_assert_lenet_ok(lenet_optimizer_set_schedule(
+                    o, lenet_schedule_warmup(3, lenet_schedule_cosine(10, 0.001f)), LENET_SCHEDULE_PER_EPOCH));
+            if (variant == 2)
+                ck_assert_lenet_ok(
+                    lenet_optimizer_set_schedule(o, lenet_schedule_step(4, 0.25f), LENET_SCHEDULE_PER_STEP));
+            lenet_optimizer_state st = state_of(o);
+            ck_assert_int_eq(st.n_settings, own + (variant == 0 ? 0 : 6));
+            for (int i = 0; i < st.n_settings; i++) /* a checkpoint writes them as keys of one JSON object */
+                for (int j = i + 1; j < st.n_settings; j++)
+                    ck_assert_str_ne(st.setting_names[i], st.setting_names[j]);
+            if (variant == 1) {
+                ck_assert_double_eq(setting(&st, "schedule_unit"), LENET_SCHEDULE_PER_EPOCH);
+                ck_assert_double_eq(setting(&st, "schedule_base_lr"), (double)0.1f);
+                ck_assert_double_eq(setting(&st, "schedule_warmup"), 3);
+                ck_assert_double_eq(setting(&st, "schedule_t_max"), 10);
+                ck_assert_double_eq(setting(&st, "schedule_eta_min"), (double)0.001f);
+            } else if (variant == 2) {
+                ck_assert_double_eq(setting(&st, "schedule_unit"), LENET_SCHEDULE_PER_STEP);
+                ck_assert_double_eq(setting(&st, "schedule_warmup"), 0);
+                ck_assert_double_eq(setting(&st, "schedule_step_size"), 4);
+                ck_assert_double_eq(setting(&st, "schedule_gamma"), 0.25);
+            }
+            lenet_optimizer_free(o);
+        }
+    }
+    lenet_model_free(m);
 }
 END_TEST
 
@@ -926,9 +1337,22 @@ int main(void)
     tcase_add_test(tc, test_adam_updates_only_trainable_parameters);
     tcase_add_test(tc, test_adam_state_names_its_buffers_and_settings_as_pytorch);
     tcase_add_test(tc, test_adam_resumed_from_adopted_state_is_bit_identical);
+    tcase_add_test(tc, test_adam_checkpoint_round_trip_is_bit_identical_and_checks_the_schedule);
     tcase_add_test(tc, test_an_adam_step_that_overflows_is_rolled_back_with_its_moments);
     tcase_add_test(tc, test_an_overflowing_first_adam_step_leaves_no_moments);
     suite_add_tcase(s, tc);
 
+    tc = tcase_create("schedule");
+    tcase_add_checked_fixture(tc, idx_dir_create_fixture, idx_dir_remove);
+    tcase_add_test(tc, test_schedules_give_pytorch_lr_sequences);
+    tcase_add_test(tc, test_a_per_step_schedule_sets_the_lr_of_each_step);
+    tcase_add_test(tc, test_a_per_epoch_schedule_advances_with_lenet_train_epoch);
+    tcase_add_test(tc, test_a_failed_epoch_is_not_counted);
+    tcase_add_test(tc, test_a_per_step_schedule_follows_a_rolled_back_step);
+    tcase_add_test(tc, test_set_lr_with_a_schedule_sets_the_base);
+    tcase_add_test(tc, test_a_schedule_lr_beyond_float_is_enumeric_and_changes_nothing);
+    tcase_add_test(tc, test_schedule_constructors_and_attach_reject_bad_arguments_and_free);
+    tcase_add_test(tc, test_schedule_settings_are_part_of_every_kind_state);
+    suite_add_tcase(s, tc);
     return lenet_test_run(s);
 }

@@ -5,6 +5,8 @@
 #ifndef LENET_OPTIM_H
 #define LENET_OPTIM_H
 
+#include <stdint.h>
+
 #include "lenet/data.h"
 #include "lenet/export.h"
 #include "lenet/loss.h"
@@ -60,22 +62,115 @@ LENET_API lenet_optimizer *lenet_adamw_create(lenet_model *m, float lr, float be
                                               float weight_decay);
 
 /**
- * Updates the model's parameters from its gradients.
- * @return LENET_OK; LENET_EINVAL; LENET_ESTATE if the model is not built; LENET_ENOMEM on the first step.
+ * Updates the model's parameters from its gradients.  With a schedule, the step first sets the learning rate
+ * the schedule gives for the steps (or epochs) counted so far.
+ * @return LENET_OK; LENET_EINVAL; LENET_ESTATE if the model is not built; LENET_ENOMEM on the first step;
+ *         LENET_ENUMERIC if the schedule's learning rate overflows a float (nothing is changed then).
  */
 LENET_API lenet_status lenet_optimizer_step(lenet_optimizer *o);
 
 /** Zeroes the gradients of the optimizer's model (as lenet_model_zero_grad()). */
 LENET_API lenet_status lenet_optimizer_zero_grad(lenet_optimizer *o);
 
-/** Sets the learning rate for the following steps.  @return LENET_EINVAL for NULL or a negative or NaN lr. */
+/**
+ * Sets the learning rate for the following steps.  With a schedule attached, sets the base learning rate that
+ * the schedule scales (so the next step uses the schedule's value for it).
+ * @return LENET_EINVAL for NULL or a negative or non-finite lr (the old one stays).
+ */
 LENET_API lenet_status lenet_optimizer_set_lr(lenet_optimizer *o, float lr);
 
-/** Returns the current learning rate, or 0 for NULL. */
+/**
+ * Returns the learning rate the next step will use (with a schedule: its value for the steps or epochs counted
+ * so far), or 0 for NULL.
+ */
 LENET_API float lenet_optimizer_lr(const lenet_optimizer *o);
+
+/**
+ * Returns the number of steps taken: successful lenet_optimizer_step() calls, less any that lenet_train_epoch()
+ * rolled back; restored by lenet_checkpoint_load().  0 for NULL.
+ */
+LENET_API uint64_t lenet_optimizer_step_count(const lenet_optimizer *o);
+
+/**
+ * Returns the number of complete training passes: lenet_train_epoch() and lenet_train_epoch_with() count one
+ * at the end of each pass that returns LENET_OK (a pass that fails is not counted); lenet_evaluate() counts
+ * nothing.  Checkpoints save and restore it, as the step count.  0 for NULL.
+ */
+LENET_API uint64_t lenet_optimizer_epoch_count(const lenet_optimizer *o);
 
 /** Frees the optimizer and its state (not the model).  Harmless on NULL. */
 LENET_API void lenet_optimizer_free(lenet_optimizer *o);
+
+/* ---- learning-rate schedules ---- */
+
+/**
+ * An opaque learning-rate schedule: a rule giving the learning rate after `count` steps or epochs from a base
+ * learning rate, as PyTorch's torch.optim.lr_scheduler classes in their closed forms.  Made by one of the
+ * constructors below, then attached to an optimizer with lenet_optimizer_set_schedule() (which owns it from
+ * then on) or freed with lenet_schedule_free().
+ */
+typedef struct lenet_schedule lenet_schedule;
+
+/** What a schedule counts. */
+typedef enum lenet_schedule_unit {
+    LENET_SCHEDULE_PER_STEP = 0, /**< optimizer steps: PyTorch's scheduler.step() after every optimizer.step() */
+    LENET_SCHEDULE_PER_EPOCH = 1 /**< complete training passes of lenet_train_epoch(): scheduler.step() per epoch */
+} lenet_schedule_unit;
+
+/** Creates the constant schedule: lr = base_lr.  @return NULL only on LENET_ENOMEM. */
+LENET_API lenet_schedule *lenet_schedule_constant(void);
+
+/**
+ * Creates a step decay (torch.optim.lr_scheduler.StepLR): lr = base_lr * gamma^floor(count / step_size).
+ * @return a schedule, or NULL: LENET_EINVAL for step_size < 1 or a negative or non-finite gamma; LENET_ENOMEM.
+ */
+LENET_API lenet_schedule *lenet_schedule_step(int step_size, float gamma);
+
+/**
+ * Creates cosine annealing (torch.optim.lr_scheduler.CosineAnnealingLR, its closed form):
+ * lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * count / t_max)) / 2, so lr falls from base_lr at count 0 to
+ * eta_min at count t_max, and rises again after it as PyTorch's does (there are no restarts).
+ * @return a schedule, or NULL: LENET_EINVAL for t_max < 1 or a negative or non-finite eta_min; LENET_ENOMEM.
+ */
+LENET_API lenet_schedule *lenet_schedule_cosine(int t_max, float eta_min);
+
+/**
+ * Creates a linear warm-up followed by @p then: lr = base_lr * (count + 1) / warmup for count < warmup (from
+ * base_lr / warmup up to base_lr), then the lr of @p then for count - warmup.  In PyTorch terms,
+ * SequentialLR([LinearLR(start_factor=1/warmup, total_iters=warmup-1), then], milestones=[warmup]).  Use
+ * lenet_schedule_constant() as @p then to stay at base_lr after the warm-up.
+ *
+ * Takes ownership of @p then, also on failure.  @p then may be NULL (its constructor failed): the call then
+ * returns NULL and keeps that constructor's error, so lenet_schedule_warmup(5, lenet_schedule_cosine(...)) needs
+ * one check.
+ * @return a schedule, or NULL: LENET_EINVAL for warmup < 1 or a @p then that is itself a warm-up; LENET_ENOMEM;
+ *         the error of @p then's constructor.
+ */
+LENET_API lenet_schedule *lenet_schedule_warmup(int warmup, lenet_schedule *then);
+
+/**
+ * Returns the learning rate schedule @p s gives for @p base_lr after @p count steps or epochs (count 0: the first
+ * step or epoch), computed in double and rounded to float; 0 for a NULL schedule.  Reads @p s only.
+ */
+LENET_API float lenet_schedule_lr(const lenet_schedule *s, float base_lr, uint64_t count);
+
+/** Frees a schedule that was never attached to an optimizer.  Harmless on NULL. */
+LENET_API void lenet_schedule_free(lenet_schedule *s);
+
+/**
+ * Attaches a learning-rate schedule: before every step, the optimizer sets its learning rate to the schedule's
+ * value for the base learning rate (the optimizer's lr now; lenet_optimizer_set_lr() changes it later) and the
+ * number of steps taken (LENET_SCHEDULE_PER_STEP) or of training passes completed by lenet_train_epoch()
+ * (LENET_SCHEDULE_PER_EPOCH), as a PyTorch scheduler made together with its optimizer.  Attach it before the
+ * first step, and before lenet_checkpoint_load() when resuming: a checkpoint records the schedule and refuses to
+ * load into an optimizer with another schedule or none.
+ *
+ * Takes ownership of @p s, also on failure (a NULL @p s, from a failed constructor, returns that constructor's
+ * error).
+ * @return LENET_OK; LENET_EINVAL for a NULL optimizer or schedule or an unknown unit; LENET_ESTATE if the
+ *         optimizer already has a schedule or has taken a step or counted an epoch.
+ */
+LENET_API lenet_status lenet_optimizer_set_schedule(lenet_optimizer *o, lenet_schedule *s, lenet_schedule_unit unit);
 
 /* ---- LeNet-5 (LeCun et al. 1998): stochastic diagonal Levenberg-Marquardt ---- */
 

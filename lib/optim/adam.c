@@ -186,6 +186,7 @@ static lenet_status adam_state(const lenet_optimizer *o, lenet_optimizer_state *
         .buffer_names = {"exp_avg", "exp_avg_sq"},
         .buffers = {s->exp_avg, s->exp_avg_sq},
     };
+    lenet__schedule_settings(o, out);
     return LENET_OK;
 }
 

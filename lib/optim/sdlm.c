@@ -68,6 +68,7 @@ static lenet_status sdlm_state(const lenet_optimizer *o, lenet_optimizer_state *
         .buffer_names = {"hessian_diagonal"},
         .buffers = {s->hessian},
     };
+    lenet__schedule_settings(o, out);
     return LENET_OK;
 }
 

@@ -100,6 +100,7 @@ static lenet_status sgd_state(const lenet_optimizer *o, lenet_optimizer_state *o
         out->buffer_names[0] = "momentum_buffer";
         out->buffers[0] = s->velocity;
     }
+    lenet__schedule_settings(o, out);
     return LENET_OK;
 }
 

@@ -313,6 +313,8 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
     }
     m->training = mode;
     scratch_free(&scratch);
+    if (st == LENET_OK && o)
+        lenet__optimizer_end_epoch(o); /* a complete training pass: counts the epoch for per-epoch schedules */
     if (st == LENET_OK && out)
         *out = so_far;
     return st;
