@@ -57,6 +57,29 @@ static size_t float_bytes(size_t a, size_t b)
     return n;
 }
 
+void lenet__model_release_buffers(lenet_model *m)
+{
+    if (m->acts) {
+        for (size_t i = 0; i <= m->n_layers; i++)
+            lenet__free_aligned(m->acts[i]);
+        lenet__free(m->acts);
+    }
+    lenet__free_aligned(m->dbuf[0]);
+    lenet__free_aligned(m->dbuf[1]);
+    lenet__free_aligned(m->bbuf[0]);
+    lenet__free_aligned(m->bbuf[1]);
+    lenet__free_aligned(m->work);
+    lenet__free_aligned(m->chunk_grads);
+    lenet__free(m->partials);
+    m->acts = NULL;
+    m->dbuf[0] = m->dbuf[1] = m->bbuf[0] = m->bbuf[1] = m->work = m->chunk_grads = NULL;
+    m->partials = NULL;
+    m->work_cap = 0;
+    m->threads_cap = 0;
+    m->batch_cap = 0;
+    m->last_batch = 0;
+}
+
 lenet_status lenet__model_reserve(lenet_model *m, int batch)
 {
     int threads = lenet__threads();
@@ -87,18 +110,7 @@ lenet_status lenet__model_reserve(lenet_model *m, int batch)
             goto fail;
     }
     /* Swap in the new buffers only when all of them exist, so a failure leaves the model as it was. */
-    if (m->acts) {
-        for (size_t i = 0; i <= m->n_layers; i++)
-            lenet__free_aligned(m->acts[i]);
-        lenet__free(m->acts);
-    }
-    lenet__free_aligned(m->dbuf[0]);
-    lenet__free_aligned(m->dbuf[1]);
-    lenet__free_aligned(m->bbuf[0]);
-    lenet__free_aligned(m->bbuf[1]);
-    lenet__free_aligned(m->work);
-    lenet__free_aligned(m->chunk_grads);
-    lenet__free(m->partials);
+    lenet__model_release_buffers(m);
     m->acts = acts;
     m->dbuf[0] = dbuf0;
     m->dbuf[1] = dbuf1;

@@ -103,6 +103,8 @@ void lenet__model_forget_shapes(lenet_model *m);
 /* The sticky error of a failed add, if any: reports it as `who` and returns it; LENET_OK otherwise. */
 lenet_status lenet__model_check_sticky(const lenet_model *m, const char *who);
 
+/* Frees the training buffers (activations, gradients, scratch); the next forward allocates them again. */
+void lenet__model_release_buffers(lenet_model *m);
 /* Makes sure the training buffers hold `batch` samples. */
 lenet_status lenet__model_reserve(lenet_model *m, int batch);
 /* Checks that x is (N, C, H, W) of the built input shape and returns N; builds an unbuilt model from x. */
@@ -121,6 +123,8 @@ lenet_status lenet__model_check_shape(const lenet_model *m, const lenet_tensor *
 int lenet__chunk_count(int batch);
 int lenet__chunk_size(int batch, int start);
 int lenet__threads_for(int chunks, int cap);
+/* Checks that y is (batch, the model's output shape). */
+lenet_status lenet__model_check_output(const lenet_model *m, const lenet_tensor *y, int batch, const char *who);
 /* Floats of scratch the layers need for n samples, rounded up to 64 bytes. */
 size_t lenet__model_max_workspace(const lenet_model *m, int n);
 /* Scratch for running one chunk through the model: two ping-pong activation buffers of *act floats and a

@@ -14,29 +14,6 @@ lenet_model *lenet_model_create(void)
     return m;
 }
 
-static void free_buffers(lenet_model *m)
-{
-    if (m->acts) {
-        for (size_t i = 0; i <= m->n_layers; i++)
-            lenet__free_aligned(m->acts[i]);
-        lenet__free(m->acts);
-        m->acts = NULL;
-    }
-    lenet__free_aligned(m->dbuf[0]);
-    lenet__free_aligned(m->dbuf[1]);
-    lenet__free_aligned(m->bbuf[0]);
-    lenet__free_aligned(m->bbuf[1]);
-    lenet__free_aligned(m->work);
-    lenet__free_aligned(m->chunk_grads);
-    lenet__free(m->partials);
-    m->dbuf[0] = m->dbuf[1] = m->bbuf[0] = m->bbuf[1] = m->work = m->chunk_grads = NULL;
-    m->partials = NULL;
-    m->work_cap = 0;
-    m->threads_cap = 0;
-    m->batch_cap = 0;
-    m->last_batch = 0;
-}
-
 static void free_params(lenet_model *m)
 {
     lenet__free_aligned(m->params);
@@ -75,7 +52,7 @@ void lenet_model_free(lenet_model *m)
 {
     if (!m)
         return;
-    free_buffers(m);
+    lenet__model_release_buffers(m);
     free_params(m);
     for (size_t i = 0; i < m->n_layers; i++)
         lenet_layer_free(m->layers[i]);

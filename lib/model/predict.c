@@ -14,6 +14,20 @@ typedef struct predict_job {
     size_t act, work;
 } predict_job;
 
+lenet_status lenet__model_check_output(const lenet_model *m, const lenet_tensor *y, int batch, const char *who)
+{
+    const lenet_layer *last = m->layers[m->n_layers - 1];
+    bool same = y->ndim == 1 + last->out.ndim && y->shape[0] == batch;
+    for (int d = 0; same && d < last->out.ndim; d++)
+        same = y->shape[1 + d] == last->out.dim[d];
+    if (same)
+        return LENET_OK;
+    char got[96];
+    lenet__shape_str(y->ndim, y->shape, got, sizeof got);
+    return lenet__fail(LENET_ESHAPE, "%s: output tensor is %s, expected (%d, %zu) elements per sample", who, got, batch,
+                       last->out_size);
+}
+
 size_t lenet__model_chunk_scratch(const lenet_model *m, size_t *act, size_t *work)
 {
     *act = ((size_t)LENET_CHUNK * m->max_size + 15) & ~(size_t)15;
@@ -60,16 +74,9 @@ lenet_status lenet_model_predict(const lenet_model *m, const lenet_tensor *x, le
     st = lenet__model_check_shape(m, x, "model_predict", &batch);
     if (st != LENET_OK)
         return st;
-    const lenet_layer *last = m->layers[m->n_layers - 1];
-    bool same = y->ndim == 1 + last->out.ndim && y->shape[0] == batch;
-    for (int d = 0; same && d < last->out.ndim; d++)
-        same = y->shape[1 + d] == last->out.dim[d];
-    if (!same) {
-        char got[96];
-        lenet__shape_str(y->ndim, y->shape, got, sizeof got);
-        return lenet__fail(LENET_ESHAPE, "model_predict: output tensor is %s, expected (%d, %zu) elements per sample",
-                           got, batch, last->out_size);
-    }
+    st = lenet__model_check_output(m, y, batch, "model_predict");
+    if (st != LENET_OK)
+        return st;
     /* Private scratch per worker, so the model is only read and any number of threads may predict at once. */
     const int chunks = lenet__chunk_count(batch);
     const int threads = lenet__threads_for(chunks, 0);

@@ -159,16 +159,9 @@ lenet_status lenet_plan_run(const lenet_plan *p, void *workspace, size_t workspa
     if (batch > p->max_batch)
         return lenet__fail(LENET_ESHAPE, "plan_run: a batch of %d is more than the plan's max_batch %d", batch,
                            p->max_batch);
-    const lenet_layer *last = p->net->layers[p->net->n_layers - 1];
-    bool same = y->ndim == 1 + last->out.ndim && y->shape[0] == batch;
-    for (int d = 0; same && d < last->out.ndim; d++)
-        same = y->shape[1 + d] == last->out.dim[d];
-    if (!same) {
-        char got[96];
-        lenet__shape_str(y->ndim, y->shape, got, sizeof got);
-        return lenet__fail(LENET_ESHAPE, "plan_run: output tensor is %s, expected (%d, %zu) elements per sample", got,
-                           batch, last->out_size);
-    }
+    st = lenet__model_check_output(p->net, y, batch, "plan_run");
+    if (st != LENET_OK)
+        return st;
     float *scratch = (float *)(((uintptr_t)workspace + WORKSPACE_SLACK - 1) & ~(uintptr_t)(WORKSPACE_SLACK - 1));
     for (int c = 0; c < lenet__chunk_count(batch); c++)
         lenet__model_run_chunk(p->net, batch, c, x->data, y->data, scratch);
