@@ -32,19 +32,28 @@
 #define BN_LR 0.1f
 #define BN_EPS 1e-5f
 #define BN_MOMENTUM 0.1f
+/* --optimizer adam and adamw: PyTorch's defaults (torch.optim.Adam/AdamW: lr 1e-3, betas 0.9 and 0.999, eps 1e-8,
+ * weight_decay 0 for Adam and 1e-2 for AdamW). */
+#define ADAM_LR 1e-3f
+#define ADAM_BETA1 0.9f
+#define ADAM_BETA2 0.999f
+#define ADAM_EPS 1e-8f
+#define ADAMW_WEIGHT_DECAY 1e-2f
 #define POINTS_PER_EPOCH 5 /* d2l's Animator draws the train metrics 5 times an epoch */
 #define MAX_EPOCHS 10000
 #define NOTE_LINE 100      /* bytes of one curve point in a checkpoint's note, at most */
 
 
 enum variant { VARIANT_D2L, VARIANT_MODERN, VARIANT_BN };
+enum optimizer { OPTIMIZER_SGD, OPTIMIZER_ADAM, OPTIMIZER_ADAMW };
 
 typedef struct options {
     int epochs, batch_size, threads;
     float lr, momentum, weight_decay, dropout;
-    bool lr_given, momentum_given, cosine, schedule_given, summary, quiet;
+    bool lr_given, momentum_given, weight_decay_given, cosine, schedule_given, summary, quiet;
     uint64_t seed;
     enum variant variant;
+    enum optimizer optimizer;
     const char *data, *csv, *plot, *activations, *save, *resume;
 } options;
 
@@ -55,9 +64,12 @@ static void usage(FILE *out)
             "Trains d2l.ai's LeNet on Fashion-MNIST and prints the metrics like d2l's train_ch6.\n"
             "\n"
             "  --epochs N         passes over the training set (default 10)\n"
-            "  --lr RATE          SGD learning rate (default %g; %g for --variant modern, %g for bn)\n"
+            "  --optimizer NAME   sgd (default), adam or adamw, with PyTorch's betas 0.9, 0.999 and eps 1e-8\n"
+            "  --lr RATE          learning rate (default %g; %g for --variant modern, %g for bn; %g for adam\n"
+            "                     and adamw)\n"
             "  --momentum M       SGD momentum (default 0, as d2l; %g for --variant modern)\n"
-            "  --weight-decay W   L2 weight decay added to the gradient (default 0)\n"
+            "  --weight-decay W   weight decay: L2 added to the gradient for sgd and adam, decoupled for adamw\n"
+            "                     (default 0; %g for adamw)\n"
             "  --schedule NAME    constant learning rate (default), or cosine: annealed towards 0 over the epochs\n"
             "                     (default for --variant modern)\n"
             "  --batch-size N     examples per SGD step (default 128)\n"
@@ -74,20 +86,23 @@ static void usage(FILE *out)
             "  --plot FILE        draw those curves into FILE.png or FILE.svg\n"
             "  --activations DIR  write conv1 and conv2 feature maps of test pullovers and coats to DIR\n"
             "  --save FILE        after each epoch, save a training checkpoint (safetensors) to FILE\n"
-            "  --resume FILE      continue the run saved in FILE (same --variant, --dropout and --batch-size)\n"
+            "  --resume FILE      continue the run saved in FILE (same --variant, --dropout, --optimizer and\n"
+            "                     --batch-size)\n"
             "  --quiet            no progress on stderr\n"
             "  --help             show this help\n",
-            (double)D2L_LR, (double)MODERN_LR, (double)BN_LR, (double)MODERN_MOMENTUM);
+            (double)D2L_LR, (double)MODERN_LR, (double)BN_LR, (double)ADAM_LR, (double)MODERN_MOMENTUM,
+            (double)ADAMW_WEIGHT_DECAY);
 }
 
 /* Parses the command line; returns -1 to exit 0 (--help), 0 to go on, 2 for a bad command line. */
 static int parse_options(int argc, char **argv, options *o)
 {
     *o = (options){.epochs = 10, .batch_size = 128, .lr = D2L_LR, .data = DEFAULT_DATA};
-    enum { EPOCHS = 256, LR, MOMENTUM, WEIGHT_DECAY, SCHEDULE, BATCH, SEED, THREADS, DATA, VARIANT, DROPOUT, SUMMARY,
-           CSV, PLOT, ACTIVATIONS, SAVE, RESUME, QUIET, HELP };
+    enum { EPOCHS = 256, OPTIMIZER, LR, MOMENTUM, WEIGHT_DECAY, SCHEDULE, BATCH, SEED, THREADS, DATA, VARIANT,
+           DROPOUT, SUMMARY, CSV, PLOT, ACTIVATIONS, SAVE, RESUME, QUIET, HELP };
     static const struct option longopts[] = {
         {"epochs", required_argument, NULL, EPOCHS},   {"lr", required_argument, NULL, LR},
+        {"optimizer", required_argument, NULL, OPTIMIZER},
         {"momentum", required_argument, NULL, MOMENTUM},
         {"weight-decay", required_argument, NULL, WEIGHT_DECAY},
         {"schedule", required_argument, NULL, SCHEDULE},
@@ -114,7 +129,22 @@ static int parse_options(int argc, char **argv, options *o)
             bad = cli_parse_float(PROG, "--momentum", optarg, 0.0, 0.999, &o->momentum);
             o->momentum_given = true;
             break;
-        case WEIGHT_DECAY: bad = cli_parse_float(PROG, "--weight-decay", optarg, 0.0, 1.0, &o->weight_decay); break;
+        case OPTIMIZER:
+            if (strcmp(optarg, "sgd") == 0)
+                o->optimizer = OPTIMIZER_SGD;
+            else if (strcmp(optarg, "adam") == 0)
+                o->optimizer = OPTIMIZER_ADAM;
+            else if (strcmp(optarg, "adamw") == 0)
+                o->optimizer = OPTIMIZER_ADAMW;
+            else {
+                fprintf(stderr, PROG ": --optimizer: '%s' is not sgd, adam or adamw\n", optarg);
+                bad = -1;
+            }
+            break;
+        case WEIGHT_DECAY:
+            bad = cli_parse_float(PROG, "--weight-decay", optarg, 0.0, 1.0, &o->weight_decay);
+            o->weight_decay_given = true;
+            break;
         case SCHEDULE:
             o->schedule_given = true;
             if (strcmp(optarg, "constant") == 0) {
@@ -171,10 +201,20 @@ static int parse_options(int argc, char **argv, options *o)
         fprintf(stderr, "usage: " PROG " [options]; " PROG " --help lists them\n");
         return 2;
     }
+    if (o->optimizer != OPTIMIZER_SGD && o->momentum_given) {
+        fprintf(stderr, PROG ": --momentum is SGD's; Adam and AdamW use PyTorch's betas 0.9 and 0.999\n");
+        fprintf(stderr, "usage: " PROG " [options]; " PROG " --help lists them\n");
+        return 2;
+    }
     if (!o->lr_given)
-        o->lr = o->variant == VARIANT_MODERN ? MODERN_LR : o->variant == VARIANT_BN ? BN_LR : D2L_LR;
-    if (o->variant == VARIANT_MODERN && !o->momentum_given)
+        o->lr = o->optimizer != OPTIMIZER_SGD  ? ADAM_LR
+                : o->variant == VARIANT_MODERN ? MODERN_LR
+                : o->variant == VARIANT_BN     ? BN_LR
+                                               : D2L_LR;
+    if (o->variant == VARIANT_MODERN && o->optimizer == OPTIMIZER_SGD && !o->momentum_given)
         o->momentum = MODERN_MOMENTUM;
+    if (o->optimizer == OPTIMIZER_ADAMW && !o->weight_decay_given)
+        o->weight_decay = ADAMW_WEIGHT_DECAY;
     if (o->variant == VARIANT_MODERN && !o->schedule_given)
         o->cosine = true;
 #ifdef LENET_HAVE_CAIRO
@@ -577,6 +617,17 @@ static int check_writable_dir(const char *option, const char *path)
     return 0;
 }
 
+/* The optimizer of --optimizer for the network `net`. */
+static lenet_optimizer *create_optimizer(lenet_model *net, const options *o)
+{
+    switch (o->optimizer) {
+    case OPTIMIZER_ADAM: return lenet_adam_create(net, o->lr, ADAM_BETA1, ADAM_BETA2, ADAM_EPS, o->weight_decay);
+    case OPTIMIZER_ADAMW: return lenet_adamw_create(net, o->lr, ADAM_BETA1, ADAM_BETA2, ADAM_EPS, o->weight_decay);
+    case OPTIMIZER_SGD: break;
+    }
+    return lenet_sgd_create(net, o->lr, o->momentum, o->weight_decay);
+}
+
 /* --summary: the layer shapes as d2l prints them (PyTorch's torch.Size), then the library's table of output shapes,
  * parameters and connections per layer. */
 static int print_summary(const options *o)
@@ -639,8 +690,9 @@ int main(int argc, char **argv)
                 o.data, INSTALL_HINT);
         goto done;
     }
-    if (!(net = build_network(o.variant, o.dropout)) || lenet_model_init(net, LENET_INIT_XAVIER_UNIFORM, o.seed) != LENET_OK ||
-        !(opt = lenet_sgd_create(net, o.lr, o.momentum, o.weight_decay)) ||
+    if (!(net = build_network(o.variant, o.dropout)) ||
+        lenet_model_init(net, LENET_INIT_XAVIER_UNIFORM, o.seed) != LENET_OK ||
+        !(opt = create_optimizer(net, &o)) ||
         !(train_iter = lenet_iter_create(train, o.batch_size, true, o.seed)) ||
         !(test_iter = lenet_iter_create(test, o.batch_size, false, 0))) {
         fprintf(stderr, PROG ": %s\n", lenet_last_error());
