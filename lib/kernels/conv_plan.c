@@ -63,7 +63,8 @@ static int row_stride(const lenet_conv_geom *g, int width)
 /* The scratch of one strategy, each buffer starting on a multiple of LENET_MAX_VECTOR_FLOATS floats.
  *   lanes     xt: input lane tensor | yt: output (gradient) lane tensor, with the border dX needs | wflip: flipped
  *             weights | dxt: input gradient lane tensor | cols when dX cannot take the lanes;
- *   rows      xrows: padded inputs with wide rows | dyrows: output gradients with wide rows | cols;
+ *   rows      xrows: padded inputs with wide rows | dyrows: output gradients with wide rows (a vector of slack after
+ *             each) | cols;
  *   channels  wpack: packed weights and bias | xp: padded inputs | dyt: output gradients pixel-major | dwpack: packed
  *             weight gradient | cols;
  *   im2col    cols.

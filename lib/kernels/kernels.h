@@ -142,7 +142,7 @@ typedef enum lenet_conv_method {
 
 /* Which kernels a call runs (conv_plan.c describes each). */
 typedef enum lenet_conv_strategy {
-    LENET_CONV_LANES,    /* samples across the lanes (stride 1, a chunk of LANES_MIN samples or more) */
+    LENET_CONV_LANES,    /* samples across the lanes (stride 1, at least LANES_MIN = 12 samples) */
     LENET_CONV_ROWS,     /* output columns across the lanes (stride 1, few channels, wide rows) */
     LENET_CONV_CHANNELS, /* output channels across the lanes */
     LENET_CONV_IM2COL,   /* im2col and GEMM (method LENET_CONV_GEMM) */
