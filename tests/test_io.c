@@ -1721,6 +1721,57 @@ START_TEST(test_resume_after_an_epoch_is_bit_identical)
 }
 END_TEST
 
+/* BatchNorm, Dropout, AdamW with a per-epoch cosine schedule: everything that draws or counts. */
+static run modern_run_create(uint64_t model_seed, uint64_t iter_seed)
+{
+    run r;
+    r.data = tiny_dataset();
+    r.model = lenet_model_create();
+    ck_assert_lenet_ok(lenet_model_add(r.model, lenet_conv2d(4, 3, 1, 0)));
+    ck_assert_lenet_ok(lenet_model_add(r.model, lenet_batchnorm2d(1e-5f, 0.1f)));
+    ck_assert_lenet_ok(lenet_model_add(r.model, lenet_relu()));
+    ck_assert_lenet_ok(lenet_model_add(r.model, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(r.model, lenet_dropout(0.3f)));
+    ck_assert_lenet_ok(lenet_model_add(r.model, lenet_linear(4)));
+    ck_assert_lenet_ok(lenet_model_build(r.model, 1, DATA_SIDE, DATA_SIDE));
+    ck_assert_lenet_ok(lenet_model_init(r.model, LENET_INIT_XAVIER_UNIFORM, model_seed));
+    r.opt = lenet_adamw_create(r.model, 0.01f, 0.9f, 0.999f, 1e-8f, 0.01f);
+    ck_assert_ptr_nonnull(r.opt);
+    ck_assert_lenet_ok(lenet_optimizer_set_schedule(r.opt, lenet_schedule_cosine(4, 0.0f), LENET_SCHEDULE_PER_EPOCH));
+    r.iter = lenet_iter_create(r.data, 5, true, iter_seed);
+    ck_assert_ptr_nonnull(r.iter);
+    return r;
+}
+
+START_TEST(test_resume_with_batchnorm_dropout_adamw_and_a_schedule_is_bit_identical)
+{
+    make_tmpdir();
+    run straight = modern_run_create(1, 7);
+    for (int e = 0; e < 3; e++)
+        run_epoch(&straight);
+
+    run first = modern_run_create(1, 7);
+    run_epoch(&first);
+    run_epoch(&first);
+    const char *path = tmp_path("modern.ckpt");
+    ck_assert_lenet_ok(lenet_checkpoint_save(first.model, first.opt, first.iter, NULL, path));
+    run_free(&first);
+
+    /* Another init seed: the checkpoint also decides the Dropout masks to come. */
+    run resumed = modern_run_create(5, 99);
+    ck_assert_lenet_ok(lenet_checkpoint_load(resumed.model, resumed.opt, resumed.iter, path, NULL, 0));
+    ck_assert_uint_eq(lenet_optimizer_epoch_count(resumed.opt), 2);
+    /* Cosine over 4 epochs from 0.01, after 2: 0.01 (1 + cos(pi / 2)) / 2. */
+    ck_assert_float_eq_tol(lenet_optimizer_lr(resumed.opt), 0.005f, 1e-9f);
+    run_epoch(&resumed);
+    assert_models_equal(straight.model, resumed.model);
+    ck_assert_uint_eq(lenet_optimizer_epoch_count(resumed.opt), 3);
+    run_free(&resumed);
+    run_free(&straight);
+    remove_tmpdir();
+}
+END_TEST
+
 START_TEST(test_resume_inside_an_epoch_is_bit_identical)
 {
     make_tmpdir();
@@ -2092,6 +2143,7 @@ int main(void)
     tcase_add_test(tc, test_shape_mismatches_leave_the_model_untouched);
     tcase_add_test(tc, test_failed_save_leaves_the_old_file_and_no_temporary);
     tcase_add_test(tc, test_resume_after_an_epoch_is_bit_identical);
+    tcase_add_test(tc, test_resume_with_batchnorm_dropout_adamw_and_a_schedule_is_bit_identical);
     tcase_add_test(tc, test_resume_inside_an_epoch_is_bit_identical);
     tcase_add_test(tc, test_resume_before_any_step_and_without_momentum);
     tcase_add_test(tc, test_sdlm_checkpoint_keeps_the_hessian_estimate);

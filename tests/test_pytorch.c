@@ -664,9 +664,31 @@ static lenet_optimizer *bn_sgd(lenet_model *m)
     return lenet_sgd_create(m, 0.1f, 0.9f, 0.0f);
 }
 
+static lenet_optimizer *bn_adam(lenet_model *m)
+{
+    return lenet_adam_create(m, 0.01f, 0.9f, 0.999f, 1e-2f, 1e-3f);
+}
+
+static lenet_optimizer *bn_adamw(lenet_model *m)
+{
+    return lenet_adamw_create(m, 0.01f, 0.9f, 0.999f, 1e-2f, 0.05f);
+}
+
 START_TEST(test_bn_lenet_three_sgd_steps_and_evaluation_match_pytorch)
 {
     check_bn_steps("sgd", bn_sgd);
+}
+END_TEST
+
+START_TEST(test_bn_lenet_three_adam_steps_and_evaluation_match_pytorch)
+{
+    check_bn_steps("adam", bn_adam);
+}
+END_TEST
+
+START_TEST(test_bn_lenet_three_adamw_steps_and_evaluation_match_pytorch)
+{
+    check_bn_steps("adamw", bn_adamw);
 }
 END_TEST
 
@@ -801,6 +823,8 @@ int main(void)
     tcase_add_test(tc, test_cross_entropy_of_logits_near_1000_matches_pytorch);
     tcase_add_test(tc, test_bn_lenet_training_logits_loss_gradients_and_running_statistics_match_pytorch);
     tcase_add_test(tc, test_bn_lenet_three_sgd_steps_and_evaluation_match_pytorch);
+    tcase_add_test(tc, test_bn_lenet_three_adam_steps_and_evaluation_match_pytorch);
+    tcase_add_test(tc, test_bn_lenet_three_adamw_steps_and_evaluation_match_pytorch);
     suite_add_tcase(s, tc);
     return lenet_test_run(s);
 }

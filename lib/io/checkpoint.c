@@ -153,6 +153,8 @@ static lenet_status save(const lenet_model *m, const lenet_optimizer *o, const l
         st = lenet__ckpt_write_model(&w, m);
     if (st == LENET_OK && o)
         st = lenet__ckpt_write_optimizer(&w, o);
+    if (st == LENET_OK && (o || it))
+        st = lenet__ckpt_write_stream(&w, m);
     if (st == LENET_OK && it)
         st = lenet__ckpt_write_iterator(&w, it);
     if (st == LENET_OK && note)
@@ -165,15 +167,23 @@ static lenet_status save(const lenet_model *m, const lenet_optimizer *o, const l
     return st;
 }
 
+/* With a communicator (lenet/mpi.h), rank 0 writes and every process returns rank 0's status. */
+static lenet_status save_on_rank0(const lenet_model *m, const lenet_optimizer *o, const lenet_iter *it,
+                                  const char *note, const char *path, const char *who)
+{
+    lenet_status st = lenet__model_rank(m) == 0 ? save(m, o, it, note, path, who) : LENET_OK;
+    return lenet__model_agree(m, st);
+}
+
 lenet_status lenet_model_save(const lenet_model *m, const char *path)
 {
-    return save(m, NULL, NULL, NULL, path, "model_save");
+    return save_on_rank0(m, NULL, NULL, NULL, path, "model_save");
 }
 
 lenet_status lenet_checkpoint_save(const lenet_model *m, const lenet_optimizer *o, const lenet_iter *it,
                                    const char *note, const char *path)
 {
-    return save(m, o, it, note, path, "checkpoint_save");
+    return save_on_rank0(m, o, it, note, path, "checkpoint_save");
 }
 
 /* ---- loading ---- */
@@ -231,12 +241,14 @@ fail:
 static lenet_status load_into(lenet_model *m, lenet_optimizer *o, lenet_iter *it, const char *path, char *note,
                               size_t note_size, bool checkpoint, const char *who)
 {
+    /* With a communicator (lenet/mpi.h) every process loads, and the processes agree on the outcome before any
+     * commits, so either all of them change or none. */
     if (!m || !path)
-        return lenet__fail(LENET_EINVAL, "%s: %s is NULL", who, !m ? "model" : "path");
+        return lenet__model_agree(m, lenet__fail(LENET_EINVAL, "%s: %s is NULL", who, !m ? "model" : "path"));
     if (!m->built)
-        return lenet__fail(LENET_ESTATE, "%s: build the model first (lenet_model_build)", who);
+        return lenet__model_agree(m, lenet__fail(LENET_ESTATE, "%s: build the model first (lenet_model_build)", who));
     if (o && o->model != m)
-        return lenet__fail(LENET_EINVAL, "%s: the optimizer belongs to another model", who);
+        return lenet__model_agree(m, lenet__fail(LENET_EINVAL, "%s: the optimizer belongs to another model", who));
     lenet_st_file f;
     lenet_ckpt_arch a = {0};
     lenet_ckpt_optimizer so = {0};
@@ -258,16 +270,20 @@ static lenet_status load_into(lenet_model *m, lenet_optimizer *o, lenet_iter *it
         st = lenet__ckpt_stage_optimizer(o, &f, &so);
     if (st == LENET_OK && it)
         st = lenet__ckpt_stage_iterator(it, &f, &is, &order);
+    bool stream = false;
+    uint64_t stream_seed = 0, stream_forwards = 0;
+    if (st == LENET_OK && checkpoint)
+        st = lenet__ckpt_stage_stream(&f, &stream, &stream_seed, &stream_forwards);
     if (st == LENET_OK && note) {
         saved_note = lenet__st_meta(&f, "note");
         size_t need = (saved_note ? strlen(saved_note) : 0) + 1;
         if (need > note_size)
             st = lenet__fail(LENET_EINVAL, "%s: the note needs %zu bytes, the buffer has %zu", who, need, note_size);
     }
-    if (st != LENET_OK) {
+    if (st != LENET_OK)
         name_caller(who);
+    if ((st = lenet__model_agree(m, st)) != LENET_OK)
         goto done;
-    }
 
     /* Everything is checked: commit.  Nothing below can fail. */
     lenet__ckpt_commit_model(m, &staged);
@@ -278,6 +294,11 @@ static lenet_status load_into(lenet_model *m, lenet_optimizer *o, lenet_iter *it
         }
         o->lr = so.lr;
         o->steps = so.steps;
+        o->epochs = so.epochs;
+    }
+    if (stream) {
+        m->seed = stream_seed;
+        m->step = stream_forwards;
     }
     if (it)
         lenet__iter_set_state(it, &is);

@@ -202,7 +202,7 @@ lenet_status lenet__ckpt_write_model(lenet_st_writer *w, const lenet_model *m);
 
 typedef struct lenet_ckpt_optimizer {
     float lr;
-    unsigned long long steps;
+    unsigned long long steps, epochs;
     lenet_optimizer_state state;
     float *buffers[LENET_OPTIM_MAX_STATE]; /* staged copies of state.buffers, arena-sized */
 } lenet_ckpt_optimizer;
@@ -218,5 +218,9 @@ lenet_status lenet__ckpt_stage_iterator(const lenet_iter *it, const lenet_st_fil
 lenet_status lenet__ckpt_write_optimizer(lenet_st_writer *w, const lenet_optimizer *o);
 /* Adds the iterator's metadata and permutation to a file. */
 lenet_status lenet__ckpt_write_iterator(lenet_st_writer *w, const lenet_iter *it);
+/* The model's random stream (the seed of its last init and its count of training forwards, which Dropout's masks
+ * come from), so a resumed run draws the masks it would have drawn; *present is false for files without it. */
+lenet_status lenet__ckpt_write_stream(lenet_st_writer *w, const lenet_model *m);
+lenet_status lenet__ckpt_stage_stream(const lenet_st_file *f, bool *present, uint64_t *seed, uint64_t *forwards);
 
 #endif /* LENET_IO_INTERNAL_H */

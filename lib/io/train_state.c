@@ -43,13 +43,15 @@ void lenet__ckpt_optimizer_free(lenet_ckpt_optimizer *so)
 
 static char *optimizer_json(const lenet_optimizer *o, const lenet_optimizer_state *os)
 {
-    char steps[32];
+    char steps[32], epochs[32];
     snprintf(steps, sizeof steps, "%llu", o->steps);
+    snprintf(epochs, sizeof epochs, "%llu", o->epochs);
     cJSON *root = cJSON_CreateObject();
     cJSON *settings = root ? cJSON_AddObjectToObject(root, "settings") : NULL;
     cJSON *buffers = root ? cJSON_AddArrayToObject(root, "buffers") : NULL;
     bool ok = settings && buffers && cJSON_AddStringToObject(root, "kind", o->ops->name) &&
-              lenet__ckpt_add_exact(root, "lr", (double)o->lr) && cJSON_AddStringToObject(root, "steps", steps);
+              lenet__ckpt_add_exact(root, "lr", (double)o->lr) && cJSON_AddStringToObject(root, "steps", steps) &&
+              cJSON_AddStringToObject(root, "epochs", epochs);
     for (int i = 0; ok && i < os->n_settings; i++)
         ok = lenet__ckpt_add_exact(settings, os->setting_names[i], os->settings[i]);
     for (int i = 0; ok && i < os->n_buffers; i++) {
@@ -142,8 +144,16 @@ lenet_status lenet__ckpt_stage_optimizer(lenet_optimizer *o, const lenet_st_file
                          o->ops->name);
         goto done;
     }
+    /* Files from before epochs were counted have none: they carry no schedule either, so 0 is what they mean. */
+    const cJSON *epochs = cJSON_GetObjectItemCaseSensitive(root, "epochs");
+    uint64_t epoch_count = 0;
+    if (epochs && !json_u64_string(epochs, 10, &epoch_count)) {
+        st = lenet__fail(LENET_EFORMAT, "%s: the optimizer's epoch count is not a decimal string", f->path);
+        goto done;
+    }
     so->lr = (float)lr->valuedouble;
     so->steps = steps;
+    so->epochs = epoch_count;
     memset(&so->state, 0, sizeof so->state);
     if (o->ops->state) {
         st = o->ops->state(o, &so->state);
@@ -222,6 +232,37 @@ static char *iterator_json(const lenet_iter_state *is)
     char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
     return text;
+}
+
+/* ---- the model's random stream (Dropout masks): the seed of its init and the training forwards since ---- */
+
+lenet_status lenet__ckpt_write_stream(lenet_st_writer *w, const lenet_model *m)
+{
+    char seed[32], forwards[32];
+    snprintf(seed, sizeof seed, "%llx", (unsigned long long)m->seed);
+    snprintf(forwards, sizeof forwards, "%llu", (unsigned long long)m->step);
+    cJSON *root = cJSON_CreateObject();
+    bool ok = root && cJSON_AddStringToObject(root, "seed", seed) && cJSON_AddStringToObject(root, "forwards", forwards);
+    char *json = ok ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    return lenet__ckpt_add_json_meta(w, "random_stream", json);
+}
+
+lenet_status lenet__ckpt_stage_stream(const lenet_st_file *f, bool *present, uint64_t *seed, uint64_t *forwards)
+{
+    *present = lenet__st_meta(f, "random_stream") != NULL;
+    if (!*present)
+        return LENET_OK;
+    cJSON *root = NULL;
+    lenet_status st = lenet__ckpt_meta_json(f, "random_stream", &root);
+    if (st != LENET_OK)
+        return st;
+    if (!json_u64_string(cJSON_GetObjectItemCaseSensitive(root, "seed"), 16, seed) ||
+        !json_u64_string(cJSON_GetObjectItemCaseSensitive(root, "forwards"), 10, forwards))
+        st = lenet__fail(LENET_EFORMAT, "%s: random_stream lacks a hexadecimal seed or a decimal count of forwards",
+                         f->path);
+    cJSON_Delete(root);
+    return st;
 }
 
 lenet_status lenet__ckpt_write_iterator(lenet_st_writer *w, const lenet_iter *it)
