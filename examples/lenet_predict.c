@@ -6,7 +6,8 @@
  * with cairo, PNG files; the kind is told from the file's first bytes.  For each image it prints the top
  * classes and their softmax probabilities; with --labels (an IDX labels file for one IDX images file) it also
  * prints the accuracy.  Images smaller than the model's input are centred on a background border (28x28 MNIST
- * digits into LeNet-5's 32x32).
+ * digits into LeNet-5's 32x32).  IDX files are read by liblenet's lenet_dataset_open_idx when --labels gives the
+ * labels, and otherwise under the same rules (regular files only, the data limit, nothing after the data).
  *
  *   lenet_predict d2l.safetensors --names fashion-mnist --labels t10k-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz
  *   lenet_predict d2l.safetensors --invert shirt.pgm boot.png
@@ -23,12 +24,17 @@
 
 #include <lenet/lenet.h>
 
+#include "cli.h"
+#include "tool.h"
+
 #ifdef LENET_HAVE_CAIRO
 #include <cairo.h>
 #endif
 
+#define PROG "lenet_predict"
 #define BATCH 256
 #define MAX_CLASSES 4096
+#define MAX_SIDE 16384 /* largest image side read from an IDX or PGM file */
 
 static const char *const fashion_mnist[] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                             "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
@@ -43,6 +49,8 @@ typedef struct options {
     char **names;        /* class names, or NULL */
     int n_names;
     char *names_buffer;  /* what names point into, when given on the command line */
+    char **inputs;
+    int n_inputs;
 } options;
 
 /* A gray or RGB image as floats in [0, 1]. */
@@ -54,14 +62,18 @@ typedef struct image {
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: lenet_predict [options] CHECKPOINT IMAGES...\n"
-            "Classifies IDX image files (raw or gzip), PGM (P5/P2)%s images with a liblenet checkpoint.\n"
+            "usage: " PROG " [options] CHECKPOINT IMAGES...\n"
+            "Classifies IDX image files (raw or gzip), PGM (P5/P2)%s images with a liblenet checkpoint\n"
+            "(lenet_model_save, lenet_checkpoint_save, or d2l_lenet --save).\n"
+            "\n"
             "  --labels FILE   IDX labels for the (single) IDX images file: print the accuracy\n"
             "  --top K         print the K most probable classes (default 3)\n"
             "  --show N        print a line for the first N images of an IDX file (default 10, -1 all)\n"
             "  --invert        use 1 - pixel (dark ink on a light background, unlike MNIST)\n"
             "  --range BG FG   map pixel 0 to BG and 1 to FG (default 0 1; LeNet-5: -0.1 1.175)\n"
-            "  --names LIST    class names, comma-separated, or fashion-mnist\n",
+            "  --names LIST    class names, comma-separated, or fashion-mnist\n"
+            "  --version       print liblenet's version\n"
+            "  --help          show this help\n",
 #ifdef LENET_HAVE_CAIRO
             ", PNG"
 #else
@@ -72,7 +84,7 @@ static void usage(FILE *out)
 
 static int fail(const char *what, const char *detail)
 {
-    fprintf(stderr, "lenet_predict: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
+    fprintf(stderr, PROG ": %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
     return 1;
 }
 
@@ -86,15 +98,18 @@ static int parse_names(const char *list, options *o)
         return 0;
     }
     char *copy = strdup(list);
-    if (!copy)
-        return -1;
-    o->names_buffer = copy;
     int n = 1;
     for (const char *p = list; *p; p++)
         n += *p == ',';
-    o->names = calloc((size_t)n, sizeof *o->names);
-    if (!o->names)
+    char **names = calloc((size_t)n, sizeof *names);
+    if (!copy || !names) {
+        free(copy);
+        free(names);
+        fprintf(stderr, PROG ": out of memory\n");
         return -1;
+    }
+    o->names_buffer = copy;
+    o->names = names;
     char *save = NULL;
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
         o->names[o->n_names++] = tok;
@@ -106,32 +121,106 @@ static const char *class_name(const options *o, int k)
     return (o->names && k < o->n_names) ? o->names[k] : NULL;
 }
 
-/* ---- files ---- */
+/* ---- IDX files without labels, under lenet_dataset_open_idx's rules: a regular file, gzip (one member) or
+ * raw, a header that declares at most lenet_dataset_max_bytes() of data, all of that data and nothing after it,
+ * neither in the file nor after the gzip member. ---- */
 
-typedef enum kind { KIND_UNKNOWN, KIND_IDX_IMAGES, KIND_PGM, KIND_PNG } kind;
+typedef struct idx_reader {
+    FILE *f;
+    const char *path;
+    bool gzip, stream_end;
+    z_stream z;
+    unsigned char in[1 << 15];
+} idx_reader;
 
-/* Reads up to `size` leading bytes, decompressing gzip (gzread passes raw files through). */
-static int peek(const char *path, unsigned char *buf, int size)
+static int idx_open(idx_reader *r, const char *path, char *err, size_t err_size)
 {
-    gzFile f = gzopen(path, "rb");
-    if (!f)
+    memset(r, 0, sizeof *r);
+    r->path = path;
+    r->f = tool_open_regular(path, err, err_size);
+    if (!r->f)
         return -1;
-    int n = gzread(f, buf, (unsigned)size);
-    gzclose(f);
-    return n;
+    int b0 = fgetc(r->f), b1 = fgetc(r->f);
+    r->gzip = b0 == 0x1f && b1 == 0x8b;
+    rewind(r->f);
+    if (r->gzip && inflateInit2(&r->z, 16 + MAX_WBITS) != Z_OK) { /* 16: a gzip header and trailer */
+        snprintf(err, err_size, "%s: cannot start decompressing", path);
+        fclose(r->f);
+        return -1;
+    }
+    return 0;
 }
 
-static kind file_kind(const char *path)
+static void idx_close(idx_reader *r)
 {
-    unsigned char head[8];
-    int n = peek(path, head, sizeof head);
-    if (n >= 4 && head[0] == 0 && head[1] == 0 && head[2] == 8 && head[3] == 3)
-        return KIND_IDX_IMAGES;
-    if (n >= 2 && head[0] == 'P' && (head[1] == '5' || head[1] == '2'))
-        return KIND_PGM;
-    if (n >= 8 && memcmp(head, "\x89PNG\r\n\x1a\n", 8) == 0)
-        return KIND_PNG;
-    return KIND_UNKNOWN;
+    if (r->gzip)
+        inflateEnd(&r->z);
+    if (r->f)
+        fclose(r->f);
+}
+
+/* Reads up to n bytes; returns how many, fewer only at the end of the data, or -1 with err set. */
+static long long idx_read(idx_reader *r, unsigned char *out, size_t n, char *err, size_t err_size)
+{
+    if (!r->gzip) {
+        size_t got = fread(out, 1, n, r->f);
+        if (got < n && ferror(r->f)) {
+            snprintf(err, err_size, "cannot read %s: %s", r->path, strerror(errno));
+            return -1;
+        }
+        return (long long)got;
+    }
+    r->z.next_out = out;
+    r->z.avail_out = (uInt)n;
+    while (r->z.avail_out > 0 && !r->stream_end) {
+        if (r->z.avail_in == 0) {
+            size_t got = fread(r->in, 1, sizeof r->in, r->f);
+            if (got == 0) {
+                snprintf(err, err_size, "%s: the gzip stream is truncated", r->path);
+                return -1;
+            }
+            r->z.next_in = r->in;
+            r->z.avail_in = (uInt)got;
+        }
+        int zs = inflate(&r->z, Z_NO_FLUSH);
+        if (zs == Z_STREAM_END) {
+            r->stream_end = true;
+        } else if (zs != Z_OK && zs != Z_BUF_ERROR) {
+            snprintf(err, err_size, "%s: corrupt gzip data (%s)", r->path, r->z.msg ? r->z.msg : "inflate failed");
+            return -1;
+        }
+    }
+    return (long long)(n - r->z.avail_out);
+}
+
+static int idx_read_exact(idx_reader *r, unsigned char *out, size_t n, const char *what, char *err, size_t err_size)
+{
+    long long got = idx_read(r, out, n, err, err_size);
+    if (got < 0)
+        return -1;
+    if ((size_t)got < n) {
+        snprintf(err, err_size, "%s is truncated: it ends in the %s", r->path, what);
+        return -1;
+    }
+    return 0;
+}
+
+/* After the data: the end of the gzip member (its CRC-32 and length checked by zlib) and of the file. */
+static int idx_check_end(idx_reader *r, char *err, size_t err_size)
+{
+    unsigned char extra;
+    long long got = idx_read(r, &extra, 1, err, err_size);
+    if (got < 0)
+        return -1;
+    if (got > 0) {
+        snprintf(err, err_size, "%s: data follows the images the header declares", r->path);
+        return -1;
+    }
+    if ((r->gzip && r->z.avail_in > 0) || fgetc(r->f) != EOF) {
+        snprintf(err, err_size, "%s: bytes follow the %s", r->path, r->gzip ? "gzip stream" : "images");
+        return -1;
+    }
+    return 0;
 }
 
 static uint32_t be32(const unsigned char *p)
@@ -139,51 +228,100 @@ static uint32_t be32(const unsigned char *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* Reads an IDX file of the given type (3: images n x h x w, 1: labels n) into a new byte buffer. */
-static unsigned char *read_idx(const char *path, int dims, uint32_t *shape, char *err, size_t err_size)
+/* Reads an IDX images file (n x h x w bytes) into a new buffer. */
+static unsigned char *read_idx_images(const char *path, uint32_t shape[3], char *err, size_t err_size)
 {
-    gzFile f = gzopen(path, "rb");
-    if (!f) {
-        snprintf(err, err_size, "cannot open %s: %s", path, strerror(errno));
+    idx_reader *r = malloc(sizeof *r);
+    unsigned char head[16], *data = NULL;
+    if (!r) {
+        snprintf(err, err_size, "out of memory reading %s", path);
         return NULL;
     }
-    unsigned char head[16];
-    size_t head_size = 4 + 4 * (size_t)dims;
-    unsigned char *data = NULL;
-    if (gzread(f, head, (unsigned)head_size) != (int)head_size || head[0] || head[1] || head[2] != 8 ||
-        head[3] != dims) {
-        snprintf(err, err_size, "%s is not an IDX %s file", path, dims == 3 ? "images" : "labels");
-        goto done;
+    if (idx_open(r, path, err, err_size) != 0) {
+        free(r);
+        return NULL;
     }
-    size_t total = 1;
-    for (int i = 0; i < dims; i++) {
+    if (idx_read_exact(r, head, sizeof head, "header", err, err_size) != 0)
+        goto fail;
+    if (head[0] || head[1] || head[2] != 8 || head[3] != 3) {
+        snprintf(err, err_size, "%s is not an IDX images file (magic %02x%02x%02x%02x, expected 00000803)", path,
+                 head[0], head[1], head[2], head[3]);
+        goto fail;
+    }
+    size_t total = 1, limit = lenet_dataset_max_bytes();
+    for (int i = 0; i < 3; i++) {
         shape[i] = be32(head + 4 + 4 * i);
-        if (shape[i] == 0 || shape[i] > (1u << 24)) {
-            snprintf(err, err_size, "%s: dimension %d is %u", path, i, shape[i]);
-            goto done;
+        if (shape[i] == 0 || (i > 0 && shape[i] > MAX_SIDE) || shape[i] > limit / total) {
+            snprintf(err, err_size, "%s: %s %u x %u x %u images%s", path, shape[i] == 0 ? "holds" : "declares",
+                     be32(head + 4), be32(head + 8), be32(head + 12),
+                     shape[i] == 0 ? "" : ", more than the data limit or the largest side this program reads");
+            goto fail;
         }
         total *= shape[i];
     }
-    data = malloc(total);
-    if (!data) {
-        snprintf(err, err_size, "out of memory reading %s", path);
-        goto done;
+    /* Grow while reading, so a header that promises more than the file holds cannot make us allocate it. */
+    size_t have = 0, cap = 0;
+    while (have < total) {
+        size_t next = cap ? (cap > total / 2 ? total : cap * 2) : (total < (1u << 16) ? total : (1u << 16));
+        unsigned char *grown = realloc(data, next);
+        if (!grown) {
+            snprintf(err, err_size, "out of memory reading %s", path);
+            goto fail;
+        }
+        data = grown;
+        cap = next;
+        if (idx_read_exact(r, data + have, cap - have, "pixel data the header declares", err, err_size) != 0)
+            goto fail;
+        have = cap;
     }
-    size_t got = 0;
-    while (got < total) {
-        int n = gzread(f, data + got, (unsigned)(total - got > (1u << 30) ? (1u << 30) : total - got));
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
-    if (got != total) {
-        snprintf(err, err_size, "%s is truncated (%zu of %zu bytes of data)", path, got, total);
-        free(data);
-        data = NULL;
-    }
-done:
-    gzclose(f);
+    if (idx_check_end(r, err, err_size) != 0)
+        goto fail;
+    idx_close(r);
+    free(r);
     return data;
+fail:
+    free(data);
+    idx_close(r);
+    free(r);
+    return NULL;
+}
+
+/* ---- what a file is, from its first bytes ---- */
+
+typedef enum kind { KIND_UNREADABLE, KIND_UNKNOWN, KIND_IDX_IMAGES, KIND_PGM, KIND_PNG } kind;
+
+static kind file_kind(const char *path, char *err, size_t err_size)
+{
+    idx_reader *r = malloc(sizeof *r);
+    if (!r) {
+        snprintf(err, err_size, "out of memory");
+        return KIND_UNREADABLE;
+    }
+    if (idx_open(r, path, err, err_size) != 0) {
+        free(r);
+        return KIND_UNREADABLE;
+    }
+    unsigned char head[8];
+    bool gzip = r->gzip;
+    long long n = idx_read(r, head, sizeof head, err, err_size);
+    idx_close(r);
+    free(r);
+    if (n < 0)
+        return KIND_UNREADABLE;
+    if (n >= 4 && head[0] == 0 && head[1] == 0 && head[2] == 8 && head[3] == 3)
+        return KIND_IDX_IMAGES;
+    if (!gzip && n >= 2 && head[0] == 'P' && (head[1] == '5' || head[1] == '2'))
+        return KIND_PGM;
+    if (!gzip && n >= 8 && memcmp(head, "\x89PNG\r\n\x1a\n", 8) == 0)
+        return KIND_PNG;
+    snprintf(err, err_size, "%s is not an IDX images, PGM%s file", path,
+#ifdef LENET_HAVE_CAIRO
+             " or PNG"
+#else
+             ""
+#endif
+    );
+    return KIND_UNKNOWN;
 }
 
 /* PGM (P5 binary or P2 ASCII, maxval up to 65535), as gray floats in [0, 1]. */
@@ -213,11 +351,9 @@ static int pgm_token(FILE *f, unsigned *value)
 
 static int read_pgm(const char *path, image *img, char *err, size_t err_size)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, err_size, "cannot open %s: %s", path, strerror(errno));
+    FILE *f = tool_open_regular(path, err, err_size);
+    if (!f)
         return -1;
-    }
     int rc = -1;
     char magic[2];
     unsigned w, h, maxval;
@@ -258,10 +394,21 @@ done:
     return rc;
 }
 
+#ifdef LENET_HAVE_CAIRO
+static cairo_status_t read_stream(void *closure, unsigned char *data, unsigned int length)
+{
+    return fread(data, 1, length, closure) == length ? CAIRO_STATUS_SUCCESS : CAIRO_STATUS_READ_ERROR;
+}
+#endif
+
 static int read_png(const char *path, image *img, char *err, size_t err_size)
 {
 #ifdef LENET_HAVE_CAIRO
-    cairo_surface_t *s = cairo_image_surface_create_from_png(path);
+    FILE *f = tool_open_regular(path, err, err_size);
+    if (!f)
+        return -1;
+    cairo_surface_t *s = cairo_image_surface_create_from_png_stream(read_stream, f);
+    fclose(f);
     int rc = -1;
     if (cairo_surface_status(s) != CAIRO_STATUS_SUCCESS) {
         snprintf(err, err_size, "%s: %s", path, cairo_status_to_string(cairo_surface_status(s)));
@@ -381,7 +528,7 @@ static void print_result(const options *o, const char *name, long index, const f
 
 /* Classifies `count` samples already in x (count <= BATCH), printing and counting. */
 static int classify_batch(lenet_model *m, const options *o, lenet_tensor *x, int count, int classes, const char *name,
-                          long first, const unsigned char *labels, long *correct)
+                          long first, const int32_t *labels, long *correct)
 {
     float *probs = malloc((size_t)count * classes * sizeof *probs);
     int32_t *predicted = malloc((size_t)count * sizeof *predicted);
@@ -394,7 +541,7 @@ static int classify_batch(lenet_model *m, const options *o, lenet_tensor *x, int
     if (st != LENET_OK) {
         free(probs);
         free(predicted);
-        return fail("classification failed", lenet_last_error());
+        return fail("classification failed", tool_last_error());
     }
     for (int i = 0; i < count; i++) {
         int label = labels ? labels[i] : -1;
@@ -408,69 +555,91 @@ static int classify_batch(lenet_model *m, const options *o, lenet_tensor *x, int
     return 0;
 }
 
+/* The images of one IDX file: read by liblenet with their labels (--labels), or by read_idx_images. */
+typedef struct idx_images {
+    lenet_dataset *dataset;
+    unsigned char *pixels;
+    size_t count;
+    int height, width;
+} idx_images;
+
+static int idx_image(const idx_images *s, size_t i, float *out)
+{
+    if (s->dataset)
+        return lenet_dataset_image(s->dataset, i, out) == LENET_OK ? 0 : -1;
+    size_t plane = (size_t)s->height * (size_t)s->width;
+    for (size_t p = 0; p < plane; p++)
+        out[p] = s->pixels[i * plane + p] / 255.0f;
+    return 0;
+}
+
 static int classify_idx(lenet_model *m, const options *o, const char *path, int c, int h, int w, int classes)
 {
-    char err[512];
-    uint32_t shape[3], label_count = 0;
-    unsigned char *pixels = read_idx(path, 3, shape, err, sizeof err), *labels = NULL;
-    if (!pixels)
-        return fail(err, NULL);
+    char err[1024];
+    idx_images s = {0};
+    if (o->labels) {
+        s.dataset = lenet_dataset_open_idx(path, o->labels);
+        if (!s.dataset)
+            return fail(tool_last_error(), NULL);
+        s.count = lenet_dataset_size(s.dataset);
+        s.height = lenet_dataset_height(s.dataset);
+        s.width = lenet_dataset_width(s.dataset);
+    } else {
+        uint32_t shape[3];
+        s.pixels = read_idx_images(path, shape, err, sizeof err);
+        if (!s.pixels)
+            return fail(err, NULL);
+        s.count = shape[0];
+        s.height = (int)shape[1];
+        s.width = (int)shape[2];
+    }
     int rc = 1;
     lenet_tensor *x = NULL;
-    if (o->labels) {
-        labels = read_idx(o->labels, 1, &label_count, err, sizeof err);
-        if (!labels) {
-            fail(err, NULL);
-            goto done;
-        }
-        if (label_count != shape[0]) {
-            fprintf(stderr, "lenet_predict: %s holds %u images but %s holds %u labels\n", path, shape[0], o->labels,
-                    label_count);
-            goto done;
-        }
-    }
-    size_t sample = (size_t)c * h * w, plane = (size_t)shape[1] * shape[2];
+    int32_t labels[BATCH];
+    size_t sample = (size_t)c * h * w;
     long correct = 0;
-    image img = {1, (int)shape[1], (int)shape[2], malloc(plane * sizeof(float))};
+    image img = {1, s.height, s.width, malloc((size_t)s.height * s.width * sizeof(float))};
     if (!img.pixels) {
         fail("out of memory", NULL);
         goto done;
     }
-    for (uint32_t start = 0; start < shape[0]; start += BATCH) {
-        int count = shape[0] - start < BATCH ? (int)(shape[0] - start) : BATCH;
+    for (size_t start = 0; start < s.count; start += BATCH) {
+        int count = s.count - start < BATCH ? (int)(s.count - start) : BATCH;
         lenet_tensor_free(x);
         x = lenet_tensor_create(4, (int[]){count, c, h, w});
         if (!x) {
-            fail("cannot allocate the batch", lenet_last_error());
-            goto done_img;
+            fail("cannot allocate the batch", tool_last_error());
+            goto done;
         }
         for (int i = 0; i < count; i++) {
-            for (size_t p = 0; p < plane; p++)
-                img.pixels[p] = pixels[(start + (size_t)i) * plane + p] / 255.0f;
+            if (idx_image(&s, start + (size_t)i, img.pixels) != 0) {
+                fail(tool_last_error(), NULL);
+                goto done;
+            }
             if (fit_image(&img, o, c, h, w, lenet_tensor_data(x) + (size_t)i * sample, path, err, sizeof err)) {
                 fail(err, NULL);
-                goto done_img;
+                goto done;
             }
+            labels[i] = s.dataset ? lenet_dataset_label(s.dataset, start + (size_t)i) : -1;
         }
-        if (classify_batch(m, o, x, count, classes, path, start, labels ? labels + start : NULL, &correct))
-            goto done_img;
+        if (classify_batch(m, o, x, count, classes, path, (long)start, s.dataset ? labels : NULL, &correct))
+            goto done;
     }
-    if (labels)
-        printf("%s: accuracy %.4f (%ld of %u)\n", path, (double)correct / shape[0], correct, shape[0]);
+    if (s.dataset)
+        printf("%s: accuracy %.4f (%ld of %zu)\n", path, (double)correct / (double)s.count, correct, s.count);
     rc = 0;
-done_img:
-    free(img.pixels);
 done:
+    free(img.pixels);
     lenet_tensor_free(x);
-    free(pixels);
-    free(labels);
+    free(s.pixels);
+    lenet_dataset_free(s.dataset);
     return rc;
 }
 
 static int classify_picture(lenet_model *m, const options *o, const char *path, kind k, int c, int h, int w,
                             int classes)
 {
-    char err[512];
+    char err[1024];
     image img = {0};
     if ((k == KIND_PGM ? read_pgm(path, &img, err, sizeof err) : read_png(path, &img, err, sizeof err)) != 0) {
         free(img.pixels);
@@ -480,7 +649,7 @@ static int classify_picture(lenet_model *m, const options *o, const char *path, 
     int rc = 1;
     long correct = 0;
     if (!x)
-        fail("cannot allocate the input", lenet_last_error());
+        fail("cannot allocate the input", tool_last_error());
     else if (fit_image(&img, o, c, h, w, lenet_tensor_data(x), path, err, sizeof err))
         fail(err, NULL);
     else
@@ -490,112 +659,188 @@ static int classify_picture(lenet_model *m, const options *o, const char *path, 
     return rc;
 }
 
-static int parse_float(const char *s, float *out)
+/* Parses the command line into o; returns 0 to go on, 1 to exit 0 (--help, --version), or 2 after printing one
+ * line that says what is wrong. */
+static int parse_options(int argc, char **argv, options *o)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || *end || end == s || !isfinite(v))
-        return -1;
-    *out = (float)v;
+    *o = (options){.top = 3, .show = 10, .background = 0.0f, .foreground = 1.0f};
+    o->inputs = calloc((size_t)argc, sizeof *o->inputs);
+    if (!o->inputs) {
+        fprintf(stderr, PROG ": out of memory\n");
+        return 2;
+    }
+    bool options_done = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (options_done || a[0] != '-' || a[1] == '\0') { /* "-" is a file name */
+            if (!o->checkpoint)
+                o->checkpoint = a;
+            else
+                o->inputs[o->n_inputs++] = argv[i];
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            options_done = true;
+            continue;
+        }
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            return 1;
+        }
+        if (strcmp(a, "--version") == 0) {
+            printf(PROG " (liblenet %s)\n", lenet_version_string());
+            return 1;
+        }
+        if (strcmp(a, "--invert") == 0) {
+            o->invert = true;
+            continue;
+        }
+        int values = strcmp(a, "--range") == 0 ? 2 : 1;
+        bool known = values == 2 || strcmp(a, "--labels") == 0 || strcmp(a, "--top") == 0 ||
+                     strcmp(a, "--show") == 0 || strcmp(a, "--names") == 0;
+        if (!known) {
+            fprintf(stderr, PROG ": unknown option '%s' (" PROG " --help lists the options)\n", a);
+            return 2;
+        }
+        if (i + values >= argc) {
+            fprintf(stderr, PROG ": %s needs %s\n", a, values == 2 ? "two values, BG and FG" : "a value");
+            return 2;
+        }
+        const char *v = argv[++i];
+        int bad = 0;
+        if (strcmp(a, "--labels") == 0) {
+            o->labels = v;
+        } else if (strcmp(a, "--top") == 0) {
+            bad = cli_parse_int(PROG, a, v, 1, MAX_CLASSES, &o->top);
+        } else if (strcmp(a, "--show") == 0) {
+            bad = cli_parse_int(PROG, a, v, -1, 1 << 30, &o->show);
+        } else if (strcmp(a, "--names") == 0) {
+            if (v[0] == '\0' || strspn(v, ",") == strlen(v)) {
+                fprintf(stderr, PROG ": --names: '%s' names no class\n", v);
+                return 2;
+            }
+            if (o->names_buffer || o->names) {
+                fprintf(stderr, PROG ": --names is given twice\n");
+                return 2;
+            }
+            if (parse_names(v, o) != 0)
+                return 2;
+        } else { /* --range BG FG */
+            bad = cli_parse_float(PROG, "--range BG", v, -1e6, 1e6, &o->background);
+            if (!bad)
+                bad = cli_parse_float(PROG, "--range FG", argv[++i], -1e6, 1e6, &o->foreground);
+        }
+        if (bad)
+            return 2;
+    }
+    if (!o->checkpoint) {
+        fprintf(stderr, PROG ": no checkpoint given (usage: " PROG " [options] CHECKPOINT IMAGES...)\n");
+        return 2;
+    }
+    if (o->n_inputs == 0) {
+        fprintf(stderr, PROG ": no images to classify after the checkpoint %s (usage: " PROG
+                        " [options] CHECKPOINT IMAGES...)\n", o->checkpoint);
+        return 2;
+    }
     return 0;
+}
+
+static void free_options(options *o)
+{
+    if (o->names_buffer) {
+        free(o->names_buffer);
+        free(o->names);
+    }
+    free(o->inputs);
+}
+
+/* Loads the checkpoint; on failure says whether the file is not a checkpoint at all or what is wrong with it. */
+static lenet_model *load_model(const char *path, int *c, int *h, int *w)
+{
+    char err[1024];
+    FILE *f = tool_open_regular(path, err, sizeof err); /* a FIFO or a directory: say so, never wait on it */
+    if (!f) {
+        fail(err, NULL);
+        return NULL;
+    }
+    fclose(f);
+    lenet_status st = lenet_checkpoint_input_shape(path, c, h, w);
+    lenet_model *m = st == LENET_OK ? lenet_model_load(path) : NULL;
+    if (!m) {
+        lenet_status why = st != LENET_OK ? st : LENET_EFORMAT;
+        if (why == LENET_EFORMAT || why == LENET_EUNSUPPORTED)
+            fprintf(stderr, PROG ": %s is not a liblenet checkpoint (%s)\n", path,
+                    tool_last_error());
+        else
+            fprintf(stderr, PROG ": cannot load the checkpoint %s: %s\n", path, tool_last_error());
+    }
+    return m;
 }
 
 int main(int argc, char **argv)
 {
-    options o = {.top = 3, .show = 10, .background = 0.0f, .foreground = 1.0f};
-    char **inputs = calloc((size_t)argc, sizeof *inputs);
-    int n_inputs = 0, rc = 0;
-    if (!inputs)
-        return fail("out of memory", NULL);
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        bool has_value = i + 1 < argc;
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            usage(stdout);
-            free(inputs);
-            return 0;
-        } else if (strcmp(a, "--labels") == 0 && has_value) {
-            o.labels = argv[++i];
-        } else if (strcmp(a, "--top") == 0 && has_value) {
-            o.top = atoi(argv[++i]);
-        } else if (strcmp(a, "--show") == 0 && has_value) {
-            o.show = atoi(argv[++i]);
-        } else if (strcmp(a, "--invert") == 0) {
-            o.invert = true;
-        } else if (strcmp(a, "--range") == 0 && i + 2 < argc) {
-            if (parse_float(argv[i + 1], &o.background) || parse_float(argv[i + 2], &o.foreground)) {
-                usage(stderr);
-                free(inputs);
-                return 2;
-            }
-            i += 2;
-        } else if (strcmp(a, "--names") == 0 && has_value) {
-            if (parse_names(argv[++i], &o)) {
-                free(inputs);
-                return fail("out of memory", NULL);
-            }
-        } else if (a[0] == '-' && a[1] == '-') {
-            fprintf(stderr, "lenet_predict: unknown option or missing value: %s\n", a);
-            usage(stderr);
-            return 2;
-        } else if (!o.checkpoint) {
-            o.checkpoint = a;
-        } else {
-            inputs[n_inputs++] = argv[i];
-        }
-    }
-    if (!o.checkpoint || n_inputs == 0 || o.top < 1) {
-        usage(stderr);
-        return 2;
+    options o;
+    int parsed = parse_options(argc, argv, &o);
+    if (parsed != 0) {
+        free_options(&o);
+        return parsed == 1 ? 0 : 2;
     }
 
-    int c, h, w;
-    if (lenet_checkpoint_input_shape(o.checkpoint, &c, &h, &w) != LENET_OK)
-        return fail("cannot read the checkpoint", lenet_last_error());
-    lenet_model *m = lenet_model_load(o.checkpoint);
+    int c, h, w, rc = 1;
+    lenet_model *m = load_model(o.checkpoint, &c, &h, &w);
     if (!m)
-        return fail("cannot load the checkpoint", lenet_last_error());
+        goto done;
     /* The number of classes: the output size of one forward pass. */
     lenet_tensor *probe = lenet_tensor_create(4, (int[]){1, c, h, w});
     const lenet_tensor *y = NULL;
     if (!probe || lenet_model_forward(m, probe, &y) != LENET_OK || lenet_tensor_ndim(y) != 2) {
         lenet_tensor_free(probe);
-        lenet_model_free(m);
-        return fail("the model does not produce (N, classes) outputs", lenet_last_error());
+        fail("the model does not produce (N, classes) outputs", tool_last_error());
+        goto done;
     }
     int classes = lenet_tensor_dim(y, 1);
     lenet_tensor_free(probe);
     if (classes > MAX_CLASSES) {
-        lenet_model_free(m);
-        return fail("too many classes", NULL);
+        fprintf(stderr, PROG ": the model has %d classes, more than the %d this program prints\n", classes,
+                MAX_CLASSES);
+        goto done;
+    }
+
+    /* Every input is checked before any is classified, so a typo in the last name does not cost the run. */
+    char err[1024];
+    kind *kinds = calloc((size_t)o.n_inputs, sizeof *kinds);
+    if (!kinds) {
+        fail("out of memory", NULL);
+        goto done;
+    }
+    int idx_files = 0;
+    for (int i = 0; i < o.n_inputs; i++) {
+        kinds[i] = file_kind(o.inputs[i], err, sizeof err);
+        if (kinds[i] == KIND_UNREADABLE || kinds[i] == KIND_UNKNOWN) {
+            fail(err, NULL);
+            free(kinds);
+            goto done;
+        }
+        idx_files += kinds[i] == KIND_IDX_IMAGES;
+    }
+    if (o.labels && (idx_files != 1 || o.n_inputs != 1)) {
+        fprintf(stderr, PROG ": --labels goes with exactly one IDX images file, and %d files are given\n",
+                o.n_inputs);
+        free(kinds);
+        goto done;
     }
     printf("model %s: input %dx%dx%d, %d classes, %zu parameters\n", o.checkpoint, c, h, w, classes,
            lenet_model_param_numel(m));
-
-    int idx_files = 0;
-    for (int i = 0; i < n_inputs; i++)
-        idx_files += file_kind(inputs[i]) == KIND_IDX_IMAGES;
-    if (o.labels && (idx_files != 1 || n_inputs != 1)) {
-        rc = fail("--labels goes with exactly one IDX images file", NULL);
-        n_inputs = 0;
-    }
-    for (int i = 0; i < n_inputs && rc == 0; i++) {
-        kind k = file_kind(inputs[i]);
-        if (k == KIND_IDX_IMAGES)
-            rc = classify_idx(m, &o, inputs[i], c, h, w, classes);
-        else if (k == KIND_PGM || k == KIND_PNG)
-            rc = classify_picture(m, &o, inputs[i], k, c, h, w, classes);
+    rc = 0;
+    for (int i = 0; i < o.n_inputs && rc == 0; i++) {
+        if (kinds[i] == KIND_IDX_IMAGES)
+            rc = classify_idx(m, &o, o.inputs[i], c, h, w, classes);
         else
-            rc = fail(inputs[i], peek(inputs[i], (unsigned char[1]){0}, 1) < 0
-                                     ? strerror(errno)
-                                     : "not an IDX images, PGM or PNG file");
+            rc = classify_picture(m, &o, o.inputs[i], kinds[i], c, h, w, classes);
     }
+    free(kinds);
+done:
     lenet_model_free(m);
-    if (o.names_buffer) {
-        free(o.names_buffer);
-        free(o.names);
-    }
-    free(inputs);
+    free_options(&o);
     return rc;
 }
