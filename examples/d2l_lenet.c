@@ -86,8 +86,8 @@ static void usage(FILE *out)
             "  --plot FILE        draw those curves into FILE.png or FILE.svg\n"
             "  --activations DIR  write conv1 and conv2 feature maps of test pullovers and coats to DIR\n"
             "  --save FILE        after each epoch, save a training checkpoint (safetensors) to FILE\n"
-            "  --resume FILE      continue the run saved in FILE (same --variant, --dropout, --optimizer and\n"
-            "                     --batch-size)\n"
+            "  --resume FILE      continue the run saved in FILE (same --variant, --dropout, --optimizer, --schedule\n"
+            "                     and --batch-size; with --schedule cosine, the same --epochs)\n"
             "  --quiet            no progress on stderr\n"
             "  --help             show this help\n",
             (double)D2L_LR, (double)MODERN_LR, (double)BN_LR, (double)ADAM_LR, (double)MODERN_MOMENTUM,
@@ -693,6 +693,10 @@ int main(int argc, char **argv)
     if (!(net = build_network(o.variant, o.dropout)) ||
         lenet_model_init(net, LENET_INIT_XAVIER_UNIFORM, o.seed) != LENET_OK ||
         !(opt = create_optimizer(net, &o)) ||
+        /* --schedule cosine: PyTorch's CosineAnnealingLR(T_max = epochs, eta_min = 0) stepped after each epoch,
+         * lr / 2 * (1 + cos(pi * (e - 1) / epochs)) in epoch e, from lr down towards 0. */
+        (o.cosine && lenet_optimizer_set_schedule(opt, lenet_schedule_cosine(o.epochs, 0.0f),
+                                                  LENET_SCHEDULE_PER_EPOCH) != LENET_OK) ||
         !(train_iter = lenet_iter_create(train, o.batch_size, true, o.seed)) ||
         !(test_iter = lenet_iter_create(test, o.batch_size, false, 0))) {
         fprintf(stderr, PROG ": %s\n", lenet_last_error());
@@ -724,8 +728,16 @@ int main(int argc, char **argv)
             goto done;
         }
         first_epoch = done_epochs + 1;
-        if (!o.cosine) /* a cosine schedule recomputes each epoch's rate from the base rate */
-            o.lr = lenet_optimizer_lr(opt);
+        /* The base rate (for the titles) is the checkpoint's: the rate of the next epoch, over the cosine's factor
+         * for the epochs the optimizer counted. */
+        o.lr = lenet_optimizer_lr(opt);
+        if (o.cosine) {
+            lenet_schedule *cosine = lenet_schedule_cosine(o.epochs, 0.0f);
+            float factor = lenet_schedule_lr(cosine, 1.0f, lenet_optimizer_epoch_count(opt));
+            if (factor > 0) /* 0 only for a NULL schedule (out of memory) or a count of epochs */
+                o.lr /= factor;
+            lenet_schedule_free(cosine);
+        }
     }
     if (csv && (fprintf(csv, "epoch,train_loss,train_acc,test_acc\n") < 0 || write_csv_rows(csv, &c, 0) != 0))
         goto csv_fail;
@@ -744,8 +756,6 @@ int main(int argc, char **argv)
         r.next_point = 1;
         r.epoch_first_point = c.n;
         cli_progress_begin_epoch(&r.progress, epoch, examples);
-        if (o.cosine) /* lr_e = lr / 2 * (1 + cos(pi * (e - 1) / epochs)): from lr down towards 0 */
-            lenet_optimizer_set_lr(opt, (float)(0.5 * o.lr * (1.0 + cos(3.14159265358979323846 * (epoch - 1) / o.epochs))));
         lenet_status st = lenet_train_epoch(net, opt, train_iter, on_batch, &r, &fit);
         cli_progress_end_epoch(&r.progress);
         if (st == LENET_OK)
