@@ -1,19 +1,11 @@
 /* Inference plans: a private, evaluation-only network made from a trained model.  Layers that are the identity in
  * evaluation mode are left out, per-channel affine layers (BatchNorm) are folded into the layer before them when it
  * can absorb them, and every other layer is rebuilt from its constructor arguments with the model's parameters
- * and buffers copied in.  Running it is the model's own chunk runner over a caller's workspace, on the caller's
- * thread. */
+ * and buffers copied in.  A backend runs that network over a caller's workspace, on the caller's thread. */
 #include <string.h>
 
 #include "layers/registry.h"
-#include "lenet/plan.h"
-#include "model/internal.h"
-
-struct lenet_plan {
-    lenet_model *net;  /* built, evaluation mode, never trained */
-    int max_batch;
-    size_t scratch;    /* floats of one chunk's scratch */
-};
+#include "plan/internal.h"
 
 /* Workspace beyond the scratch, so that any pointer can be rounded up to the 64 bytes the kernels want. */
 #define WORKSPACE_SLACK 64
@@ -122,8 +114,7 @@ lenet_plan *lenet_plan_create(const lenet_model *m, int max_batch)
     if ((st = fold(m, p->net, into)) != LENET_OK)
         goto fail;
     p->net->training = false;
-    size_t act, work;
-    p->scratch = lenet__model_chunk_scratch(p->net, &act, &work);
+    p->backend = &lenet__plan_layers;
     lenet__free(source);
     return p;
 
@@ -135,7 +126,7 @@ fail:
 
 size_t lenet_plan_workspace_size(const lenet_plan *p)
 {
-    return p ? p->scratch * sizeof(float) + WORKSPACE_SLACK : 0;
+    return p ? p->backend->workspace(p) + WORKSPACE_SLACK : 0;
 }
 
 int lenet_plan_max_batch(const lenet_plan *p)
@@ -162,9 +153,8 @@ lenet_status lenet_plan_run(const lenet_plan *p, void *workspace, size_t workspa
     st = lenet__model_check_output(p->net, y, batch, "plan_run");
     if (st != LENET_OK)
         return st;
-    float *scratch = (float *)(((uintptr_t)workspace + WORKSPACE_SLACK - 1) & ~(uintptr_t)(WORKSPACE_SLACK - 1));
-    for (int c = 0; c < lenet__chunk_count(batch); c++)
-        lenet__model_run_chunk(p->net, batch, c, x->data, y->data, scratch);
+    void *aligned = (void *)(((uintptr_t)workspace + WORKSPACE_SLACK - 1) & ~(uintptr_t)(WORKSPACE_SLACK - 1));
+    p->backend->run(p, batch, x->data, y->data, aligned);
     return LENET_OK;
 }
 
@@ -172,6 +162,28 @@ void lenet_plan_free(lenet_plan *p)
 {
     if (!p)
         return;
+    if (p->backend && p->backend->destroy)
+        p->backend->destroy(p->impl);
     lenet_model_free(p->net);
     lenet__free(p);
 }
+
+/* ---- the layers backend ---- */
+
+static size_t layers_workspace(const lenet_plan *p)
+{
+    size_t act, work;
+    return lenet__model_chunk_scratch(p->net, &act, &work) * sizeof(float);
+}
+
+static void layers_run(const lenet_plan *p, int batch, const float *x, float *y, void *workspace)
+{
+    for (int c = 0; c < lenet__chunk_count(batch); c++)
+        lenet__model_run_chunk(p->net, batch, c, x, y, workspace);
+}
+
+const lenet_plan_backend lenet__plan_layers = {
+    .name = "layers",
+    .workspace = layers_workspace,
+    .run = layers_run,
+};
