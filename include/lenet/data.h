@@ -1,6 +1,6 @@
 /**
  * @file data.h
- * @brief IDX data sets (MNIST, Fashion-MNIST) and a batch iterator.
+ * @brief IDX data sets (MNIST, Fashion-MNIST), a batch iterator and data augmentation.
  */
 #ifndef LENET_DATA_H
 #define LENET_DATA_H
@@ -121,6 +121,106 @@ LENET_API size_t lenet_iter_position(const lenet_iter *it);
 
 /** Frees the iterator (not its data set).  Harmless on NULL. */
 LENET_API void lenet_iter_free(lenet_iter *it);
+
+/* ---- augmentation ---- */
+
+/**
+ * An opaque pipeline of random image transforms (data augmentation) for an iterator's training batches.
+ *
+ * Build one with lenet_augment_create() and the lenet_augment_add_*() functions (or take a preset,
+ * lenet_augment_mnist(), lenet_augment_fashion()), then give it to lenet_iter_set_augment(), which copies it.
+ * The transforms run in the order they were added, on each image after the data set's padding and pixel range
+ * (lenet_dataset_set_padding(), lenet_dataset_set_range()) are applied; pixels brought in from outside the image
+ * take the data set's background value.  A run of affine transforms, and an elastic transform right after them,
+ * are sampled together in one bilinear interpolation.
+ *
+ * Not thread-safe while it is being built; once built it may be read (given to iterators) from any thread.
+ */
+typedef struct lenet_augment lenet_augment;
+
+/**
+ * Creates an empty pipeline (no transform: the identity).
+ * @return a new pipeline to free with lenet_augment_free(), or NULL (LENET_ENOMEM).
+ */
+LENET_API lenet_augment *lenet_augment_create(void);
+
+/** Frees the pipeline.  Harmless on NULL.  Iterators it was given to keep their own copies. */
+LENET_API void lenet_augment_free(lenet_augment *a);
+
+/** Returns the number of transforms in the pipeline, 0 for NULL. */
+LENET_API size_t lenet_augment_count(const lenet_augment *a);
+
+/**
+ * Appends a random crop with padding: the image is padded by @p padding background pixels on each side and a
+ * window of its own size is cut at a uniformly random offset, i.e. it moves by whole pixels (dx, dy), each
+ * uniform in [-padding, padding], with background filling what moves in.  Exact: no interpolation.
+ * torchvision's RandomCrop(size, padding).  0 is the identity.
+ * @return LENET_OK; LENET_EINVAL for NULL or padding outside [0, 64]; LENET_ENOMEM.
+ */
+LENET_API lenet_status lenet_augment_add_crop(lenet_augment *a, int padding);
+
+/**
+ * Appends a horizontal flip (left-right mirror) applied with probability @p probability to each image.
+ * Not for digits or text, whose mirror images are not examples of the same class.
+ * @return LENET_OK; LENET_EINVAL for NULL or probability outside [0, 1] (or NaN); LENET_ENOMEM.
+ */
+LENET_API lenet_status lenet_augment_add_flip(lenet_augment *a, float probability);
+
+/**
+ * Appends a random affine transform about the image's centre, resampled bilinearly.  Per image it draws, each
+ * uniformly: a rotation in [-max_degrees, max_degrees] (positive turns counter-clockwise on screen), a scale
+ * factor in [1 - max_scale, 1 + max_scale] (above 1 enlarges the content), a horizontal shear of
+ * [-max_shear_degrees, max_shear_degrees] and a translation of [-max_translate, max_translate] pixels along each
+ * axis.  All zero is the identity, bit for bit.  These are the planar affine distortions of LeCun et al. 1998
+ * (translation, scaling, squeezing, shearing), and torchvision's RandomAffine with the translation in pixels.
+ * @return LENET_OK; LENET_EINVAL for NULL or a value outside its range (max_degrees [0, 180], max_scale [0, 1),
+ *         max_shear_degrees [0, 60], max_translate [0, 1024]) or NaN, with a message naming it; LENET_ENOMEM.
+ */
+LENET_API lenet_status lenet_augment_add_affine(lenet_augment *a, float max_degrees, float max_scale,
+                                                float max_shear_degrees, float max_translate);
+
+/**
+ * Appends Simard's elastic distortion (Simard, Steinkraus and Platt 2003): two fields of displacements, uniform in
+ * [-1, 1) at every pixel, are smoothed by a Gaussian of standard deviation @p sigma pixels (truncated at 4 sigma,
+ * zero outside the image, as scipy.ndimage.gaussian_filter) and scaled by @p alpha; each output pixel then takes
+ * the input at its own position plus its displacement, interpolated bilinearly.  Simard used alpha 34 and
+ * sigma 4 on 28x28 MNIST digits.  alpha 0 is the identity, bit for bit.
+ * @return LENET_OK; LENET_EINVAL for NULL, alpha outside [0, 1000], sigma outside (0, 100] or NaN; LENET_ENOMEM.
+ */
+LENET_API lenet_status lenet_augment_add_elastic(lenet_augment *a, float alpha, float sigma);
+
+/**
+ * Creates the preset for MNIST-like digits: lenet_augment_add_affine(a, 10, 0.1, 10, 2) (rotation up to 10
+ * degrees, scale 0.9 to 1.1, shear up to 10 degrees, translation up to 2 pixels) followed by Simard's
+ * lenet_augment_add_elastic(a, 34, 4), sampled together in one interpolation.  No flip: a mirrored digit is not
+ * a digit.
+ * @return a new pipeline to free with lenet_augment_free(), or NULL (LENET_ENOMEM).
+ */
+LENET_API lenet_augment *lenet_augment_mnist(void);
+
+/**
+ * Creates the preset for Fashion-MNIST-like images: lenet_augment_add_crop(a, 2) then
+ * lenet_augment_add_flip(a, 0.5), the usual augmentation of small natural images (clothes are left-right
+ * symmetric classes).
+ * @return a new pipeline to free with lenet_augment_free(), or NULL (LENET_ENOMEM).
+ */
+LENET_API lenet_augment *lenet_augment_fashion(void);
+
+/**
+ * Makes the iterator augment every image it produces from its next batch on, with a copy of @p a (the caller
+ * keeps @p a and may change or free it at once); NULL or an empty pipeline turns augmentation off.  Iterators do
+ * not augment unless asked, so leave test and validation iterators alone.
+ *
+ * Each image's random draws come from a generator seeded by the iterator's pass (its seed and the number of
+ * passes) and the image's position in the pass: the batches are the same, bit for bit, for any thread count
+ * (lenet_set_num_threads()) and any batch size, a new pass draws new transforms, and a checkpoint
+ * (lenet_checkpoint_save()) that holds the iterator's state resumes with the same augmented images provided the
+ * resumed iterator is given the same pipeline.  The images are augmented in parallel on the library's threads.
+ *
+ * Not thread-safe for one iterator, like every call on it.
+ * @return LENET_OK; LENET_EINVAL for a NULL iterator; LENET_ENOMEM, leaving the previous pipeline in place.
+ */
+LENET_API lenet_status lenet_iter_set_augment(lenet_iter *it, const lenet_augment *a);
 
 #ifdef __cplusplus
 }
