@@ -191,11 +191,21 @@ static lenet_tensor *random_input(const lenet_model *m, int batch, uint64_t seed
     return x;
 }
 
+/* A tensor for `batch` outputs of m, shaped (batch, the last layer's output shape). */
+static lenet_tensor *output_tensor(const lenet_model *m, int batch)
+{
+    const lenet_shape *last = &m->layers[m->n_layers - 1]->out;
+    int dims[1 + LENET_MAX_SAMPLE_DIMS] = {batch};
+    for (int d = 0; d < last->ndim; d++)
+        dims[1 + d] = last->dim[d];
+    lenet_tensor *y = lenet_tensor_create(1 + last->ndim, dims);
+    ck_assert_ptr_nonnull(y);
+    return y;
+}
+
 static lenet_tensor *predict(const lenet_model *m, const lenet_tensor *x)
 {
-    int n = lenet_tensor_dim(x, 0);
-    lenet_tensor *y = lenet_tensor_create(2, (int[]){n, (int)lenet_model_output_size(m)});
-    ck_assert_ptr_nonnull(y);
+    lenet_tensor *y = output_tensor(m, lenet_tensor_dim(x, 0));
     ck_assert_lenet_ok(lenet_model_predict(m, x, y));
     return y;
 }
@@ -601,7 +611,7 @@ START_TEST(test_every_corrupted_byte_fails_cleanly_or_imports)
             lenet_model *back = lenet_model_import_onnx(tmp_path("bad.onnx"));
             if (back) { /* a changed weight, name or attribute that still makes sense: the model must work */
                 lenet_tensor *x = random_input(back, 2, i);
-                lenet_tensor *y = lenet_tensor_create(2, (int[]){2, (int)lenet_model_output_size(back)});
+                lenet_tensor *y = output_tensor(back, 2);
                 ck_assert_lenet_ok(lenet_model_predict(back, x, y));
                 lenet_tensor_free(x);
                 lenet_tensor_free(y);
