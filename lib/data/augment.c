@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "data/internal.h"
+#include "kernels/kernels.h"
 
 typedef enum transform_kind { KIND_CROP, KIND_FLIP, KIND_AFFINE, KIND_ELASTIC } transform_kind;
 
@@ -250,10 +251,41 @@ static int gauss_radius(float sigma, int h, int w)
     return full < reach ? full : reach;
 }
 
+/* Rows of the displacement fields are padded to a multiple of 16 floats, so that the products that smooth them run
+ * on whole vectors of every kernel table (8 or 16 lanes). */
+static int padded_width(int w)
+{
+    return (w + 15) & ~15;
+}
+
+/* Where one image's scratch goes. */
+typedef struct scratch_layout {
+    float *source;  /* (h + 2) x (w + 2): the image with a border of background, what warps sample */
+    float *field;   /* h x 2wp (wp = padded_width(w)): row y = the x displacements of row y, then its y ones */
+    float *tmp;     /* h x 2wp: the field smoothed down the columns */
+    float *gauss_h; /* h x h: the column Gaussian as a banded matrix (zero padding built in) */
+    float *gauss_w; /* w x wp: the row Gaussian, times alpha, likewise; columns from w on are zero */
+    float *taps;    /* 2 max(h, w) - 1: the 1-D Gaussian at offsets 1 - max(h, w) .. max(h, w) - 1 */
+} scratch_layout;
+
+/* Cuts `base` (NULL: only counts) into the parts of `l` and returns the floats they take. */
+static size_t layout(int h, int w, float *base, scratch_layout *l)
+{
+    const size_t hh = (size_t)h, ww = (size_t)w, wp = (size_t)padded_width(w), longest = hh > ww ? hh : ww;
+    const size_t sizes[6] = {(hh + 2) * (ww + 2), 2 * hh * wp, 2 * hh * wp, hh * hh, ww * wp, 2 * longest - 1};
+    float **parts[6] = {&l->source, &l->field, &l->tmp, &l->gauss_h, &l->gauss_w, &l->taps};
+    size_t used = 0;
+    for (int i = 0; i < 6; i++) {
+        *parts[i] = base ? base + used : NULL;
+        used += (sizes[i] + 15) & ~(size_t)15; /* each part starts 64-byte aligned in an aligned slice */
+    }
+    return used;
+}
+
 size_t lenet__augment_scratch_floats(int h, int w)
 {
-    /* source copy, two displacement fields, one smoothing temporary, half a kernel */
-    return 4 * (size_t)h * (size_t)w + (size_t)(h > w ? h : w);
+    scratch_layout l;
+    return layout(h, w, NULL, &l);
 }
 
 /* ---- the transforms ---- */
@@ -264,20 +296,41 @@ static inline float pixel_or(const float *src, int h, int w, float background, i
     return (x >= 0 && x < w && y >= 0 && y < h) ? src[(size_t)y * w + x] : background;
 }
 
-/* Bilinear sample at (sx, sy); the four neighbours outside the image read `background`.  At integer coordinates it
- * returns the pixel exactly: weights 1 and 0. */
-static inline float sample(const float *src, int h, int w, float background, float sx, float sy)
+/* source = image with a one-pixel border of background, so that a bilinear sample anywhere in (-1, w) x (-1, h)
+ * reads its four neighbours without bounds checks. */
+static void pad_source(const float *image, int h, int w, float background, float *source)
 {
-    if (!(sx > -1.0f && sx < (float)w && sy > -1.0f && sy < (float)h)) /* also NaN; keeps the int casts defined */
-        return background;
-    const float fx = floorf(sx), fy = floorf(sy);
-    const int x0 = (int)fx, y0 = (int)fy;
-    const float ax = sx - fx, ay = sy - fy;
-    const float v00 = pixel_or(src, h, w, background, x0, y0), v01 = pixel_or(src, h, w, background, x0 + 1, y0);
-    const float v10 = pixel_or(src, h, w, background, x0, y0 + 1);
-    const float v11 = pixel_or(src, h, w, background, x0 + 1, y0 + 1);
-    const float top = (1.0f - ax) * v00 + ax * v01, bottom = (1.0f - ax) * v10 + ax * v11;
-    return (1.0f - ay) * top + ay * bottom;
+    const size_t pw = (size_t)w + 2;
+    for (size_t x = 0; x < pw; x++)
+        source[x] = source[(size_t)(h + 1) * pw + x] = background;
+    for (int y = 0; y < h; y++) {
+        float *row = source + (size_t)(y + 1) * pw;
+        row[0] = row[w + 1] = background;
+        memcpy(row + 1, image + (size_t)y * w, (size_t)w * sizeof *row);
+    }
+}
+
+/* floor(v) for v in (-1, INT_MAX): truncation, one less for a negative fraction. */
+static inline int floor_int(float v)
+{
+    const int i = (int)v;
+    return (float)i > v ? i - 1 : i;
+}
+
+/* Bilinear sample at (sx, sy) from the bordered `source` of an h x w image: a neighbour outside the image reads
+ * the border's background, and a point outside (-1, w) x (-1, h) (or NaN) is the background, exactly: it is moved
+ * to the border's corner (-1, -1) without a branch.  At integer coordinates it returns the pixel exactly: weights
+ * 1 and 0. */
+static inline float sample(const float *source, int h, int w, float sx, float sy)
+{
+    const bool inside = sx > -1.0f && sx < (float)w && sy > -1.0f && sy < (float)h; /* false for NaN */
+    sx = inside ? sx : -1.0f;
+    sy = inside ? sy : -1.0f;
+    const int x0 = floor_int(sx), y0 = floor_int(sy); /* in [-1, w - 1] and [-1, h - 1] */
+    const float ax = sx - (float)x0, ay = sy - (float)y0;
+    const float *top = source + (size_t)(y0 + 1) * ((size_t)w + 2) + (size_t)(x0 + 1), *bottom = top + w + 2;
+    const float upper = (1.0f - ax) * top[0] + ax * top[1], lower = (1.0f - ax) * bottom[0] + ax * bottom[1];
+    return (1.0f - ay) * upper + ay * lower;
 }
 
 /* An output-to-source map: src = (m[0] x + m[1] y + m[2], m[3] x + m[4] y + m[5]). */
@@ -341,21 +394,21 @@ static affine_map compose(const affine_map *first, const affine_map *second)
                          f[3] * g[0] + f[4] * g[3], f[3] * g[1] + f[4] * g[4], f[3] * g[2] + f[4] * g[5] + f[5]}};
 }
 
-/* image = source(map(p)) for every p, sampled from a copy in `scratch` (h * w floats).  The field (dx, dy), if
- * given, displaces p first: image = source(map(p + d(p))). */
-static void warp(float *image, int h, int w, float background, const affine_map *map, const float *dx,
-                 const float *dy, float *scratch)
+/* image = image(map(p)) for every p, sampled from a bordered copy in `source`.  The field, if given (h x 2wp as in
+ * scratch_layout), displaces p first: image = image(map(p + d(p))). */
+static void warp(float *image, int h, int w, float background, const affine_map *map, const float *field,
+                 float *source)
 {
-    const size_t plane = (size_t)h * w;
-    memcpy(scratch, image, plane * sizeof *image);
+    pad_source(image, h, w, background, source);
     const float m0 = (float)map->m[0], m1 = (float)map->m[1], m2 = (float)map->m[2];
     const float m3 = (float)map->m[3], m4 = (float)map->m[4], m5 = (float)map->m[5];
+    const size_t wp = (size_t)padded_width(w);
     for (int y = 0; y < h; y++) {
+        const float *dx = field ? field + (size_t)y * 2 * wp : NULL, *dy = field ? dx + wp : NULL;
+        float *out = image + (size_t)y * w;
         for (int x = 0; x < w; x++) {
-            const size_t k = (size_t)y * w + x;
-            const float px = dx ? (float)x + dx[k] : (float)x, py = dy ? (float)y + dy[k] : (float)y;
-            const float sx = m0 * px + m1 * py + m2, sy = m3 * px + m4 * py + m5;
-            image[k] = sample(scratch, h, w, background, sx, sy);
+            const float px = field ? (float)x + dx[x] : (float)x, py = field ? (float)y + dy[x] : (float)y;
+            out[x] = sample(source, h, w, m0 * px + m1 * py + m2, m3 * px + m4 * py + m5);
         }
     }
 }
@@ -363,8 +416,10 @@ static void warp(float *image, int h, int w, float background, const affine_map 
 void lenet__augment_affine(float *image, int h, int w, float background, double degrees, double scale,
                            double shear_degrees, double tx, double ty, float *scratch)
 {
+    scratch_layout l;
+    layout(h, w, scratch, &l);
     const affine_map map = affine_source_map(h, w, degrees, scale, shear_degrees, tx, ty);
-    warp(image, h, w, background, &map, NULL, NULL, scratch);
+    warp(image, h, w, background, &map, NULL, l.source);
 }
 
 /* image = shifted by (shift_x, shift_y) pixels, background where nothing moves in.  scratch: h * w floats. */
@@ -390,53 +445,34 @@ static void flip_rows(float *image, int h, int w)
     }
 }
 
-/* field = scale * (G_sigma * field) with zero padding, separable: rows then columns (the scale folded into the
- * column taps).  kernel: taps 0..radius, summing to 1 over the full truncated Gaussian.  tmp: h * w floats. */
-static void smooth(float *field, int h, int w, const float *kernel, int radius, float scale, float *tmp)
+/* g (rows x stride) = the matrix of a 1-D convolution with `taps` (centred at taps[centre], zero beyond the
+ * Gaussian's radius) over `rows` samples with zero padding: g[j][i] = taps[centre + i - j] for i < rows, 0 for the
+ * padding columns.  Each row is a slice of the taps. */
+static void banded(float *g, int rows, int stride, const float *taps, int centre)
 {
-    for (int y = 0; y < h; y++) {
-        const float *in = field + (size_t)y * w;
-        float *out = tmp + (size_t)y * w;
-        for (int x = 0; x < w; x++)
-            out[x] = 0.0f;
-        for (int k = -radius; k <= radius; k++) {
-            const float g = kernel[k < 0 ? -k : k];
-            const int lo = k < 0 ? -k : 0, hi = k > 0 ? w - k : w; /* 0 <= x + k < w */
-            for (int x = lo; x < hi; x++)
-                out[x] += g * in[x + k];
-        }
-    }
-    for (int y = 0; y < h; y++) {
-        float *out = field + (size_t)y * w;
-        for (int x = 0; x < w; x++)
-            out[x] = 0.0f;
-        const int lo = y - radius < 0 ? -y : -radius, hi = y + radius >= h ? h - 1 - y : radius;
-        for (int k = lo; k <= hi; k++) {
-            const float g = scale * kernel[k < 0 ? -k : k];
-            const float *in = tmp + (size_t)(y + k) * w;
-            for (int x = 0; x < w; x++)
-                out[x] += g * in[x];
-        }
+    for (int j = 0; j < rows; j++) {
+        float *row = g + (size_t)j * stride;
+        memcpy(row, taps + centre - j, (size_t)rows * sizeof *row);
+        for (int i = rows; i < stride; i++)
+            row[i] = 0.0f;
     }
 }
 
-/* Simard's displacement field: uniform [-1, 1) per pixel and axis (two 24-bit draws per generator word, x field
- * first), smoothed by G_sigma, scaled by alpha.  scratch: 2 h w for dx, dy, then h w temporary, then the kernel. */
-static void elastic_field(lenet_rng *rng, int h, int w, float alpha, float sigma, float *dx, float *dy, float *tmp,
-                          float *kernel)
+/* Simard's displacement field into l->field (h x 2wp, row y: x displacements then y displacements, w of each):
+ * uniform [-1, 1) values in that order, two 24-bit draws per generator word, smoothed by G_sigma with zero padding
+ * down the columns and then along the rows (two small matrix products), times alpha (folded into the row pass). */
+static void elastic_field(lenet_rng *rng, int h, int w, float alpha, float sigma, const scratch_layout *l)
 {
-    const size_t plane = (size_t)h * w;
-    float *fields[2] = {dx, dy};
-    for (int f = 0; f < 2; f++) {
-        float *field = fields[f];
-        size_t k = 0;
-        for (; k + 1 < plane; k += 2) {
-            uint64_t bits = lenet__rng_u64(rng);
-            field[k] = (float)(bits >> 40) * 0x1.0p-23f - 1.0f;
-            field[k + 1] = (float)((bits >> 16) & 0xffffffu) * 0x1.0p-23f - 1.0f;
+    const int wp = padded_width(w), longest = h > w ? h : w;
+    for (int y = 0; y < h; y++) {
+        float *row = l->field + (size_t)y * 2 * wp;
+        for (int r = 0; r < 2 * w; r += 2) { /* the row's w x values, then its w y values */
+            const uint64_t bits = lenet__rng_u64(rng);
+            row[r < w ? r : wp + r - w] = (float)(bits >> 40) * 0x1.0p-23f - 1.0f;
+            row[r + 1 < w ? r + 1 : wp + r + 1 - w] = (float)((bits >> 16) & 0xffffffu) * 0x1.0p-23f - 1.0f;
         }
-        if (k < plane)
-            field[k] = (float)(lenet__rng_u64(rng) >> 40) * 0x1.0p-23f - 1.0f;
+        for (int x = w; x < wp; x++) /* the padding columns: never read by the row pass, but kept finite */
+            row[x] = row[wp + x] = 0.0f;
     }
     const int radius = gauss_radius(sigma, h, w);
     const int full = (int)(GAUSS_TRUNCATE * sigma + 0.5);
@@ -444,17 +480,26 @@ static void elastic_field(lenet_rng *rng, int h, int w, float alpha, float sigma
     double sum = 1.0; /* tap 0 */
     for (int k = 1; k <= full; k++)
         sum += 2.0 * exp(-(double)k * k * inv_two_var);
-    for (int k = 0; k <= radius; k++)
-        kernel[k] = (float)(exp(-(double)k * k * inv_two_var) / sum);
-    smooth(dx, h, w, kernel, radius, alpha, tmp);
-    smooth(dy, h, w, kernel, radius, alpha, tmp);
+    float *centre = l->taps + longest - 1;
+    for (int k = 0; k < longest; k++)
+        centre[k] = centre[-k] = k <= radius ? (float)(exp(-(double)k * k * inv_two_var) / sum) : 0.0f;
+    banded(l->gauss_h, h, h, l->taps, longest - 1);
+    for (int k = 1 - longest; k < longest; k++)
+        centre[k] *= alpha;
+    banded(l->gauss_w, w, wp, l->taps, longest - 1);
+    const lenet_kernels *kernels = lenet__kernels();
+    /* tmp (h x 2wp) = G_h (h x h) . field (h x 2wp): both fields down their columns at once */
+    kernels->gemm_nn(h, 2 * wp, h, l->gauss_h, h, l->field, 2 * wp, l->tmp, 2 * wp);
+    /* field (2h x wp) = tmp (2h rows of wp: the same memory, rows of x then of y displacements; their first w
+     * columns) . alpha G_w (w x wp) */
+    kernels->gemm_nn(2 * h, wp, w, l->tmp, wp, l->gauss_w, wp, l->field, wp);
 }
 
 void lenet__augment_image(const lenet_augment *a, uint64_t key, float *image, int h, int w, float background,
                           float *scratch)
 {
-    const size_t plane = (size_t)h * w;
-    float *copy = scratch, *dx = scratch + plane, *dy = dx + plane, *tmp = dy + plane, *kernel = tmp + plane;
+    scratch_layout l;
+    layout(h, w, scratch, &l);
     lenet_rng rng;
     lenet__rng_seed(&rng, key);
     affine_map pending = identity_map; /* affine maps not yet sampled */
@@ -472,13 +517,13 @@ void lenet__augment_image(const lenet_augment *a, uint64_t key, float *image, in
             continue;
         }
         if (t->kind == KIND_ELASTIC) {
-            elastic_field(&rng, h, w, t->alpha, t->sigma, dx, dy, tmp, kernel);
-            warp(image, h, w, background, &pending, dx, dy, copy);
+            elastic_field(&rng, h, w, t->alpha, t->sigma, &l);
+            warp(image, h, w, background, &pending, l.field, l.source);
             pending = identity_map;
             continue;
         }
         if (!is_identity(&pending)) {
-            warp(image, h, w, background, &pending, NULL, NULL, copy);
+            warp(image, h, w, background, &pending, NULL, l.source);
             pending = identity_map;
         }
         if (t->kind == KIND_CROP) {
@@ -486,12 +531,12 @@ void lenet__augment_image(const lenet_augment *a, uint64_t key, float *image, in
             const int span = 2 * t->padding + 1;
             const int shift_y = t->padding - (int)lenet__rng_below(&rng, (uint64_t)span);
             const int shift_x = t->padding - (int)lenet__rng_below(&rng, (uint64_t)span);
-            shift(image, h, w, background, shift_x, shift_y, copy);
+            shift(image, h, w, background, shift_x, shift_y, l.source);
         } else { /* KIND_FLIP: one draw */
             if (lenet__rng_uniform(&rng) < t->probability)
                 flip_rows(image, h, w);
         }
     }
     if (!is_identity(&pending))
-        warp(image, h, w, background, &pending, NULL, NULL, copy);
+        warp(image, h, w, background, &pending, NULL, l.source);
 }
