@@ -368,7 +368,7 @@ static int closest(const float *y, int k)
  * NULL.  Ctrl-C abandons it: it then returns LENET_OK with tool_interrupted() true. */
 static lenet_status evaluate(lenet_model *m, lenet_dataset *d, size_t limit, double *error, long confusion[10][10])
 {
-    lenet_iter *it = lenet_iter_create(d, 1000, false, 0);
+    lenet_iter *it = lenet_iter_create(d, limit && limit < 1000 ? (int)limit : 1000, false, 0);
     lenet_tensor *y = NULL;
     if (!it)
         return LENET_ENOMEM;
@@ -393,6 +393,8 @@ static lenet_status evaluate(lenet_model *m, lenet_dataset *d, size_t limit, dou
         st = lenet_model_predict(m, images, y);
         if (st != LENET_OK)
             break;
+        if (limit && (size_t)count > limit - seen)
+            count = (int)(limit - seen); /* only the first `limit` patterns count */
         for (int i = 0; i < count; i++) {
             int guess = closest(lenet_tensor_cdata(y) + (size_t)i * 10, 10);
             wrong += guess != labels[i];

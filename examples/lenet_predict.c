@@ -34,7 +34,7 @@
 #define PROG "lenet_predict"
 #define BATCH 256
 #define MAX_CLASSES 4096
-#define MAX_SIDE 16384 /* largest image side read from an IDX or PGM file */
+#define MAX_SIDE 16384 /* largest image side read from an IDX file */
 
 static const char *const fashion_mnist[] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                             "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
@@ -252,9 +252,15 @@ static unsigned char *read_idx_images(const char *path, uint32_t shape[3], char 
     for (int i = 0; i < 3; i++) {
         shape[i] = be32(head + 4 + 4 * i);
         if (shape[i] == 0 || (i > 0 && shape[i] > MAX_SIDE) || shape[i] > limit / total) {
-            snprintf(err, err_size, "%s: %s %u x %u x %u images%s", path, shape[i] == 0 ? "holds" : "declares",
-                     be32(head + 4), be32(head + 8), be32(head + 12),
-                     shape[i] == 0 ? "" : ", more than the data limit or the largest side this program reads");
+            if (shape[i] == 0)
+                snprintf(err, err_size, "%s holds no images (dimension %d is 0)", path, i);
+            else if (i > 0 && shape[i] > MAX_SIDE)
+                snprintf(err, err_size, "%s declares images with a side of %u pixels, more than %d", path, shape[i],
+                         MAX_SIDE);
+            else
+                snprintf(err, err_size, "%s declares %u x %u x %u images, more than liblenet's data limit of %zu bytes",
+                         path, be32(head + 4), be32(head + 8), be32(head + 12),
+                         limit);
             goto fail;
         }
         total *= shape[i];
