@@ -237,11 +237,11 @@ static const char *onnx_dir(void)
 static const char *onnxruntime_missing(void)
 {
     static char why[1200];
-    char path[1100];
+    char cmd[1200];
     if (system("node --version >/dev/null 2>&1") != 0)
         return "node is not installed";
-    snprintf(path, sizeof path, "%s/node_modules/onnxruntime-node/package.json", onnx_dir());
-    if (access(path, R_OK) != 0) {
+    snprintf(cmd, sizeof cmd, "node '%s/run.js' --check 2>/dev/null", onnx_dir());
+    if (system(cmd) != 0) {
         snprintf(why, sizeof why, "onnxruntime-node is not installed in %s (scripts/install-onnxruntime.sh)",
                  onnx_dir());
         return why;

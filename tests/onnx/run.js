@@ -1,5 +1,6 @@
 // Runs an ONNX model in ONNX Runtime (the npm package onnxruntime-node, CPU) for tests/test_onnx.c:
 //   node run.js MODEL.onnx INPUT OUTPUT
+//   node run.js --check          (exits 0 when onnxruntime-node loads)
 // INPUT and OUTPUT are one float32 tensor each: uint32 ndim, uint32 dims[ndim], then the values, all
 // little-endian.  The model must have one input and one output.  Exit status 0 on success, 2 when
 // onnxruntime-node is not installed (scripts/install-onnxruntime.sh installs it), 1 on any other failure.
@@ -38,6 +39,7 @@ function writeTensor(path, tensor) {
 }
 
 async function main() {
+    if (process.argv[2] === '--check') return;
     const [model, input, output] = process.argv.slice(2);
     if (!output) throw new Error('usage: node run.js MODEL.onnx INPUT OUTPUT');
     const session = await ort.InferenceSession.create(model, {
