@@ -8,7 +8,11 @@
  * Whole-batch layers (BatchNorm in training) cut the network into segments: the chunks run up to such a layer and
  * each adds its partial statistics to a row of its own; the rows are summed in chunk order through the reduction
  * seam (m->reducer); the next segment starts with that layer, given the sums.  Backward goes through the same
- * segments from the top, with the gradient at each cut kept for the whole batch (m->bbuf). */
+ * segments from the top, with the gradient at each cut kept for the whole batch (m->bbuf).
+ *
+ * Under a multi-process reducer this process runs only its own block of the chunks (lenet__chunk_share), with their
+ * global indices, so every sample sees the same chunk, offsets and random streams as in one process; the seam
+ * brings in the other processes' rows.  Activations of other processes' chunks are left as they were. */
 #include <math.h>
 #include <string.h>
 
@@ -181,6 +185,21 @@ lenet_status lenet__model_check_input(lenet_model *m, const lenet_tensor *x, con
     return st;
 }
 
+void lenet__model_own_chunks(const lenet_model *m, int batch, int *first, int *count)
+{
+    lenet__chunk_share(lenet__chunk_count(batch), m->reducer->rank, m->reducer->size, first, count);
+}
+
+void lenet__model_own_samples(const lenet_model *m, int batch, int *begin, int *end)
+{
+    int first, count;
+    lenet__model_own_chunks(m, batch, &first, &count);
+    *begin = first * LENET_CHUNK;
+    *end = (first + count) * LENET_CHUNK < batch ? (first + count) * LENET_CHUNK : batch;
+    if (*end < *begin)
+        *end = *begin;
+}
+
 int lenet__chunk_size(int batch, int start)
 {
     return batch - start < LENET_CHUNK ? batch - start : LENET_CHUNK;
@@ -224,15 +243,17 @@ static lenet_pass layer_pass(const lenet_model *m, size_t i, int batch, int c, f
 typedef struct pass_job {
     lenet_model *m;
     int batch;
+    int first_chunk;   /* this process's first chunk: task i runs chunk first_chunk + i */
     size_t first, last, cut;
     const float *dy;   /* backward: gradient at the output of layer last - 1, for the whole batch */
     float *dx;         /* backward: where layer first's input gradient goes (whole batch), NULL when first is 0 */
     bool zero_grads;   /* backward: the first segment clears the chunk's gradient row */
 } pass_job;
 
-static void forward_chunk(void *ctx, int c, int worker)
+static void forward_chunk(void *ctx, int task, int worker)
 {
     const pass_job *job = ctx;
+    const int c = job->first_chunk + task;
     lenet_model *m = job->m;
     float *work = m->work + (size_t)worker * m->work_cap;
     for (size_t i = job->first; i < job->last; i++) {
@@ -258,13 +279,15 @@ static void reduce_stats(lenet_model *m, size_t cut, int batch, double *out)
 
 void lenet__model_forward_raw(lenet_model *m, int batch)
 {
-    const int chunks = lenet__chunk_count(batch), threads = lenet__threads_for(chunks, m->threads_cap);
+    int first, own;
+    lenet__model_own_chunks(m, batch, &first, &own);
+    const int threads = lenet__threads_for(own, m->threads_cap);
     /* Each training forward draws new random streams (dropout); evaluation draws none. */
     m->last_seed = lenet__rng_mix(m->seed, m->training ? m->step++ : UINT64_MAX);
-    pass_job job = {.m = m, .batch = batch, .first = 0, .cut = next_cut(m, 0)};
+    pass_job job = {.m = m, .batch = batch, .first_chunk = first, .first = 0, .cut = next_cut(m, 0)};
     for (;;) {
         job.last = job.cut;
-        lenet__parallel_for(chunks, threads, forward_chunk, &job);
+        lenet__parallel_for(own, threads, forward_chunk, &job);
         if (job.cut == m->n_layers)
             break;
         lenet_layer *l = m->layers[job.cut];
@@ -302,9 +325,10 @@ lenet_status lenet_model_forward(lenet_model *m, const lenet_tensor *x, const le
 }
 
 /* Back-propagates one chunk through one segment into its own gradient row. */
-static void backward_chunk(void *ctx, int c, int worker)
+static void backward_chunk(void *ctx, int task, int worker)
 {
     const pass_job *job = ctx;
+    const int c = job->first_chunk + task;
     lenet_model *m = job->m;
     float *grads = m->chunk_grads + (size_t)c * m->arena_numel, *work = m->work + (size_t)worker * m->work_cap;
     float *grad_ptrs[LENET_MAX_LAYER_PARAMS];
@@ -356,8 +380,10 @@ void lenet__model_backward_raw(lenet_model *m, const float *dy)
 void lenet__model_backward_input(lenet_model *m, const float *dy, float *dx)
 {
     const int batch = m->last_batch, chunks = lenet__chunk_count(batch);
-    const int threads = lenet__threads_for(chunks, m->threads_cap);
-    pass_job job = {.m = m, .batch = batch, .last = m->n_layers, .dy = dy, .zero_grads = true};
+    int first, own;
+    lenet__model_own_chunks(m, batch, &first, &own);
+    const int threads = lenet__threads_for(own, m->threads_cap);
+    pass_job job = {.m = m, .batch = batch, .first_chunk = first, .last = m->n_layers, .dy = dy, .zero_grads = true};
     int boundary = 0;
     size_t below = m->n_layers; /* the next cut is searched below this layer */
     for (;;) {
@@ -369,7 +395,7 @@ void lenet__model_backward_input(lenet_model *m, const float *dy, float *dx)
             /* Nothing between two cuts (or the top): the cut's output gradient is the one coming in. */
             job.dx = (float *)job.dy;
         }
-        lenet__parallel_for(chunks, threads, backward_chunk, &job);
+        lenet__parallel_for(own, threads, backward_chunk, &job);
         job.zero_grads = false;
         if (job.cut == m->n_layers)
             break;
@@ -382,6 +408,7 @@ void lenet__model_backward_input(lenet_model *m, const float *dy, float *dx)
     }
     m->reducer->sum_floats(m->reducer->ctx, m->chunk_grads, chunks, m->arena_numel, m->grads, threads);
 }
+
 lenet_status lenet_model_backward(lenet_model *m, const lenet_tensor *dy)
 {
     if (!m || !dy)

@@ -10,17 +10,63 @@
 #define LENET_STICKY_ERROR_SIZE 256
 
 /* The reduction seam: every sum over the chunks of a batch (parameter gradients, whole-batch layers' statistics)
- * goes through these, in chunk order, so a multi-process backend can take them over and include other processes'
- * chunks without the engine knowing.  `partials` holds `chunks` rows of `count` values, row c the partial sums of
- * chunk c; the sums over the rows (in row order) are added into `out` (floats) or stored in it (doubles). */
+ * goes through it, in chunk order, so that a multi-process backend (lib/mpi) can take them over and include other
+ * processes' chunks without the engine knowing.
+ *
+ * Processes: `size` processes share each batch, this one is `rank` (0 of 1 in-process).  Every process holds the
+ * whole model and the whole batch; process r runs the chunks lenet__chunk_share gives it, a contiguous block in rank
+ * order, so that the rows of all processes side by side are the rows of one process running every chunk.
+ *
+ * sum_floats, sum_doubles: `partials` holds `chunks` rows of `count` values, row c the partial sums of chunk c, of
+ * which this process has filled the rows of its own chunks (the others may be overwritten).  On every process the
+ * sums over all rows, in row order (acc = row 0, acc += row 1, ...), are added into `out` (floats: out[j] += acc) or
+ * stored in it (doubles), exactly as one process running every chunk would.
+ * The rest is NULL in-process (a single process has nothing to exchange or agree on):
+ * gather_samples: `data` holds `batch` samples of `per_sample` floats, this process having filled the samples of its
+ *     own chunks; afterwards every process holds all of them.
+ * agree: every process passes its status; all return the same one: LENET_OK when none is an error, otherwise the
+ *     error of the failing process with the smallest `key` (then the lowest rank), with that process's message.
+ * broadcast: `bytes` bytes of `buf` from process `root` to every process.
+ * destroy: frees the backend (collective, like every function here); called when the model lets it go.
+ * A backend whose communication failed records it, skips every later exchange and reports the failure from the
+ * next agree, so a training loop that agrees once per step returns it. */
 typedef struct lenet_reducer {
-    void (*sum_floats)(void *ctx, const float *partials, int chunks, size_t count, float *out, int threads);
-    void (*sum_doubles)(void *ctx, const double *partials, int chunks, size_t count, double *out);
+    int rank, size;
+    void (*sum_floats)(void *ctx, float *partials, int chunks, size_t count, float *out, int threads);
+    void (*sum_doubles)(void *ctx, double *partials, int chunks, size_t count, double *out);
+    void (*gather_samples)(void *ctx, float *data, int batch, size_t per_sample);
+    lenet_status (*agree)(void *ctx, lenet_status st, unsigned key);
+    void (*broadcast)(void *ctx, void *buf, size_t bytes, int root);
+    void (*destroy)(void *ctx);
     void *ctx;
 } lenet_reducer;
 
 /* The in-process reducer (reduce.c). */
 extern const lenet_reducer lenet__local_reducer;
+
+/* The chunks process `rank` of `size` runs of a batch of `chunks`: [*first, *first + *count), a contiguous block,
+ * the first chunks % size processes taking one more.  Blocks follow each other in rank order. */
+static inline void lenet__chunk_share(int chunks, int rank, int size, int *first, int *count)
+{
+    const int base = chunks / size, extra = chunks % size;
+    *count = base + (rank < extra);
+    *first = rank * base + (rank < extra ? rank : extra);
+}
+
+/* Sums rows in order over the columns [begin, end): out[j] += partials[j] + partials[stride + j] + ... for `chunks`
+ * rows `stride` floats apart, on up to `threads` threads.  The in-process reducer's sum, shared with lib/mpi. */
+void lenet__sum_rows(const float *partials, int chunks, size_t stride, size_t begin, size_t end, float *out,
+                     int threads);
+/* The same for doubles, all `count` columns, on the calling thread, storing the sums: out[j] = row 0 + row 1 + .... */
+void lenet__sum_double_rows(const double *partials, int chunks, size_t count, double *out);
+
+/* The communicator of the training loop (lib/mpi's lenet_model_set_comm): installs `comm` (NULL: none), destroying
+ * the one the model had.  The training loop, evaluation and checkpoints use it; other calls stay in-process. */
+void lenet__model_set_comm(lenet_model *m, lenet_reducer *comm);
+/* This process's rank in the model's communicator, 0 without one. */
+int lenet__model_rank(const lenet_model *m);
+/* Collective over the model's communicator (see lenet_reducer.agree); returns st unchanged without one. */
+lenet_status lenet__model_agree(const lenet_model *m, lenet_status st);
 
 struct lenet_model {
     lenet_layer **layers;
@@ -65,7 +111,8 @@ struct lenet_model {
     size_t *stats_offset, *stats_count, stats_total, stats_max;
     double *fwd_stats, *bwd_stats, *partials;
     float *bbuf[2];         /* batch-sized gradients at whole-batch layers' outputs (only when there are some) */
-    const lenet_reducer *reducer;
+    const lenet_reducer *reducer; /* the engine's: in-process, or `comm` while the training loop runs */
+    lenet_reducer *comm;          /* the training loop's communicator (lenet_model_set_comm), NULL for none */
 
     /* Training buffers, grown to the largest batch seen.  A batch is cut into chunks of LENET_CHUNK samples that
      * run in parallel; each chunk owns the slices [start, start + n) of acts and its own gradient buffer, and the
@@ -123,6 +170,10 @@ lenet_status lenet__model_check_shape(const lenet_model *m, const lenet_tensor *
 int lenet__chunk_count(int batch);
 int lenet__chunk_size(int batch, int start);
 int lenet__threads_for(int chunks, int cap);
+/* The chunks [*first, *first + *count) and the samples [*begin, *end) of a batch that this process runs under the
+ * engine's current reducer (all of them in-process). */
+void lenet__model_own_chunks(const lenet_model *m, int batch, int *first, int *count);
+void lenet__model_own_samples(const lenet_model *m, int batch, int *begin, int *end);
 /* Checks that y is (batch, the model's output shape). */
 lenet_status lenet__model_check_output(const lenet_model *m, const lenet_tensor *y, int batch, const char *who);
 /* Floats of scratch the layers need for n samples, rounded up to 64 bytes. */

@@ -52,6 +52,7 @@ void lenet_model_free(lenet_model *m)
 {
     if (!m)
         return;
+    lenet__model_set_comm(m, NULL); /* a communicator's backend (lib/mpi) frees its duplicate */
     lenet__model_release_buffers(m);
     free_params(m);
     for (size_t i = 0; i < m->n_layers; i++)

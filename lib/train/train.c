@@ -6,7 +6,14 @@
  * state (step count, momentum, Hessian estimate) as they were before that step.  The checks cost one scan of the
  * gradient arena and one of the parameter arena per step, plus copies of the parameter arena (61,706 floats for the
  * d2l LeNet) and of the optimizer's buffers taken just before the optimizer runs; the activations are scanned only
- * when the loss is not finite, to find the layer that produced it. */
+ * when the loss is not finite, to find the layer that produced it.
+ *
+ * Data-parallel passes (a communicator from lenet_model_set_comm, lib/mpi): every process iterates the same global
+ * batches and runs its own block of each batch's chunks; the engine's reducer sums gradients and statistics over all
+ * chunks in chunk order, and the outputs of the whole batch are gathered, so that every process computes the loss,
+ * the accuracy and the step of the whole batch exactly as one process does.  The processes agree on a status twice
+ * per step (before the forward, after the step), so a failure on one makes all of them return its message; the first
+ * batch of a pass also checks that they hold the same model, optimizer and iterator. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdint.h>
@@ -17,6 +24,7 @@
 #include "lenet/criterion.h"
 #include "lenet/loss.h"
 #include "lenet/train.h"
+#include "data/internal.h"
 #include "model/internal.h"
 #include "optim/internal.h"
 
@@ -79,25 +87,44 @@ static const char *describe_value(float v)
     return isnan(v) ? "NaN" : "an infinity";
 }
 
+/* Keys that order one step's failures across processes (lenet_reducer.agree): the smallest wins, so the processes
+ * report the failure one process would have met first.  A forward fault adds the position where it appeared. */
+enum {
+    KEY_PREPARE = 0,     /* a batch that cannot run: shapes, memory, a failed iterator */
+    KEY_DISAGREE = 1,    /* processes holding different models, optimizers or iterators */
+    KEY_LOSS = 2,        /* the loss or the accuracy failed otherwise than by a non-finite value */
+    KEY_FORWARD = 3,     /* + 0 for the input, + 1 + i for layer i's output, + 1 + n_layers for the loss alone */
+    KEY_GRADIENT = 0x40000000,
+    KEY_STEP = 0x40000001
+};
+
 /* The loss of a batch is not finite: walks the activations of the last forward in order and names the first
- * layer whose output holds a NaN or an infinity (or the input, or the loss itself when every output is finite). */
-static lenet_status report_forward_fault(const lenet_model *m, int batch, const char *who, size_t seen)
+ * layer whose output holds a NaN or an infinity (or the input, or the loss itself when every output is finite).
+ * Only this process's samples are looked at; *key gets where the fault appeared (KEY_FORWARD + position). */
+static lenet_status report_forward_fault(const lenet_model *m, int batch, const char *who, size_t seen, unsigned *key)
 {
-    size_t in_size = lenet__shape_size(&m->in_shape) * (size_t)batch;
-    size_t at = first_non_finite(m->acts[0], in_size);
-    if (at < in_size)
+    int begin, end;
+    lenet__model_own_samples(m, batch, &begin, &end);
+    const size_t own = (size_t)(end - begin), sample = lenet__shape_size(&m->in_shape);
+    size_t at = first_non_finite(m->acts[0] + (size_t)begin * sample, own * sample);
+    *key = KEY_FORWARD;
+    if (at < own * sample)
         return lenet__fail(LENET_ENUMERIC, "%s after %zu examples: the input batch is not finite (%s in sample %zu)",
-                           who, seen, describe_value(m->acts[0][at]), at / (in_size / (size_t)batch));
+                           who, seen, describe_value(m->acts[0][(size_t)begin * sample + at]),
+                           (size_t)begin + at / sample);
     for (size_t i = 0; i < m->n_layers; i++) {
         const lenet_layer *l = m->layers[i];
-        size_t n = l->out_size * (size_t)batch;
-        at = first_non_finite(m->acts[i + 1], n);
-        if (at < n)
+        const float *out = m->acts[i + 1] + (size_t)begin * l->out_size;
+        at = first_non_finite(out, l->out_size * own);
+        if (at < l->out_size * own) {
+            *key = KEY_FORWARD + 1 + (unsigned)i; /* far below KEY_GRADIENT: a model has not 2^30 layers */
             return lenet__fail(LENET_ENUMERIC,
                                "%s after %zu examples: the output of layer %zu (%s) is not finite (%s in sample %zu); "
                                "the parameters are unchanged",
-                               who, seen, i, l->ops->name, describe_value(m->acts[i + 1][at]), at / l->out_size);
+                               who, seen, i, l->ops->name, describe_value(out[at]), (size_t)begin + at / l->out_size);
+        }
     }
+    *key = KEY_GRADIENT - 1;
     return lenet__fail(LENET_ENUMERIC, "%s after %zu examples: the loss is not finite although every layer's output is; "
                        "the parameters are unchanged", who, seen);
 }
@@ -181,13 +208,12 @@ static void scratch_free(pass_scratch *s)
     optim_snapshot_free(&s->saved_state);
 }
 
-/* Grows the scratch for a batch of `batch` with `logits` as output. */
-static lenet_status scratch_reserve(pass_scratch *s, const lenet_model *m, bool training, const lenet_tensor *logits,
-                                    int batch)
+/* Grows the scratch for a batch of `batch` outputs of `classes`. */
+static lenet_status scratch_reserve(pass_scratch *s, const lenet_model *m, bool training, int batch, int classes)
 {
     if (training && (!s->dlogits || s->dlogits->shape[0] != batch)) {
         lenet_tensor_free(s->dlogits);
-        if (!(s->dlogits = lenet_tensor_create(2, logits->shape)))
+        if (!(s->dlogits = lenet_tensor_create(2, (int[]){batch, classes})))
             return LENET_ENOMEM;
     }
     if (training && !s->saved && !(s->saved = lenet__malloc_aligned((m->arena_numel ? m->arena_numel : 1) * sizeof(float))))
@@ -209,20 +235,21 @@ static void rollback(lenet_model *m, lenet_optimizer *o, pass_scratch *s)
     optim_restore(o, &s->saved_state);
 }
 
-/* The training half of a batch whose forward and loss are done: backward, then the optimizer's step, undone when
- * it makes a parameter non-finite.  `seen` counts the examples before this batch, for messages. */
-static lenet_status train_step(lenet_model *m, lenet_optimizer *o, pass_scratch *s, const char *who, size_t seen)
+/* The gradients of a step are not finite: names the parameter, searching from the last layer. */
+static lenet_status report_gradient_fault(const lenet_model *m, const char *who, size_t seen)
 {
-    lenet_model_zero_grad(m);
-    lenet__model_backward_raw(m, s->dlogits->data);
-    if (!all_finite(m->grads, m->arena_numel)) {
-        size_t t = find_non_finite_param(m, m->grads, true);
-        size_t layer = t < m->n_params ? m->param_layer[t] : 0;
-        return lenet__fail(LENET_ENUMERIC,
-                           "%s after %zu examples: the gradient of %s in layer %zu (%s) is not finite; "
-                           "the parameters are unchanged",
-                           who, seen, t < m->n_params ? m->param_names[t] : "?", layer, m->layers[layer]->ops->name);
-    }
+    size_t t = find_non_finite_param(m, m->grads, true);
+    size_t layer = t < m->n_params ? m->param_layer[t] : 0;
+    return lenet__fail(LENET_ENUMERIC,
+                       "%s after %zu examples: the gradient of %s in layer %zu (%s) is not finite; "
+                       "the parameters are unchanged",
+                       who, seen, t < m->n_params ? m->param_names[t] : "?", layer, m->layers[layer]->ops->name);
+}
+
+/* The optimizer's step on gradients that are finite, undone when it makes a parameter non-finite.  LENET_OK when the
+ * step was taken and kept. */
+static lenet_status take_step(lenet_model *m, lenet_optimizer *o, pass_scratch *s, const char *who, size_t seen)
+{
     memcpy(s->saved, m->params, m->arena_numel * sizeof(float));
     lenet_status st = optim_save(o, m->arena_numel, &s->saved_state);
     if (st == LENET_OK)
@@ -238,6 +265,17 @@ static lenet_status train_step(lenet_model *m, lenet_optimizer *o, pass_scratch 
                        "before this step",
                        who, seen, t < m->n_params ? m->param_names[t] : "?", layer, m->layers[layer]->ops->name,
                        (double)lenet_optimizer_lr(o));
+}
+
+/* The training half of a batch whose forward and loss are done: backward, then the optimizer's step, undone when
+ * it makes a parameter non-finite.  `seen` counts the examples before this batch, for messages. */
+static lenet_status train_step(lenet_model *m, lenet_optimizer *o, pass_scratch *s, const char *who, size_t seen)
+{
+    lenet_model_zero_grad(m);
+    lenet__model_backward_raw(m, s->dlogits->data);
+    if (!all_finite(m->grads, m->arena_numel))
+        return report_gradient_fault(m, who, seen);
+    return take_step(m, o, s, who, seen);
 }
 
 /* One batch: forward, loss, the count of correct predictions, and with `o` a training step. */
@@ -256,12 +294,13 @@ static lenet_status run_batch(lenet_model *m, lenet_optimizer *o, const lenet_cr
     const lenet_tensor *logits = &m->output;
     if (logits->ndim != 2)
         return lenet__fail(LENET_ESHAPE, "%s: the model's output must be (N, classes) logits", who);
-    st = scratch_reserve(s, m, o != NULL, logits, batch);
+    st = scratch_reserve(s, m, o != NULL, batch, logits->shape[1]);
     if (st != LENET_OK)
         return st;
     st = batch_loss(crit, logits, labels, loss, o ? s->dlogits : NULL);
+    unsigned key;
     if (st == LENET_ENUMERIC)
-        return report_forward_fault(m, batch, who, seen);
+        return report_forward_fault(m, batch, who, seen, &key);
     if (st == LENET_OK)
         st = count_correct(crit, logits, labels, s->classes, correct);
     if (st != LENET_OK) {
@@ -269,6 +308,217 @@ static lenet_status run_batch(lenet_model *m, lenet_optimizer *o, const lenet_cr
         return st;
     }
     return o ? train_step(m, o, s, who, seen) : LENET_OK;
+}
+
+/* ---- data-parallel passes ---- */
+
+/* What the processes of a pass must hold alike, compared with rank 0's at the pass's first batch. */
+enum {
+    FP_VALID, FP_BATCH, FP_EXAMPLES, FP_POSITION, FP_ITER_BATCH, FP_ITER_STATE, FP_LAYERS, FP_ARCH, FP_PARAMS,
+    FP_PARAM_VALUES, FP_BUFFER_VALUES, FP_STREAM, FP_OPTIMIZER, FP_OPTIM_STATE, FP_MODE, FP_COUNT
+};
+
+static const struct {
+    const char *what;
+    bool numeric; /* the values mean something to a reader: print them */
+} fp_fields[FP_COUNT] = {
+    [FP_VALID] = {"", false},
+    [FP_BATCH] = {"the batch size", true},
+    [FP_EXAMPLES] = {"the examples per pass of the iterator", true},
+    [FP_POSITION] = {"the position in the pass", true},
+    [FP_ITER_BATCH] = {"the iterator's batch size", true},
+    [FP_ITER_STATE] = {"the iterator's permutation, generator, shuffling or augmentation (use the same seed)", false},
+    [FP_LAYERS] = {"the number of layers", true},
+    [FP_ARCH] = {"the layers or their shapes", false},
+    [FP_PARAMS] = {"the number of parameters", true},
+    [FP_PARAM_VALUES] = {"the parameter values (initialise every rank from the same seed or checkpoint)", false},
+    [FP_BUFFER_VALUES] = {"the buffers (running statistics)", false},
+    [FP_STREAM] = {"the model's random stream (lenet_model_init seed, or training steps so far)", false},
+    [FP_OPTIMIZER] = {"the optimizer's kind, learning rate or step count", false},
+    [FP_OPTIM_STATE] = {"the optimizer's state (momentum, moments)", false},
+    [FP_MODE] = {"training or evaluating", true},
+};
+
+/* A running hash of bytes, 8 at a time: only compared between processes of one run. */
+static uint64_t hash_bytes(uint64_t h, const void *data, size_t bytes)
+{
+    const unsigned char *p = data;
+    size_t i = 0;
+    for (; i + 8 <= bytes; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, sizeof w);
+        h = (h ^ w) * 0x100000001b3ULL;
+        h ^= h >> 29;
+    }
+    for (; i < bytes; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+static uint64_t hash_u64(uint64_t h, uint64_t v)
+{
+    return hash_bytes(h, &v, sizeof v);
+}
+
+static uint64_t hash_str(uint64_t h, const char *str)
+{
+    return hash_bytes(h, str, strlen(str) + 1);
+}
+
+/* The values of an arena laid out like the parameters (the padding between tensors holds nothing). */
+static uint64_t hash_param_arena(uint64_t h, const lenet_model *m, const float *arena)
+{
+    for (size_t t = 0; t < m->n_params; t++)
+        h = hash_bytes(h, arena + m->param_offset[t], m->param_tensors[t].numel * sizeof(float));
+    return h;
+}
+
+static void fingerprint(const lenet_model *m, const lenet_optimizer *o, const lenet_iter *it, int batch,
+                        uint64_t fp[FP_COUNT])
+{
+    const uint64_t seed = 0xcbf29ce484222325ULL;
+    lenet_iter_state is;
+    lenet__iter_get_state(it, &is);
+    fp[FP_VALID] = 1;
+    fp[FP_BATCH] = (uint64_t)batch;
+    fp[FP_EXAMPLES] = is.size;
+    fp[FP_POSITION] = is.position;
+    fp[FP_ITER_BATCH] = (uint64_t)is.batch_size;
+    uint64_t h = hash_bytes(seed, is.rng, sizeof is.rng);
+    h = hash_u64(hash_u64(h, is.shuffle), is.augment);
+    fp[FP_ITER_STATE] = is.order ? hash_bytes(h, is.order, is.size * sizeof *is.order) : h;
+    fp[FP_LAYERS] = m->n_layers;
+    h = seed;
+    for (size_t i = 0; i < m->n_layers; i++)
+        h = hash_u64(hash_u64(hash_str(h, m->layers[i]->ops->name), m->layers[i]->in_size), m->layers[i]->out_size);
+    for (size_t t = 0; t < m->n_params; t++)
+        h = hash_bytes(hash_u64(h, m->param_offset[t]), m->param_tensors[t].shape, sizeof m->param_tensors[t].shape);
+    fp[FP_ARCH] = h;
+    fp[FP_PARAMS] = lenet_model_param_numel(m);
+    fp[FP_PARAM_VALUES] = hash_param_arena(seed, m, m->params);
+    h = seed;
+    for (size_t b = 0; b < m->n_buffers; b++)
+        h = hash_bytes(h, m->buffer_tensors[b].data, m->buffer_tensors[b].numel * sizeof(float));
+    fp[FP_BUFFER_VALUES] = h;
+    fp[FP_STREAM] = hash_u64(hash_u64(seed, m->seed), m->step);
+    fp[FP_OPTIMIZER] = 0;
+    fp[FP_OPTIM_STATE] = 0;
+    if (o) {
+        uint32_t lr;
+        memcpy(&lr, &o->lr, sizeof lr);
+        fp[FP_OPTIMIZER] = hash_u64(hash_u64(hash_str(seed, o->ops->name), lr), o->steps);
+        lenet_optimizer_state state;
+        if (o->ops->state && o->ops->state(o, &state) == LENET_OK) {
+            h = seed;
+            for (int b = 0; b < state.n_buffers; b++)
+                h = state.buffers[b] ? hash_param_arena(h, m, state.buffers[b]) : hash_u64(h, (uint64_t)b);
+            for (int k = 0; k < state.n_settings; k++)
+                h = hash_bytes(h, &state.settings[k], sizeof state.settings[k]);
+            fp[FP_OPTIM_STATE] = h;
+        }
+    }
+    fp[FP_MODE] = o != NULL;
+}
+
+/* Compares this process's fingerprint with rank 0's: LENET_ESTATE naming the first thing that differs. */
+static lenet_status compare_fingerprints(const uint64_t *mine, const uint64_t *root, int rank, int size,
+                                         const char *who)
+{
+    for (int f = FP_VALID + 1; f < FP_COUNT; f++) {
+        if (mine[f] == root[f])
+            continue;
+        if (fp_fields[f].numeric)
+            return lenet__fail(LENET_ESTATE, "%s: the processes must train alike, but rank %d of %d differs from rank 0 "
+                               "in %s (%llu, rank 0: %llu)", who, rank, size, fp_fields[f].what,
+                               (unsigned long long)mine[f], (unsigned long long)root[f]);
+        return lenet__fail(LENET_ESTATE, "%s: the processes must train alike, but rank %d of %d differs from rank 0 in %s",
+                           who, rank, size, fp_fields[f].what);
+    }
+    return LENET_OK;
+}
+
+/* The training half of a data-parallel batch.  The backward is collective, so every process runs it, also one whose
+ * loss failed (`st`, `key`); the processes then agree, and a step taken where another process failed is undone. */
+static lenet_status train_step_shared(lenet_model *m, lenet_optimizer *o, pass_scratch *s, const char *who,
+                                      size_t seen, lenet_status st, unsigned key)
+{
+    const lenet_reducer *r = m->reducer;
+    lenet_model_zero_grad(m);
+    lenet__model_backward_raw(m, s->dlogits->data);
+    bool stepped = false;
+    if (st == LENET_OK && !all_finite(m->grads, m->arena_numel)) {
+        st = report_gradient_fault(m, who, seen);
+        key = KEY_GRADIENT;
+    } else if (st == LENET_OK) {
+        st = take_step(m, o, s, who, seen);
+        stepped = st == LENET_OK;
+        key = KEY_STEP;
+    }
+    lenet_status agreed = r->agree(r->ctx, st, key);
+    if (agreed != LENET_OK && stepped)
+        rollback(m, o, s);
+    return agreed;
+}
+
+/* One batch of a data-parallel pass.  `st` is what the pass met getting the batch (a failed iterator): the
+ * processes agree on it with everything else before the forward, whose exchanges all of them must join. */
+static lenet_status run_batch_shared(lenet_model *m, lenet_optimizer *o, const lenet_criterion *crit,
+                                     pass_scratch *s, const lenet_iter *it, bool first, lenet_status st,
+                                     const lenet_tensor *images, const int32_t *labels, const char *who, size_t seen,
+                                     float *loss, size_t *correct)
+{
+    const lenet_reducer *r = m->reducer;
+    int batch = 0, classes = 0;
+    unsigned key = KEY_PREPARE;
+    if (st == LENET_OK)
+        st = lenet__model_check_input(m, images, who, &batch);
+    if (st == LENET_OK)
+        st = lenet__model_reserve(m, batch);
+    if (st == LENET_OK) {
+        const lenet_layer *last = m->layers[m->n_layers - 1];
+        if (last->out.ndim != 1)
+            st = lenet__fail(LENET_ESHAPE, "%s: the model's output must be (N, classes) logits", who);
+        classes = (int)last->out_size;
+    }
+    if (st == LENET_OK)
+        st = scratch_reserve(s, m, o != NULL, batch, classes);
+    if (first) {
+        uint64_t mine[FP_COUNT] = {0}, root[FP_COUNT];
+        if (st == LENET_OK)
+            fingerprint(m, o, it, batch, mine);
+        memcpy(root, mine, sizeof root);
+        r->broadcast(r->ctx, root, sizeof root, 0);
+        if (st == LENET_OK && root[FP_VALID] && (st = compare_fingerprints(mine, root, r->rank, r->size, who)) != LENET_OK)
+            key = KEY_DISAGREE;
+    }
+    st = r->agree(r->ctx, st, key);
+    if (st != LENET_OK)
+        return st;
+
+    int begin, end;
+    lenet__model_own_samples(m, batch, &begin, &end);
+    const size_t sample = lenet__shape_size(&m->in_shape);
+    memcpy(m->acts[0] + (size_t)begin * sample, images->data + (size_t)begin * sample,
+           (size_t)(end - begin) * sample * sizeof(float));
+    lenet__model_forward_raw(m, batch);
+    r->gather_samples(r->ctx, m->acts[m->n_layers], batch, (size_t)classes);
+    /* Every process now holds the whole batch's outputs: the loss, its gradient and the accuracy are computed as one
+     * process computes them (the backward reads only this process's rows of the gradient). */
+    const lenet_tensor *logits = &m->output;
+    st = batch_loss(crit, logits, labels, loss, o ? s->dlogits : NULL);
+    if (st == LENET_ENUMERIC) {
+        st = report_forward_fault(m, batch, who, seen, &key);
+    } else {
+        if (st == LENET_OK)
+            st = count_correct(crit, logits, labels, s->classes, correct);
+        if (st != LENET_OK) {
+            lenet__error_prefix("%s after %zu examples: ", who, seen);
+            key = KEY_LOSS;
+        }
+    }
+    if (!o)
+        return r->agree(r->ctx, st, key);
+    return train_step_shared(m, o, s, who, seen, st, key);
 }
 
 /* One pass over `it`, in training mode with `o`, in evaluation mode without; the model's mode is restored. */
@@ -286,22 +536,29 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
     }
     const bool mode = m->training;
     m->training = o != NULL;
+    /* With a communicator the engine shares each batch with the other processes for this pass. */
+    const lenet_reducer *engine = m->reducer;
+    if (m->comm)
+        m->reducer = m->comm;
+    const bool shared = m->reducer->agree != NULL;
     double start = now_seconds(), loss_sum = 0.0;
     size_t seen = 0, correct = 0;
     pass_scratch scratch = {0};
     lenet_metrics so_far = {0};
     lenet_status st;
-    for (;;) {
-        const lenet_tensor *images;
-        const int32_t *labels;
-        int count;
+    for (bool first = true;; first = false) {
+        const lenet_tensor *images = NULL;
+        const int32_t *labels = NULL;
+        int count = 0;
         st = lenet_iter_next(it, &images, &labels, &count);
         if (st == LENET_DONE) {
             st = LENET_OK;
             break;
         }
         float loss;
-        if (st == LENET_OK)
+        if (shared)
+            st = run_batch_shared(m, o, crit, &scratch, it, first, st, images, labels, who, seen, &loss, &correct);
+        else if (st == LENET_OK)
             st = run_batch(m, o, crit, &scratch, images, labels, who, seen, &loss, &correct);
         if (st != LENET_OK)
             break;
@@ -312,6 +569,7 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
             progress(user, seen, total, &so_far);
     }
     m->training = mode;
+    m->reducer = engine;
     scratch_free(&scratch);
     if (st == LENET_OK && o)
         lenet__optimizer_end_epoch(o); /* a complete training pass: counts the epoch for per-epoch schedules */
