@@ -47,9 +47,9 @@ static uint64_t load_le(const unsigned char *p, int bytes)
 
 int lenet__pb_next(lenet_pb_reader *r, lenet_pb_field *f, const char *what)
 {
-    const unsigned char *start = r->msg.data + r->pos, *end = r->msg.data + r->msg.size, *p = start;
-    if (p == end)
+    if (r->pos == r->msg.size) /* also an absent message, whose data is NULL */
         return 0;
+    const unsigned char *end = r->msg.data + r->msg.size, *p = r->msg.data + r->pos;
     uint64_t key;
     if (!lenet__pb_varint(&p, end, &key))
         return lenet__fail(LENET_EFORMAT, "%s: bad field key at byte %zu", what, r->pos);
