@@ -12,13 +12,15 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 fail() { echo "check-consumers: $*" >&2; exit 1; }
+# quiet COMMAND...: runs it, showing its output only when it fails
+quiet() { "$@" >"$work/quiet.log" 2>&1 || { cat "$work/quiet.log"; fail "failed: $*"; }; }
 # needs_liblenet_so BINARY: true if the binary has a NEEDED entry for liblenet.so
 needs_liblenet_so() { readelf -d "$1" | grep -q 'NEEDED.*liblenet\.so'; }
 
 echo "== default_library=both, installed into a prefix"
-meson setup "$work/build" "$src" --prefix="$work/prefix" -Ddefault_library=both -Dtests=disabled >/dev/null
-ninja -C "$work/build" >/dev/null
-meson install -C "$work/build" >/dev/null
+quiet meson setup "$work/build" "$src" --prefix="$work/prefix" -Ddefault_library=both -Dtests=disabled
+quiet ninja -C "$work/build"
+quiet meson install -C "$work/build"
 pcdir=$(find "$work/prefix" -name lenet.pc -printf '%h\n' | head -1)
 libdir=$(dirname "$pcdir")
 [ -f "$libdir/liblenet.a" ] || fail "no liblenet.a installed in $libdir"
@@ -110,9 +112,9 @@ done
 echo "installed examples OK (they find liblenet.so through their rpath)"
 
 echo "== default_library=static, installed into a second prefix"
-meson configure "$work/build" -Ddefault_library=static -Dexamples=false --prefix="$work/prefix-static" >/dev/null
-ninja -C "$work/build" >/dev/null
-meson install -C "$work/build" >/dev/null
+quiet meson configure "$work/build" -Ddefault_library=static -Dexamples=false --prefix="$work/prefix-static"
+quiet ninja -C "$work/build"
+quiet meson install -C "$work/build"
 spcdir=$(find "$work/prefix-static" -name lenet.pc -printf '%h\n' | head -1)
 [ -z "$(find "$work/prefix-static" -name 'liblenet.so*')" ] || fail "a static-only build installed liblenet.so"
 # shellcheck disable=SC2046
@@ -135,7 +137,7 @@ lenet_dep = dependency('lenet', fallback: ['lenet', 'lenet_dep'],
   default_options: ['tests=disabled', 'examples=false'])
 executable('parent', 'main.c', dependencies: lenet_dep)
 M
-meson setup "$work/parent/build" "$work/parent" >/dev/null
-ninja -C "$work/parent/build" >/dev/null
+quiet meson setup "$work/parent/build" "$work/parent"
+quiet ninja -C "$work/parent/build"
 "$work/parent/build/parent" | grep -q 'Linear output shape' || fail "the subproject consumer did not run"
 echo "subproject consumer OK"
