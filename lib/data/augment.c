@@ -16,6 +16,7 @@
  * image's position in the pass), in a fixed number per transform whatever the values drawn, so an image's result
  * depends on nothing else: not the thread, not the batch. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -266,16 +267,19 @@ typedef struct scratch_layout {
     float *gauss_h; /* h x h: the column Gaussian as a banded matrix (zero padding built in) */
     float *gauss_w; /* w x wp: the row Gaussian, times alpha, likewise; columns from w on are zero */
     float *taps;    /* 2 max(h, w) - 1: the 1-D Gaussian at offsets 1 - max(h, w) .. max(h, w) - 1 */
+    float *rows;    /* 6 x wp: one output row's sample points (x, y) and their floors, and a row of zero
+                     * displacements, for the warp */
 } scratch_layout;
 
 /* Cuts `base` (NULL: only counts) into the parts of `l` and returns the floats they take. */
 static size_t layout(int h, int w, float *base, scratch_layout *l)
 {
     const size_t hh = (size_t)h, ww = (size_t)w, wp = (size_t)padded_width(w), longest = hh > ww ? hh : ww;
-    const size_t sizes[6] = {(hh + 2) * (ww + 2), 2 * hh * wp, 2 * hh * wp, hh * hh, ww * wp, 2 * longest - 1};
-    float **parts[6] = {&l->source, &l->field, &l->tmp, &l->gauss_h, &l->gauss_w, &l->taps};
+    const size_t sizes[7] = {(hh + 2) * (ww + 2), 2 * hh * wp, 2 * hh * wp, hh * hh, ww * wp, 2 * longest - 1,
+                             6 * wp};
+    float **parts[7] = {&l->source, &l->field, &l->tmp, &l->gauss_h, &l->gauss_w, &l->taps, &l->rows};
     size_t used = 0;
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < 7; i++) {
         *parts[i] = base ? base + used : NULL;
         used += (sizes[i] + 15) & ~(size_t)15; /* each part starts 64-byte aligned in an aligned slice */
     }
@@ -310,27 +314,41 @@ static void pad_source(const float *image, int h, int w, float background, float
     }
 }
 
-/* floor(v) for v in (-1, INT_MAX): truncation, one less for a negative fraction. */
-static inline int floor_int(float v)
+/* mask (all ones or all zeros) ? a : b, on the bits: unlike ?: on floats, GCC if-converts and vectorizes it under
+ * the default -ftrapping-math. */
+static inline float pick(int32_t mask, float a, float b)
 {
-    const int i = (int)v;
-    return (float)i > v ? i - 1 : i;
+    int32_t ia, ib;
+    memcpy(&ia, &a, sizeof ia);
+    memcpy(&ib, &b, sizeof ib);
+    ia = (ia & mask) | (ib & ~mask);
+    memcpy(&a, &ia, sizeof a);
+    return a;
 }
 
-/* Bilinear sample at (sx, sy) from the bordered `source` of an h x w image: a neighbour outside the image reads
- * the border's background, and a point outside (-1, w) x (-1, h) (or NaN) is the background, exactly: it is moved
- * to the border's corner (-1, -1) without a branch.  At integer coordinates it returns the pixel exactly: weights
- * 1 and 0. */
-static inline float sample(const float *source, int h, int w, float sx, float sy)
+/* The sample points of one output row, x in [0, wp) (wp a multiple of 16, so that the loop vectorizes): where a
+ * bilinear sample of the bordered source is taken, and the floors of those points.  A point outside
+ * (-1, w) x (-1, h), or NaN, moves to the border's corner (-1, -1), where the sample is exactly the background;
+ * inside, the floors are in [-1, w - 1] and [-1, h - 1], so the four neighbours lie in the border or the image.
+ * (dx, dy): the row's displacements, zero without a field. */
+static void row_points(int wp, int h, int w, float y, const float *restrict dx, const float *restrict dy,
+                       const float m[6], float *restrict sx, float *restrict sy, float *restrict fx,
+                       float *restrict fy)
 {
-    const bool inside = sx > -1.0f && sx < (float)w && sy > -1.0f && sy < (float)h; /* false for NaN */
-    sx = inside ? sx : -1.0f;
-    sy = inside ? sy : -1.0f;
-    const int x0 = floor_int(sx), y0 = floor_int(sy); /* in [-1, w - 1] and [-1, h - 1] */
-    const float ax = sx - (float)x0, ay = sy - (float)y0;
-    const float *top = source + (size_t)(y0 + 1) * ((size_t)w + 2) + (size_t)(x0 + 1), *bottom = top + w + 2;
-    const float upper = (1.0f - ax) * top[0] + ax * top[1], lower = (1.0f - ax) * bottom[0] + ax * bottom[1];
-    return (1.0f - ay) * upper + ay * lower;
+    wp &= ~15; /* already a multiple of 16: tells the compiler so */
+    const float width = (float)w, height = (float)h;
+    for (int x = 0; x < wp; x++) {
+        const float px = (float)x + dx[x], py = y + dy[x];
+        const float u = m[0] * px + m[1] * py + m[2], v = m[3] * px + m[4] * py + m[5];
+        const int32_t inside = -((u > -1.0f) & (u < width) & (v > -1.0f) & (v < height)); /* 0 for NaN */
+        const float cu = pick(inside, u, -1.0f), cv = pick(inside, v, -1.0f);
+        const float tu = (float)(int)cu, tv = (float)(int)cv; /* truncation: one too high for negative fractions */
+        sx[x] = cu;
+        sy[x] = cv;
+        const int32_t down_u = -(tu > cu), down_v = -(tv > cv); /* -1 or 0 */
+        fx[x] = tu + (float)down_u;
+        fy[x] = tv + (float)down_v;
+    }
 }
 
 /* An output-to-source map: src = (m[0] x + m[1] y + m[2], m[3] x + m[4] y + m[5]). */
@@ -394,21 +412,30 @@ static affine_map compose(const affine_map *first, const affine_map *second)
                          f[3] * g[0] + f[4] * g[3], f[3] * g[1] + f[4] * g[4], f[3] * g[2] + f[4] * g[5] + f[5]}};
 }
 
-/* image = image(map(p)) for every p, sampled from a bordered copy in `source`.  The field, if given (h x 2wp as in
- * scratch_layout), displaces p first: image = image(map(p + d(p))). */
+/* image = image(map(p)) for every p, sampled bilinearly from a bordered copy in l->source: a neighbour outside the
+ * image reads the border's background, at integer points the sample is the pixel exactly (weights 1 and 0).  The
+ * field, if given (h x 2wp as in scratch_layout), displaces p first: image = image(map(p + d(p))). */
 static void warp(float *image, int h, int w, float background, const affine_map *map, const float *field,
-                 float *source)
+                 const scratch_layout *l)
 {
-    pad_source(image, h, w, background, source);
-    const float m0 = (float)map->m[0], m1 = (float)map->m[1], m2 = (float)map->m[2];
-    const float m3 = (float)map->m[3], m4 = (float)map->m[4], m5 = (float)map->m[5];
-    const size_t wp = (size_t)padded_width(w);
+    pad_source(image, h, w, background, l->source);
+    const float m[6] = {(float)map->m[0], (float)map->m[1], (float)map->m[2],
+                        (float)map->m[3], (float)map->m[4], (float)map->m[5]};
+    const int wp = padded_width(w);
+    const size_t stride = (size_t)w + 2;
+    float *sx = l->rows, *sy = sx + wp, *fx = sy + wp, *fy = fx + wp, *zeros = fy + wp;
+    if (!field)
+        memset(zeros, 0, 2 * (size_t)wp * sizeof *zeros);
     for (int y = 0; y < h; y++) {
-        const float *dx = field ? field + (size_t)y * 2 * wp : NULL, *dy = field ? dx + wp : NULL;
+        const float *dx = field ? field + (size_t)y * 2 * wp : zeros, *dy = dx + wp;
+        row_points(wp, h, w, (float)y, dx, dy, m, sx, sy, fx, fy);
         float *out = image + (size_t)y * w;
         for (int x = 0; x < w; x++) {
-            const float px = field ? (float)x + dx[x] : (float)x, py = field ? (float)y + dy[x] : (float)y;
-            out[x] = sample(source, h, w, m0 * px + m1 * py + m2, m3 * px + m4 * py + m5);
+            const float ax = sx[x] - fx[x], ay = sy[x] - fy[x];
+            const float *top = l->source + (size_t)((int)fy[x] + 1) * stride + (size_t)((int)fx[x] + 1);
+            const float *bottom = top + stride;
+            const float upper = (1.0f - ax) * top[0] + ax * top[1], lower = (1.0f - ax) * bottom[0] + ax * bottom[1];
+            out[x] = (1.0f - ay) * upper + ay * lower;
         }
     }
 }
@@ -419,7 +446,7 @@ void lenet__augment_affine(float *image, int h, int w, float background, double 
     scratch_layout l;
     layout(h, w, scratch, &l);
     const affine_map map = affine_source_map(h, w, degrees, scale, shear_degrees, tx, ty);
-    warp(image, h, w, background, &map, NULL, l.source);
+    warp(image, h, w, background, &map, NULL, &l);
 }
 
 /* image = shifted by (shift_x, shift_y) pixels, background where nothing moves in.  scratch: h * w floats. */
@@ -458,31 +485,53 @@ static void banded(float *g, int rows, int stride, const float *taps, int centre
     }
 }
 
+/* splitmix64's output function: a well-mixed 64-bit value from a counter. */
+static inline uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
 /* Simard's displacement field into l->field (h x 2wp, row y: x displacements then y displacements, w of each):
- * uniform [-1, 1) values in that order, two 24-bit draws per generator word, smoothed by G_sigma with zero padding
- * down the columns and then along the rows (two small matrix products), times alpha (folded into the row pass). */
+ * uniform [-1, 1) values, smoothed by G_sigma with zero padding down the columns and then along the rows (two
+ * small matrix products), times alpha (folded into the row pass).  The values are 24-bit halves of a counter hash
+ * of one draw from the image's generator (the pixel's x value in the high bits, its y value in the low), so the
+ * field costs one generator draw. */
 static void elastic_field(lenet_rng *rng, int h, int w, float alpha, float sigma, const scratch_layout *l)
 {
     const int wp = padded_width(w), longest = h > w ? h : w;
+    const uint64_t base = lenet__rng_u64(rng);
     for (int y = 0; y < h; y++) {
-        float *row = l->field + (size_t)y * 2 * wp;
-        for (int r = 0; r < 2 * w; r += 2) { /* the row's w x values, then its w y values */
-            const uint64_t bits = lenet__rng_u64(rng);
-            row[r < w ? r : wp + r - w] = (float)(bits >> 40) * 0x1.0p-23f - 1.0f;
-            row[r + 1 < w ? r + 1 : wp + r + 1 - w] = (float)((bits >> 16) & 0xffffffu) * 0x1.0p-23f - 1.0f;
+        float *dx = l->field + (size_t)y * 2 * wp, *dy = dx + wp;
+        const uint64_t row = base + 0x9e3779b97f4a7c15ULL * (uint64_t)y * (uint64_t)w;
+        for (int x = 0; x < w; x++) {
+            const uint64_t bits = mix64(row + 0x9e3779b97f4a7c15ULL * (uint64_t)(x + 1));
+            dx[x] = (float)(uint32_t)(bits >> 40) * 0x1.0p-23f - 1.0f;
+            dy[x] = (float)(uint32_t)((bits >> 8) & 0xffffffu) * 0x1.0p-23f - 1.0f;
         }
         for (int x = w; x < wp; x++) /* the padding columns: never read by the row pass, but kept finite */
-            row[x] = row[wp + x] = 0.0f;
+            dx[x] = dy[x] = 0.0f;
     }
+    /* taps exp(-k^2 / (2 sigma^2)) by the recurrence g(k + 1) = g(k) * a * b^k, a = exp(-1 / (2 sigma^2)),
+     * b = a^2, normalized over the whole truncated kernel (taps beyond the image only ever meet the padding) */
     const int radius = gauss_radius(sigma, h, w);
     const int full = (int)(GAUSS_TRUNCATE * sigma + 0.5);
-    const double inv_two_var = 1.0 / (2.0 * (double)sigma * (double)sigma);
-    double sum = 1.0; /* tap 0 */
-    for (int k = 1; k <= full; k++)
-        sum += 2.0 * exp(-(double)k * k * inv_two_var);
+    const double a = exp(-1.0 / (2.0 * (double)sigma * (double)sigma)), b = a * a;
     float *centre = l->taps + longest - 1;
-    for (int k = 0; k < longest; k++)
-        centre[k] = centre[-k] = k <= radius ? (float)(exp(-(double)k * k * inv_two_var) / sum) : 0.0f;
+    double g = 1.0, step = a, sum = 1.0;
+    centre[0] = 1.0f;
+    for (int k = 1; k <= full; k++) {
+        g *= step;
+        step *= b;
+        sum += 2.0 * g;
+        if (k < longest)
+            centre[k] = (float)g;
+    }
+    for (int k = 0; k < longest; k++) {
+        centre[k] = k <= radius ? (float)((double)centre[k] / sum) : 0.0f;
+        centre[-k] = centre[k];
+    }
     banded(l->gauss_h, h, h, l->taps, longest - 1);
     for (int k = 1 - longest; k < longest; k++)
         centre[k] *= alpha;
@@ -518,12 +567,12 @@ void lenet__augment_image(const lenet_augment *a, uint64_t key, float *image, in
         }
         if (t->kind == KIND_ELASTIC) {
             elastic_field(&rng, h, w, t->alpha, t->sigma, &l);
-            warp(image, h, w, background, &pending, l.field, l.source);
+            warp(image, h, w, background, &pending, l.field, &l);
             pending = identity_map;
             continue;
         }
         if (!is_identity(&pending)) {
-            warp(image, h, w, background, &pending, NULL, l.source);
+            warp(image, h, w, background, &pending, NULL, &l);
             pending = identity_map;
         }
         if (t->kind == KIND_CROP) {
@@ -538,5 +587,5 @@ void lenet__augment_image(const lenet_augment *a, uint64_t key, float *image, in
         }
     }
     if (!is_identity(&pending))
-        warp(image, h, w, background, &pending, NULL, l.source);
+        warp(image, h, w, background, &pending, NULL, &l);
 }
