@@ -17,6 +17,18 @@
 #include "fuzz_common.h"
 #include "model/internal.h"
 
+#ifndef FUZZ_CHECK
+#include <stdio.h>
+/* Crashes (so the fuzzer reports it) when the library breaks its contract. */
+#define FUZZ_CHECK(cond)                                                                                     \
+    do {                                                                                                     \
+        if (!(cond)) {                                                                                       \
+            fprintf(stderr, "%s:%d: check failed: %s (%s)\n", __FILE__, __LINE__, #cond, lenet_last_error()); \
+            abort();                                                                                         \
+        }                                                                                                    \
+    } while (0)
+#endif
+
 /* A model whose largest per-sample activation is at most this many floats is run. */
 #define CHEAP_SAMPLE (1u << 16)
 
