@@ -77,7 +77,7 @@ static double cpu_rate; /* examples per CPU-second of the last 1-thread run: imm
 
 static double train_examples_per_sec(int threads, int batches)
 {
-    lenet_set_num_threads(threads);
+    lenet_threads_set(threads);
     lenet_model *m = d2l_model();
     lenet_optimizer *o = lenet_sgd_create(m, 0.9f, 0.0f, 0.0f);
     lenet_tensor *x = lenet_tensor_create(4, (int[]){BATCH, 1, 28, 28});
@@ -113,7 +113,7 @@ static double train_examples_per_sec(int threads, int batches)
 
 static double infer_images_per_sec(int threads)
 {
-    lenet_set_num_threads(threads);
+    lenet_threads_set(threads);
     lenet_model *m = d2l_model();
     lenet_tensor *x = lenet_tensor_create(4, (int[]){1000, 1, 28, 28});
     lenet_tensor *y = lenet_tensor_create(2, (int[]){1000, 10});
@@ -135,7 +135,7 @@ static double infer_images_per_sec(int threads)
 
 static void latency(int calls, double *p50, double *p99)
 {
-    lenet_set_num_threads(1);
+    lenet_threads_set(1);
     lenet_model *m = d2l_model();
     lenet_tensor *x = lenet_tensor_create(4, (int[]){1, 1, 28, 28});
     lenet_tensor *y = lenet_tensor_create(2, (int[]){1, 10});
@@ -256,7 +256,7 @@ static plan_figures measure_plan(int threads)
 /* Per-layer forward and backward CPU time over one thread, through the internal vtable. */
 static void layer_split(FILE *out, FILE *json)
 {
-    lenet_set_num_threads(1);
+    lenet_threads_set(1);
     lenet_model *m = d2l_model();
     if (lenet__model_reserve(m, BATCH) != LENET_OK)
         die("reserve");

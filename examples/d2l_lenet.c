@@ -653,11 +653,11 @@ int main(int argc, char **argv)
     if (o.summary)
         return print_summary(&o);
     /* Without --threads the library's default holds: LENET_NUM_THREADS, else the number of online CPUs. */
-    if (o.threads > 0 && lenet_set_num_threads(o.threads) != LENET_OK) {
+    if (o.threads > 0 && lenet_threads_set(o.threads) != LENET_OK) {
         fprintf(stderr, PROG ": --threads %d: %s\n", o.threads, lenet_last_error());
         return 2;
     }
-    int threads = lenet_get_num_threads();
+    int threads = lenet_threads_get();
 
     int status = 1;
     FILE *csv = NULL;

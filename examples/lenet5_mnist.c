@@ -46,7 +46,7 @@ typedef struct settings {
     float lr;           /* SGD: learning rate of the first passes, then the shape of the paper's schedule */
     float mu;
     float map_j;
-    lenet_rbf_criterion criterion;
+    lenet_rbf_loss_kind criterion;
     int batch;
     int hessian_samples;
     float running;      /* SDLM: > 0 also blends each pattern's curvature into h with this weight */
@@ -184,7 +184,7 @@ static int parse_options(int argc, char **argv, options *o)
                 fprintf(stderr, PROG ": --criterion: '%s' is neither map nor mse\n", optarg);
                 bad = -1;
             }
-            r->criterion = strcmp(optarg, "mse") == 0 ? LENET_RBF_CRITERION_MSE : LENET_RBF_CRITERION_MAP;
+            r->criterion = strcmp(optarg, "mse") == 0 ? LENET_RBF_LOSS_MSE : LENET_RBF_LOSS_MAP;
             break;
         case MAP_J: bad = cli_parse_float(PROG, opt, optarg, 0.0, 1000.0, &r->map_j); break;
         case BATCH: bad = cli_parse_int(PROG, opt, optarg, 1, 60000, &r->batch); break;
@@ -300,13 +300,13 @@ static lenet_status build_lenet5(lenet_model *m)
 {
     lenet_layer *layers[] = {
         lenet_conv2d(6, 5, 1, 0),   lenet_scaled_tanh(), /* C1: 6@28x28 */
-        lenet_subsample2d(2, 2),    lenet_scaled_tanh(), /* S2: 6@14x14 */
+        lenet_subsampling(2, 2),    lenet_scaled_tanh(), /* S2: 6@14x14 */
         lenet_lenet5_c3(),          lenet_scaled_tanh(), /* C3: 16@10x10, Table I */
-        lenet_subsample2d(2, 2),    lenet_scaled_tanh(), /* S4: 16@5x5 */
+        lenet_subsampling(2, 2),    lenet_scaled_tanh(), /* S4: 16@5x5 */
         lenet_conv2d(120, 5, 1, 0), lenet_scaled_tanh(), /* C5: 120@1x1 */
         lenet_flatten(),
         lenet_linear(84),           lenet_scaled_tanh(), /* F6 */
-        lenet_rbf_lenet5(),                              /* output: 10 Euclidean RBF units */
+        lenet_lenet5_rbf(),                              /* output: 10 Euclidean RBF units */
     };
     lenet_status st = LENET_OK;
     for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++) {
@@ -462,7 +462,7 @@ static char *note_write(const settings *r, const run_state *s)
                    "hessian_samples %d\nrunning %.9g\ninit %s\nlimit %d\ndistort %d\nseed %" PRIu64 "\n"
                    "pass %d\nseen %zu\nloss_sum %.17g\nwrong %zu\nestimates %d\nrng %" PRIu64 "\n",
         r->passes, r->sgd ? "sgd" : "sdlm", (double)r->lr, (double)r->mu, (double)r->map_j,
-        r->criterion == LENET_RBF_CRITERION_MSE ? "mse" : "map", r->batch, r->hessian_samples, (double)r->running,
+        r->criterion == LENET_RBF_LOSS_MSE ? "mse" : "map", r->batch, r->hessian_samples, (double)r->running,
         init_name(r->init), r->limit, r->distort, r->seed, s->pass, s->seen, s->loss_sum, s->wrong, s->estimates,
         s->rng);
     for (int p = 0; p + 1 < s->pass && len < size; p++) {
@@ -495,7 +495,7 @@ static int note_settings(const char *note, settings *r)
         r->limit < 0)
         return -1;
     r->sgd = strcmp(optimizer, "sgd") == 0;
-    r->criterion = strcmp(criterion, "mse") == 0 ? LENET_RBF_CRITERION_MSE : LENET_RBF_CRITERION_MAP;
+    r->criterion = strcmp(criterion, "mse") == 0 ? LENET_RBF_LOSS_MSE : LENET_RBF_LOSS_MAP;
     r->init = strcmp(init, "lecun") == 0     ? LENET_INIT_LECUN
               : strcmp(init, "pytorch") == 0 ? LENET_INIT_PYTORCH
                                              : LENET_INIT_XAVIER_UNIFORM;
@@ -714,7 +714,7 @@ static int write_plot(const char *path, const settings *r, const run_state *s)
     }
     char title[160];
     snprintf(title, sizeof title, "LeNet-5 on MNIST: %s, %s criterion, seed %" PRIu64 "%s", r->sgd ? "SGD" : "SDLM",
-             r->criterion == LENET_RBF_CRITERION_MSE ? "MSE" : "MAP", r->seed, r->distort ? ", distortions" : "");
+             r->criterion == LENET_RBF_LOSS_MSE ? "MSE" : "MAP", r->seed, r->distort ? ", distortions" : "");
     plot_axes axes = {title, "pass", "error (%)", 0.0, (double)r->passes, 0.0, NAN, 640, 440};
     plot_series series[] = {
         {"running train error", s->point_x, s->point_error, s->points, 0xbf00bf, PLOT_DOTTED},
@@ -751,11 +751,11 @@ static void print_settings(const settings *r)
 {
     if (r->sgd)
         printf("\nSGD, %s criterion (j = %g), batch %d, learning rate %g times the paper's epsilon schedule / %g\n",
-               r->criterion == LENET_RBF_CRITERION_MAP ? "MAP" : "MSE", (double)r->map_j, r->batch, (double)r->lr,
+               r->criterion == LENET_RBF_LOSS_MAP ? "MAP" : "MSE", (double)r->map_j, r->batch, (double)r->lr,
                (double)lenet_sdlm_paper_epsilon(0));
     else
         printf("\nSDLM, %s criterion (j = %g), batch %d, mu = %g, Hessian re-estimated on %d patterns per pass%s\n",
-               r->criterion == LENET_RBF_CRITERION_MAP ? "MAP" : "MSE", (double)r->map_j, r->batch, (double)r->mu,
+               r->criterion == LENET_RBF_LOSS_MAP ? "MAP" : "MSE", (double)r->map_j, r->batch, (double)r->mu,
                r->hessian_samples, r->running > 0 ? " and updated after every pattern" : "");
     printf("%s%s\n", r->distort ? "random affine distortions of the training set\n" : "",
            "pass  epsilon/lr   loss      train err  test err   seconds");

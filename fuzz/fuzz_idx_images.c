@@ -22,7 +22,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(labels);
     if (!images_path || !labels_path)
         return 0;
-    lenet_clear_error();
+    lenet_error_clear();
     lenet_dataset *d = lenet_dataset_open_idx(images_path, labels_path);
     if (!d) {
         if (!lenet_last_error()[0])

@@ -115,7 +115,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *path = fuzz_write_file(0, data, size);
     if (!path)
         return 0;
-    lenet_clear_error();
+    lenet_error_clear();
     lenet_model *m = lenet_model_import_onnx(path);
     if (m) {
         exercise_imported(m);

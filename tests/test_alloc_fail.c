@@ -124,7 +124,7 @@ static size_t walk(const scenario *s)
         ctx c = {0};
         if (s->setup)
             s->setup(&c);
-        lenet_clear_error();
+        lenet_error_clear();
         lenet__alloc_fail_at(n);
         lenet_status st = s->run(&c);
         size_t made = lenet__alloc_fail_at(0);

@@ -34,7 +34,7 @@ static void *fail_in_thread(void *arg)
 
 START_TEST(test_last_error_is_per_thread)
 {
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_str_eq(lenet_last_error(), "");
     pthread_t t;
     void *other = NULL;

@@ -62,7 +62,7 @@ static lenet_dataset *open_pattern(const char *stem, uint32_t n, uint32_t h, uin
 static void check_open_fails(const char *images, const char *labels, lenet_status want, const char *named,
                              const char *what, int line)
 {
-    lenet_clear_error();
+    lenet_error_clear();
     lenet_dataset *d = lenet_dataset_open_idx(images, labels);
     if (d) {
         lenet_dataset_free(d);
@@ -339,7 +339,7 @@ START_TEST(test_count_mismatch_names_both_files_and_counts)
     pattern_files(10, 3, 3, &images, &labels);
     idx_bytes fewer = idx_labels(9, labels.data + 8);
     const char *ip = idx_write_bytes("images", &images, false), *lp = idx_write_bytes("labels9", &fewer, true);
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_ptr_null(lenet_dataset_open_idx(ip, lp));
     const char *msg = lenet_last_error();
     ck_assert_int_eq(lenet__last_status(), LENET_EFORMAT);
@@ -380,7 +380,7 @@ static void assert_prefixes_fail(const idx_bytes *file, size_t from, size_t to, 
 {
     for (size_t cut = from; cut < to; cut++) {
         const char *path = idx_write("cut", file->data, cut);
-        lenet_clear_error();
+        lenet_error_clear();
         lenet_dataset *d = file_is_images ? lenet_dataset_open_idx(path, other) : lenet_dataset_open_idx(other, path);
         if (d) {
             lenet_dataset_free(d);
@@ -543,7 +543,7 @@ START_TEST(test_bytes_after_the_gzip_stream_are_eformat)
             memcpy(longer.data, gz.data, gz.size);
             memcpy(longer.data + gz.size, tails[t].bytes, tails[t].size);
             const char *path = idx_write_bytes("tail.gz", &longer, false);
-            lenet_clear_error();
+            lenet_error_clear();
             lenet_dataset *d = which == 0 ? lenet_dataset_open_idx(path, lp) : lenet_dataset_open_idx(ip, path);
             if (d) {
                 lenet_dataset_free(d);
@@ -641,7 +641,7 @@ START_TEST(test_the_data_limit_is_1_gib_by_default_and_0_is_einval)
 {
     ck_assert_uint_eq(LENET_DATASET_DEFAULT_MAX_BYTES, (size_t)1 << 30);
     ck_assert_uint_eq(lenet_dataset_max_bytes(), LENET_DATASET_DEFAULT_MAX_BYTES);
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_int_eq(lenet_dataset_set_max_bytes(0), LENET_EINVAL);
     ck_assert_msg(strstr(lenet_last_error(), "set_max_bytes") != NULL, "message: %s", lenet_last_error());
     ck_assert_uint_eq(lenet_dataset_max_bytes(), LENET_DATASET_DEFAULT_MAX_BYTES);
@@ -674,7 +674,7 @@ START_TEST(test_a_header_over_the_data_limit_is_refused_before_the_data_is_read)
             char want[512];
             snprintf(want, sizeof want, "%s: the header declares %s, over the data limit of 1073741824 bytes; raise "
                                         "it with lenet_dataset_set_max_bytes()", path, bombs[b].declares);
-            lenet_clear_error();
+            lenet_error_clear();
             ck_assert_ptr_null(lenet_dataset_open_idx(path, lp));
             ck_assert_int_eq(lenet__last_status(), LENET_EFORMAT);
             ck_assert_str_eq(lenet_last_error(), want);
@@ -726,7 +726,7 @@ START_TEST(test_corrupt_gzip_stream_is_eformat)
         gz.data[i] ^= 0xff;
         const char *path = idx_write("corrupt.gz", gz.data, gz.size);
         gz.data[i] ^= 0xff;
-        lenet_clear_error();
+        lenet_error_clear();
         lenet_dataset *d = lenet_dataset_open_idx(path, lp);
         if (d) {
             lenet_dataset_free(d);
@@ -1045,7 +1045,7 @@ END_TEST
 START_TEST(test_iterator_rejects_bad_arguments)
 {
     lenet_dataset *d = open_pattern("set", 4, 2, 2, false, false);
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_ptr_null(lenet_iter_create(d, 0, false, 0));
     ck_assert_int_eq(lenet__last_status(), LENET_EINVAL);
     ck_assert_msg(strstr(lenet_last_error(), "batch") != NULL, "message: %s", lenet_last_error());

@@ -178,7 +178,7 @@ static void reference_forward(lenet_model *m, const lenet_tensor *x, double *out
  * and all gradients into `result` (output first), which must hold out_numel + gradient floats. */
 static void forward_backward(bool twice, const lenet_tensor *x, int threads, float *result, size_t *count)
 {
-    ck_assert_lenet_ok(lenet_set_num_threads(threads));
+    ck_assert_lenet_ok(lenet_threads_set(threads));
     lenet_model *m = center_model(twice);
     const lenet_tensor *y;
     ck_assert_lenet_ok(lenet_model_forward(m, x, &y));
@@ -236,7 +236,7 @@ START_TEST(test_a_whole_batch_layer_sees_the_whole_batch_bit_identically_for_any
         }
         lenet_tensor_free(x);
     }
-    ck_assert_lenet_ok(lenet_set_num_threads(0));
+    ck_assert_lenet_ok(lenet_threads_set(0));
 }
 END_TEST
 

@@ -1213,7 +1213,7 @@ START_TEST(test_constructors_reject_non_positive_arguments_with_a_message)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         ck_assert_msg(bad[i].layer == NULL, "case %zu (%s) was accepted", i, bad[i].name);
     /* each message names the layer kind and the offending value */
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_ptr_null(lenet_conv2d(6, 5, 1, -3));
     assert_error_mentions("Conv2d");
     assert_error_mentions("-3");
@@ -1243,7 +1243,7 @@ START_TEST(test_a_failed_add_is_sticky_until_the_model_is_freed)
     ck_assert_int_eq(lenet_model_add(m, lenet_flatten()), LENET_EINVAL);
     ck_assert_int_eq(lenet_model_add(m, lenet_linear(10)), LENET_EINVAL);
     ck_assert_uint_eq(lenet_model_layer_count(m), 0);
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_int_eq(lenet_model_build(m, 1, 28, 28), LENET_EINVAL);
     assert_error_mentions("could not be added");
     assert_error_mentions("out_channels 0");
@@ -1290,7 +1290,7 @@ START_TEST(test_model_add_of_a_failed_constructor_returns_its_status)
     lenet_model_free(m);
     /* A plain NULL with no failed constructor before it is still an invalid argument. */
     m = MODEL(lenet_flatten());
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_int_eq(lenet_model_add(m, NULL), LENET_EINVAL);
     ck_assert_uint_eq(lenet_model_layer_count(m), 1);
     /* Adding after build is refused and the layer freed (the leak checkers watch this). */

@@ -28,10 +28,10 @@ static lenet_model *model_of(lenet_layer **layers, size_t count)
 
 static lenet_model *lenet5(void)
 {
-    return MODEL(lenet_conv2d(6, 5, 1, 0), lenet_scaled_tanh(), lenet_subsample2d(2, 2), lenet_scaled_tanh(),
-                 lenet_lenet5_c3(), lenet_scaled_tanh(), lenet_subsample2d(2, 2), lenet_scaled_tanh(),
+    return MODEL(lenet_conv2d(6, 5, 1, 0), lenet_scaled_tanh(), lenet_subsampling(2, 2), lenet_scaled_tanh(),
+                 lenet_lenet5_c3(), lenet_scaled_tanh(), lenet_subsampling(2, 2), lenet_scaled_tanh(),
                  lenet_conv2d(120, 5, 1, 0), lenet_scaled_tanh(), lenet_flatten(), lenet_linear(84),
-                 lenet_scaled_tanh(), lenet_rbf_lenet5());
+                 lenet_scaled_tanh(), lenet_lenet5_rbf());
 }
 
 static lenet_tensor *random_tensor(int ndim, const int *shape, uint64_t seed, float lo, float hi)
@@ -209,7 +209,7 @@ END_TEST
 
 START_TEST(test_subsampling_scales_window_sums_per_map)
 {
-    lenet_model *m = MODEL(lenet_subsample2d(2, 2));
+    lenet_model *m = MODEL(lenet_subsampling(2, 2));
     ck_assert_lenet_ok(lenet_model_build(m, 2, 4, 4));
     ck_assert_uint_eq(lenet_model_param_numel(m), 4);
     float *w = lenet_tensor_data(lenet_model_param(m, 0)), *b = lenet_tensor_data(lenet_model_param(m, 1));
@@ -223,8 +223,8 @@ START_TEST(test_subsampling_scales_window_sums_per_map)
     /* Map 0, window (1, 1): 10 + 11 + 14 + 15 = 50; map 1, window (0, 0): 16 + 17 + 20 + 21 = 74. */
     ck_assert_float_eq_tol(lenet_tensor_cdata(y)[3], 0.5f * 50 + 1.0f, 1e-5);
     ck_assert_float_eq_tol(lenet_tensor_cdata(y)[4], -2.0f * 74 + 0.25f, 1e-4);
-    ck_assert_ptr_null(lenet_subsample2d(0, 2));
-    ck_assert_ptr_null(lenet_subsample2d(2, 0));
+    ck_assert_ptr_null(lenet_subsampling(0, 2));
+    ck_assert_ptr_null(lenet_subsampling(2, 0));
     lenet_tensor_free(x);
     lenet_model_free(m);
 }
@@ -233,7 +233,7 @@ END_TEST
 START_TEST(test_rbf_outputs_squared_distances_to_fixed_bitmaps)
 {
     float centers[840];
-    lenet_rbf_lenet5_bitmaps(centers);
+    lenet_lenet5_rbf_bitmaps(centers);
     for (int k = 0; k < 840; k++)
         ck_assert(centers[k] == 1.0f || centers[k] == -1.0f);
     /* Ten different codes, each with ink, far enough apart to be told apart. */
@@ -250,7 +250,7 @@ START_TEST(test_rbf_outputs_squared_distances_to_fixed_bitmaps)
         }
     }
 
-    lenet_model *m = MODEL(lenet_flatten(), lenet_rbf_lenet5());
+    lenet_model *m = MODEL(lenet_flatten(), lenet_lenet5_rbf());
     ck_assert_lenet_ok(lenet_model_build(m, 1, 12, 7));
     ck_assert_uint_eq(lenet_model_param_count(m), 1);
     ck_assert_uint_eq(lenet_model_param_numel(m), 0); /* fixed: no trainable parameter */
@@ -279,9 +279,16 @@ START_TEST(test_rbf_outputs_squared_distances_to_fixed_bitmaps)
     lenet_tensor_free(x);
     lenet_model_free(m);
 
-    ck_assert_ptr_null(lenet_rbf(0, 84, NULL));
-    m = MODEL(lenet_flatten(), lenet_rbf(10, 84, NULL));
+    ck_assert_ptr_null(lenet_euclidean_rbf(0));
+    /* The bitmaps need 84 inputs; a general RBF takes any count and starts from zero centres. */
+    m = MODEL(lenet_flatten(), lenet_lenet5_rbf());
     ck_assert_int_eq(lenet_model_build(m, 1, 10, 10), LENET_ESHAPE);
+    lenet_model_free(m);
+    m = MODEL(lenet_flatten(), lenet_euclidean_rbf(10));
+    ck_assert_lenet_ok(lenet_model_build(m, 1, 10, 10));
+    ck_assert_int_eq(lenet_tensor_dim(lenet_model_param(m, 0), 1), 100);
+    for (size_t k = 0; k < lenet_tensor_numel(lenet_model_param(m, 0)); k++)
+        ck_assert_float_eq(lenet_tensor_cdata(lenet_model_param(m, 0))[k], 0.0f);
     lenet_model_free(m);
 }
 END_TEST
@@ -336,8 +343,8 @@ END_TEST
 
 START_TEST(test_subsampling_backward_matches_finite_differences)
 {
-    gradcheck_model(MODEL(lenet_subsample2d(2, 2)), 2, 3, 6, 6, 2);
-    gradcheck_model(MODEL(lenet_subsample2d(3, 2)), 2, 2, 7, 7, 3); /* overlapping windows */
+    gradcheck_model(MODEL(lenet_subsampling(2, 2)), 2, 3, 6, 6, 2);
+    gradcheck_model(MODEL(lenet_subsampling(3, 2)), 2, 2, 7, 7, 3); /* overlapping windows */
 }
 END_TEST
 
@@ -354,13 +361,15 @@ START_TEST(test_rbf_backward_matches_finite_differences)
     float centers[3 * 8];
     for (int k = 0; k < 24; k++)
         centers[k] = (k * 7 % 5) * 0.4f - 0.8f;
-    lenet_model *m = MODEL(lenet_flatten(), lenet_rbf(3, 8, centers));
+    lenet_model *m = MODEL(lenet_flatten(), lenet_euclidean_rbf(3));
+    ck_assert_lenet_ok(lenet_model_build(m, 2, 2, 2));
+    memcpy(lenet_tensor_data(lenet_model_param(m, 0)), centers, sizeof centers);
     lenet_tensor *x = random_tensor(4, (int[]){2, 2, 2, 2}, 6, -1, 1);
     ck_assert_gradcheck(m, x, &(lenet_gradcheck_opts){.eps = 1e-2, .tol = 1e-2, .seed = 6});
     lenet_tensor_free(x);
     lenet_model_free(m);
     /* LeNet-5's output: penalties near 84 leave float32 differences an absolute noise of ~1e-3, hence the floor. */
-    m = MODEL(lenet_flatten(), lenet_linear(84), lenet_scaled_tanh(), lenet_rbf_lenet5());
+    m = MODEL(lenet_flatten(), lenet_linear(84), lenet_scaled_tanh(), lenet_lenet5_rbf());
     x = random_tensor(4, (int[]){2, 1, 3, 3}, 7, -1, 1);
     ck_assert_lenet_ok(lenet_model_build(m, 1, 3, 3));
     randomize_params(m, 107, -0.7f, 0.7f);
@@ -373,8 +382,8 @@ END_TEST
 START_TEST(test_whole_lenet5_backward_matches_finite_differences)
 {
     /* C1 to F6 (the RBF is checked above: its large outputs would drown float32 differences here). */
-    lenet_model *m = MODEL(lenet_conv2d(6, 5, 1, 0), lenet_scaled_tanh(), lenet_subsample2d(2, 2), lenet_scaled_tanh(),
-                           lenet_lenet5_c3(), lenet_scaled_tanh(), lenet_subsample2d(2, 2), lenet_scaled_tanh(),
+    lenet_model *m = MODEL(lenet_conv2d(6, 5, 1, 0), lenet_scaled_tanh(), lenet_subsampling(2, 2), lenet_scaled_tanh(),
+                           lenet_lenet5_c3(), lenet_scaled_tanh(), lenet_subsampling(2, 2), lenet_scaled_tanh(),
                            lenet_conv2d(120, 5, 1, 0), lenet_scaled_tanh(), lenet_flatten(), lenet_linear(84),
                            lenet_scaled_tanh());
     lenet_tensor *x = random_tensor(4, (int[]){1, 1, 32, 32}, 8, -0.1f, 1.175f);
@@ -405,13 +414,13 @@ START_TEST(test_map_loss_value_gradient_and_curvature)
     const int32_t labels[3] = {2, 0, 9};
     const float j = 0.7f;
     float loss;
-    ck_assert_lenet_ok(lenet_rbf_loss(y, labels, LENET_RBF_CRITERION_MAP, j, &loss, dy, hy));
+    ck_assert_lenet_ok(lenet_rbf_loss(y, labels, LENET_RBF_LOSS_MAP, j, &loss, dy, hy));
     double want = 0.0;
     for (int s = 0; s < n; s++)
         want += map_reference(lenet_tensor_cdata(y) + s * k, k, labels[s], j) / n;
     ck_assert_double_eq_tol(loss, want, 1e-5);
     float again;
-    ck_assert_lenet_ok(lenet_map_loss(y, labels, j, &again, NULL));
+    ck_assert_lenet_ok(lenet_rbf_loss(y, labels, LENET_RBF_LOSS_MAP, j, &again, NULL, NULL));
     ck_assert_float_eq(again, loss);
 
     /* dE/dy and d2E/dy2 against central differences of the reference (in double). */
@@ -448,18 +457,18 @@ START_TEST(test_map_loss_is_stable_for_large_penalties)
         lenet_tensor_data(y)[i] = 900.0f + 10.0f * i;
     float loss;
     /* All penalties huge: log(e^-j + ...) ~ -j, so E ~ y_D - j. */
-    ck_assert_lenet_ok(lenet_map_loss(y, (const int32_t[]){4}, 0.1f, &loss, dy));
+    ck_assert_lenet_ok(lenet_rbf_loss(y, (const int32_t[]){4}, LENET_RBF_LOSS_MAP, 0.1f, &loss, dy, NULL));
     ck_assert_double_eq_tol(loss, 940.0 - 0.1, 1e-3);
     ck_assert_float_eq_tol(lenet_tensor_cdata(dy)[4], 1.0f, 1e-6);
     /* A negative penalty below j still works (no overflow). */
     lenet_tensor_data(y)[0] = -80.0f;
-    ck_assert_lenet_ok(lenet_map_loss(y, (const int32_t[]){0}, 0.1f, &loss, dy));
+    ck_assert_lenet_ok(lenet_rbf_loss(y, (const int32_t[]){0}, LENET_RBF_LOSS_MAP, 0.1f, &loss, dy, NULL));
     ck_assert_double_eq_tol(loss, 0.0, 1e-4);
     ck_assert(isfinite(lenet_tensor_cdata(dy)[0]));
     lenet_tensor_data(y)[3] = NAN;
-    ck_assert_int_eq(lenet_map_loss(y, (const int32_t[]){0}, 0.1f, &loss, dy), LENET_ENUMERIC);
-    ck_assert_int_eq(lenet_map_loss(y, (const int32_t[]){10}, 0.1f, &loss, dy), LENET_EINVAL);
-    ck_assert_int_eq(lenet_map_loss(y, (const int32_t[]){0}, INFINITY, &loss, dy), LENET_EINVAL);
+    ck_assert_int_eq(lenet_rbf_loss(y, (const int32_t[]){0}, LENET_RBF_LOSS_MAP, 0.1f, &loss, dy, NULL), LENET_ENUMERIC);
+    ck_assert_int_eq(lenet_rbf_loss(y, (const int32_t[]){10}, LENET_RBF_LOSS_MAP, 0.1f, &loss, dy, NULL), LENET_EINVAL);
+    ck_assert_int_eq(lenet_rbf_loss(y, (const int32_t[]){0}, LENET_RBF_LOSS_MAP, INFINITY, &loss, dy, NULL), LENET_EINVAL);
     lenet_tensor_free(y);
     lenet_tensor_free(dy);
 }
@@ -471,16 +480,16 @@ START_TEST(test_mse_criterion_is_the_mean_right_penalty)
     lenet_tensor *hy = lenet_tensor_create(2, (int[]){2, 4});
     const int32_t labels[2] = {3, 1};
     float loss;
-    ck_assert_lenet_ok(lenet_rbf_loss(y, labels, LENET_RBF_CRITERION_MSE, 0.0f, &loss, dy, hy));
+    ck_assert_lenet_ok(lenet_rbf_loss(y, labels, LENET_RBF_LOSS_MSE, 0.0f, &loss, dy, hy));
     ck_assert_double_eq_tol(loss, (lenet_tensor_cdata(y)[3] + lenet_tensor_cdata(y)[5]) / 2.0, 1e-6);
     for (int k = 0; k < 8; k++) {
         ck_assert_float_eq(lenet_tensor_cdata(dy)[k], (k == 3 || k == 5) ? 0.5f : 0.0f);
         ck_assert_float_eq(lenet_tensor_cdata(hy)[k], 0.0f);
     }
     float again;
-    ck_assert_lenet_ok(lenet_rbf_mse_loss(y, labels, &again, NULL));
+    ck_assert_lenet_ok(lenet_rbf_loss(y, labels, LENET_RBF_LOSS_MSE, 0.0f, &again, NULL, NULL));
     ck_assert_float_eq(again, loss);
-    ck_assert_int_eq(lenet_rbf_loss(y, labels, (lenet_rbf_criterion)7, 0.0f, &loss, NULL, NULL), LENET_EINVAL);
+    ck_assert_int_eq(lenet_rbf_loss(y, labels, (lenet_rbf_loss_kind)7, 0.0f, &loss, NULL, NULL), LENET_EINVAL);
     lenet_tensor_free(y);
     lenet_tensor_free(dy);
     lenet_tensor_free(hy);
@@ -563,7 +572,7 @@ START_TEST(test_gauss_newton_of_one_layer_is_the_exact_gauss_newton_diagonal)
 {
     /* One weighted layer and a nonlinearity: every connection of a shared weight reaches a different unit,
      * so summing over connections is exact. */
-    check_gn_is_exact(MODEL(lenet_subsample2d(2, 2), lenet_scaled_tanh()), 2, 2, 4, 6, 20);
+    check_gn_is_exact(MODEL(lenet_subsampling(2, 2), lenet_scaled_tanh()), 2, 2, 4, 6, 20);
     check_gn_is_exact(MODEL(lenet_lenet5_c3(), lenet_scaled_tanh()), 2, 6, 6, 7, 21);
     check_gn_is_exact(MODEL(lenet_conv2d(3, 3, 1, 1), lenet_scaled_tanh()), 2, 2, 4, 4, 22);
     check_gn_is_exact(MODEL(lenet_conv2d(2, 2, 2, 0), lenet_sigmoid()), 1, 2, 4, 4, 23);
@@ -637,14 +646,17 @@ static void check_layer_hx(lenet_model *m, int c, int h, int w, uint64_t seed, b
 
 START_TEST(test_gauss_newton_input_curvature_of_each_layer_matches_brute_force)
 {
-    check_layer_hx(MODEL(lenet_subsample2d(2, 2)), 2, 4, 4, 30, false);
-    check_layer_hx(MODEL(lenet_subsample2d(3, 1)), 1, 5, 5, 31, false);
+    check_layer_hx(MODEL(lenet_subsampling(2, 2)), 2, 4, 4, 30, false);
+    check_layer_hx(MODEL(lenet_subsampling(3, 1)), 1, 5, 5, 31, false);
     check_layer_hx(MODEL(lenet_lenet5_c3()), 6, 6, 6, 32, false);
     check_layer_hx(MODEL(lenet_scaled_tanh()), 2, 3, 3, 33, false);
     float centers[4 * 6];
     for (int k = 0; k < 24; k++)
         centers[k] = (k % 3) - 1.0f;
-    check_layer_hx(MODEL(lenet_flatten(), lenet_rbf(4, 6, centers)), 1, 2, 3, 34, true);
+    lenet_model *rbf = MODEL(lenet_flatten(), lenet_euclidean_rbf(4));
+    ck_assert_lenet_ok(lenet_model_build(rbf, 1, 2, 3));
+    memcpy(lenet_tensor_data(lenet_model_param(rbf, 0)), centers, sizeof centers);
+    check_layer_hx(rbf, 1, 2, 3, 34, true);
 }
 END_TEST
 
@@ -652,7 +664,7 @@ START_TEST(test_gauss_newton_through_rbf_mse_is_the_exact_hessian_of_f6)
 {
     /* E = y_D = ||x - w_D||^2 is quadratic in F6's outputs x: d2E/dx2 = 2, so the pass from the criterion
      * (hy = 0, dy = onehot) must give F6's weights sum_units 2 (dx_unit / dw)^2 exactly. */
-    lenet_model *m = MODEL(lenet_flatten(), lenet_linear(84), lenet_scaled_tanh(), lenet_rbf_lenet5());
+    lenet_model *m = MODEL(lenet_flatten(), lenet_linear(84), lenet_scaled_tanh(), lenet_lenet5_rbf());
     lenet_tensor *x = random_tensor(4, (int[]){2, 1, 2, 3}, 40, -1, 1);
     ck_assert_lenet_ok(lenet_model_build(m, 1, 2, 3));
     randomize_params(m, 41, -0.6f, 0.6f);
@@ -661,7 +673,7 @@ START_TEST(test_gauss_newton_through_rbf_mse_is_the_exact_hessian_of_f6)
     lenet_tensor *dy = lenet_tensor_create(2, (int[]){2, 10}), *hy = lenet_tensor_create(2, (int[]){2, 10});
     const int32_t labels[2] = {7, 2};
     float loss;
-    ck_assert_lenet_ok(lenet_rbf_loss(y, labels, LENET_RBF_CRITERION_MSE, 0, &loss, dy, hy));
+    ck_assert_lenet_ok(lenet_rbf_loss(y, labels, LENET_RBF_LOSS_MSE, 0, &loss, dy, hy));
     ck_assert_lenet_ok(lenet_model_zero_grad(m));
     ck_assert_lenet_ok(lenet_model_backward_gn(m, dy, hy));
     /* Brute force through a model that stops at F6, with D = 2 / N on every unit. */
@@ -716,7 +728,7 @@ END_TEST
 
 START_TEST(test_sdlm_steps_by_epsilon_over_mu_plus_the_mean_curvature)
 {
-    lenet_model *m = MODEL(lenet_flatten(), lenet_linear(84), lenet_scaled_tanh(), lenet_rbf_lenet5());
+    lenet_model *m = MODEL(lenet_flatten(), lenet_linear(84), lenet_scaled_tanh(), lenet_lenet5_rbf());
     ck_assert_lenet_ok(lenet_model_build(m, 1, 2, 2));
     randomize_params(m, 60, -0.5f, 0.5f);
     lenet_optimizer *o = lenet_sdlm_create(m, 0.001f, 0.02f);
@@ -734,7 +746,7 @@ START_TEST(test_sdlm_steps_by_epsilon_over_mu_plus_the_mean_curvature)
         lenet__tensor_view(&one, 4, (int[]){1, 1, 2, 2}, lenet_tensor_data(x) + 4 * s);
         const lenet_tensor *y;
         ck_assert_lenet_ok(lenet_model_forward(m, &one, &y));
-        ck_assert_lenet_ok(lenet_rbf_loss(y, &labels[s], LENET_RBF_CRITERION_MAP, 0.1f, NULL, dy, hy));
+        ck_assert_lenet_ok(lenet_rbf_loss(y, &labels[s], LENET_RBF_LOSS_MAP, 0.1f, NULL, dy, hy));
         ck_assert_lenet_ok(lenet_model_zero_grad(m));
         ck_assert_lenet_ok(lenet_model_backward_gn(m, dy, hy));
         for (size_t k = 0; k < numel; k++)
@@ -743,7 +755,7 @@ START_TEST(test_sdlm_steps_by_epsilon_over_mu_plus_the_mean_curvature)
     ck_assert_lenet_ok(lenet_model_zero_grad(m));
     for (size_t k = 0; k < numel; k++)
         m->grads[k] = (float)(want[k] * 6.0);
-    ck_assert_lenet_ok(lenet_sdlm_set_hessian_from_grads(o, 6.0));
+    ck_assert_lenet_ok(lenet_sdlm_update_hessian_from_grads(o, 6.0, 1.0f));
 
     lenet_tensor *h = lenet_tensor_create(2, (int[]){84, 4});
     ck_assert_lenet_ok(lenet_sdlm_hessian(o, 0, h));
@@ -781,11 +793,12 @@ START_TEST(test_sdlm_paper_schedule_and_arguments)
     ck_assert_ptr_null(lenet_sdlm_create(m, -1.0f, 0.02f));
     ck_assert_ptr_null(lenet_sdlm_create(m, 1e-3f, 0.0f));
     lenet_optimizer *o = lenet_sdlm_create(m, 1e-3f, 0.02f), *sgd = lenet_sgd_create(m, 0.1f, 0, 0);
-    ck_assert_lenet_ok(lenet_sdlm_set_epsilon(o, 2e-4f));
+    /* epsilon is SDLM's learning rate. */
+    ck_assert_lenet_ok(lenet_optimizer_set_lr(o, 2e-4f));
     ck_assert_float_eq(lenet_optimizer_lr(o), 2e-4f);
-    ck_assert_int_eq(lenet_sdlm_set_epsilon(sgd, 2e-4f), LENET_EINVAL);
-    ck_assert_int_eq(lenet_sdlm_estimate_hessian(sgd, NULL, 10, LENET_RBF_CRITERION_MAP, 0.1f), LENET_EINVAL);
-    ck_assert_int_eq(lenet_sdlm_estimate_hessian(o, NULL, 10, LENET_RBF_CRITERION_MAP, 0.1f), LENET_EINVAL);
+    ck_assert_int_eq(lenet_sdlm_update_hessian_from_grads(sgd, 1.0, 1.0f), LENET_EINVAL);
+    ck_assert_int_eq(lenet_sdlm_estimate_hessian(sgd, NULL, 10, LENET_RBF_LOSS_MAP, 0.1f), LENET_EINVAL);
+    ck_assert_int_eq(lenet_sdlm_estimate_hessian(o, NULL, 10, LENET_RBF_LOSS_MAP, 0.1f), LENET_EINVAL);
     lenet_optimizer_free(sgd);
     lenet_optimizer_free(o);
     lenet_model_free(m);
@@ -806,7 +819,7 @@ START_TEST(test_sdlm_estimate_is_the_mean_gauss_newton_over_the_patterns)
     const char *ip = idx_write("i.idx", ib.data, ib.size), *lp = idx_write("l.idx", lb.data, lb.size);
     lenet_dataset *d = lenet_dataset_open_idx(ip, lp);
     ck_assert_ptr_nonnull(d);
-    lenet_model *m = MODEL(lenet_flatten(), lenet_linear(84), lenet_scaled_tanh(), lenet_rbf_lenet5());
+    lenet_model *m = MODEL(lenet_flatten(), lenet_linear(84), lenet_scaled_tanh(), lenet_lenet5_rbf());
     ck_assert_lenet_ok(lenet_model_build(m, 1, 2, 3));
     randomize_params(m, 80, -0.5f, 0.5f);
 
@@ -819,7 +832,7 @@ START_TEST(test_sdlm_estimate_is_the_mean_gauss_newton_over_the_patterns)
         int32_t label = lenet_dataset_label(d, i);
         ck_assert_lenet_ok(lenet_dataset_image(d, i, lenet_tensor_data(x)));
         ck_assert_lenet_ok(lenet_model_forward(m, x, &y));
-        ck_assert_lenet_ok(lenet_rbf_loss(y, &label, LENET_RBF_CRITERION_MAP, 0.3f, NULL, dy, hy));
+        ck_assert_lenet_ok(lenet_rbf_loss(y, &label, LENET_RBF_LOSS_MAP, 0.3f, NULL, dy, hy));
         ck_assert_lenet_ok(lenet_model_zero_grad(m));
         ck_assert_lenet_ok(lenet_model_backward_gn(m, dy, hy));
         for (size_t k = 0; k < m->arena_numel; k++)
@@ -827,7 +840,7 @@ START_TEST(test_sdlm_estimate_is_the_mean_gauss_newton_over_the_patterns)
     }
     lenet_optimizer *o = lenet_sdlm_create(m, 1e-3f, 0.02f);
     lenet_iter *it = lenet_iter_create(d, 4, false, 0);
-    ck_assert_lenet_ok(lenet_sdlm_estimate_hessian(o, it, 10, LENET_RBF_CRITERION_MAP, 0.3f));
+    ck_assert_lenet_ok(lenet_sdlm_estimate_hessian(o, it, 10, LENET_RBF_LOSS_MAP, 0.3f));
     for (size_t k = 0; k < m->arena_numel; k++)
         ck_assert_float_eq(m->grads[k], 0.0f); /* left zeroed */
     lenet_tensor *h = lenet_tensor_create(1, (int[]){84 * 6});

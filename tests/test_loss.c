@@ -52,7 +52,7 @@ static lenet_status expect_untouched(const lenet_tensor *logits, const int32_t *
     if (dlogits)
         for (size_t i = 0; i < lenet_tensor_numel(dlogits); i++)
             lenet_tensor_data(dlogits)[i] = 7.0f;
-    lenet_clear_error();
+    lenet_error_clear();
     lenet_status st = lenet_cross_entropy(logits, labels, &loss, dlogits);
     ck_assert_msg(st < 0, "expected an error, got %s", lenet_status_str(st));
     ck_assert_str_ne(lenet_last_error(), "");

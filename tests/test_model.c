@@ -242,7 +242,7 @@ START_TEST(test_model_add_null_layer_reports_the_constructor_error)
 {
     lenet_model *m = lenet_model_create();
     ck_assert_ptr_nonnull(m);
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_int_eq(lenet_model_add(m, lenet_conv2d(0, 5, 1, 0)), LENET_EINVAL);
     ck_assert_msg(strstr(lenet_last_error(), "Conv2d") != NULL, "message: %s", lenet_last_error());
     ck_assert_int_eq(lenet_model_add(m, lenet_linear(-3)), LENET_EINVAL);
@@ -250,7 +250,7 @@ START_TEST(test_model_add_null_layer_reports_the_constructor_error)
     ck_assert_uint_eq(lenet_model_layer_count(m), 0);
 
     /* A plain NULL without a previous failure is still an error. */
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_int_eq(lenet_model_add(m, NULL), LENET_EINVAL);
     ck_assert_str_ne(lenet_last_error(), "");
     ck_assert_uint_eq(lenet_model_layer_count(m), 0);
@@ -381,7 +381,7 @@ START_TEST(test_model_build_that_does_not_fit_names_the_layer_and_stays_unbuilt)
 {
     lenet_model *m = lenet_test_d2l_model();
     /* 4x4 -> conv(p2) 4x4 -> pool 2x2 -> conv k5 does not fit. */
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_int_eq(lenet_model_build(m, 1, 4, 4), LENET_ESHAPE);
     ck_assert_msg(strstr(lenet_last_error(), "Conv2d") != NULL && has_int(lenet_last_error(), 3),
                   "message: %s", lenet_last_error());
@@ -412,7 +412,7 @@ static void expect_too_large(lenet_layer *const *layers, size_t count, int c, in
     lenet_model *m = lenet_model_create();
     for (size_t i = 0; i < count; i++)
         ck_assert_lenet_ok(lenet_model_add(m, layers[i]));
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_int_eq(lenet_model_build(m, c, h, w), LENET_ESHAPE);
     for (size_t i = 0; i < n_expect; i++)
         ck_assert_msg(strstr(lenet_last_error(), expect[i]) != NULL, "expected '%s' in: %s", expect[i],
@@ -676,7 +676,7 @@ START_TEST(test_model_summary_errors_print_nothing)
     ck_assert(!lenet_model_is_built(m));
 
     /* Unbuilt, too small: the second Conv2d does not fit; nothing printed, model stays unbuilt. */
-    lenet_clear_error();
+    lenet_error_clear();
     text = summary_text(m, 1, 1, 4, 4, &st);
     ck_assert_int_eq(st, LENET_ESHAPE);
     ck_assert_str_eq(text, "");
@@ -687,7 +687,7 @@ START_TEST(test_model_summary_errors_print_nothing)
     /* Built for 28x28, the Linear after Flatten does not fit 32x32 (576 features, weights expect 400):
      * the failing layer is the eighth, so the seven lines before it must not be printed either. */
     ck_assert_lenet_ok(lenet_model_build(m, 1, 28, 28));
-    lenet_clear_error();
+    lenet_error_clear();
     text = summary_text(m, 1, 1, 32, 32, &st);
     ck_assert_int_eq(st, LENET_ESHAPE);
     ck_assert_str_eq(text, "");
@@ -955,7 +955,7 @@ START_TEST(test_model_forward_with_wrong_channels_names_both_counts)
     ck_assert_lenet_ok(lenet_model_build(m, 1, 28, 28));
     const lenet_tensor *y = NULL;
     lenet_tensor *x = make_tensor4(2, 3, 28, 28, 1);
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_int_eq(lenet_model_forward(m, x, &y), LENET_ESHAPE);
     ck_assert_msg(has_int(lenet_last_error(), 3) && has_int(lenet_last_error(), 1), "message: %s",
                   lenet_last_error());

@@ -142,7 +142,7 @@ END_TEST
 /* Output, gradients and buffers of one training forward + backward with `threads` threads. */
 static void run_with_threads(int threads, const lenet_tensor *x, float *out, size_t *count)
 {
-    ck_assert_lenet_ok(lenet_set_num_threads(threads));
+    ck_assert_lenet_ok(lenet_threads_set(threads));
     lenet_model *m = bn_model(0.1f);
     const lenet_tensor *y;
     for (int step = 0; step < 2; step++)
@@ -186,7 +186,7 @@ START_TEST(test_batchnorm_and_dropout_are_bit_identical_for_1_2_and_4_threads)
         free(other);
         lenet_tensor_free(x);
     }
-    ck_assert_lenet_ok(lenet_set_num_threads(0));
+    ck_assert_lenet_ok(lenet_threads_set(0));
 }
 END_TEST
 

@@ -195,7 +195,7 @@ START_TEST(test_a_nan_weight_is_blamed_on_the_first_layer_whose_output_it_poison
     float *before = snapshot(m);
     lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
     lenet_iter *it = lenet_iter_create(d, 16, false, 0);
-    lenet_clear_error();
+    lenet_error_clear();
     lenet_status st = lenet_train_epoch(m, o, it, NULL, NULL, NULL);
     ck_assert_int_eq(st, LENET_ENUMERIC);
     ck_assert_msg(strstr(lenet_last_error(), "layer 3 (Conv2d)") != NULL, "message: %s", lenet_last_error());
@@ -222,7 +222,7 @@ START_TEST(test_an_infinite_bias_of_the_last_layer_is_named_and_evaluate_reports
     ck_assert_msg(strstr(lenet_last_error(), "layer 11 (Linear)") != NULL, "message: %s", lenet_last_error());
     ck_assert_msg(strstr(lenet_last_error(), "infinity") != NULL, "message: %s", lenet_last_error());
     ck_assert_msg(params_equal(m, before), "the parameters changed");
-    lenet_clear_error();
+    lenet_error_clear();
     lenet_metrics mt = {.loss = 42.0};
     ck_assert_int_eq(lenet_evaluate(m, it, &mt), LENET_ENUMERIC);
     ck_assert_msg(strstr(lenet_last_error(), "evaluate") != NULL &&
@@ -249,7 +249,7 @@ START_TEST(test_a_gradient_that_overflows_is_enumeric_before_the_update)
     float *before = snapshot(m);
     lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
     lenet_iter *it = lenet_iter_create(d, 4, false, 0);
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_int_eq(lenet_train_epoch(m, o, it, NULL, NULL, NULL), LENET_ENUMERIC);
     ck_assert_msg(strstr(lenet_last_error(), "gradient") != NULL &&
                       strstr(lenet_last_error(), "layer 1 (Linear)") != NULL,
@@ -273,7 +273,7 @@ START_TEST(test_an_update_that_overflows_restores_the_parameters_of_before_the_s
     float *before = snapshot(m);
     lenet_optimizer *o = lenet_sgd_create(m, 1e30f, 0.0f, 0.0f);
     lenet_iter *it = lenet_iter_create(d, 4, false, 0);
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_int_eq(lenet_train_epoch(m, o, it, NULL, NULL, NULL), LENET_ENUMERIC);
     ck_assert_msg(strstr(lenet_last_error(), "update") != NULL && strstr(lenet_last_error(), "1.weight") != NULL &&
                       strstr(lenet_last_error(), "layer 1 (Linear)") != NULL,

@@ -149,10 +149,10 @@ static lenet_model *bn_lenet(void)
 /* LeCun et al. 1998's LeNet-5 (as tests/test_lenet5.c builds it) on 1x32x32. */
 static lenet_model *lenet5(void)
 {
-    lenet_model *m = MODEL(lenet_conv2d(6, 5, 1, 0), lenet_scaled_tanh(), lenet_subsample2d(2, 2), lenet_scaled_tanh(),
-                           lenet_lenet5_c3(), lenet_scaled_tanh(), lenet_subsample2d(2, 2), lenet_scaled_tanh(),
+    lenet_model *m = MODEL(lenet_conv2d(6, 5, 1, 0), lenet_scaled_tanh(), lenet_subsampling(2, 2), lenet_scaled_tanh(),
+                           lenet_lenet5_c3(), lenet_scaled_tanh(), lenet_subsampling(2, 2), lenet_scaled_tanh(),
                            lenet_conv2d(120, 5, 1, 0), lenet_scaled_tanh(), lenet_flatten(), lenet_linear(84),
-                           lenet_scaled_tanh(), lenet_rbf_lenet5());
+                           lenet_scaled_tanh(), lenet_lenet5_rbf());
     ck_assert_lenet_ok(lenet_model_build(m, 1, 32, 32));
     ck_assert_lenet_ok(lenet_model_init(m, LENET_INIT_LECUN, 6));
     return m;
@@ -166,13 +166,14 @@ static lenet_model *tiny_every_kind(void)
     float centres[2 * 4];
     for (int i = 0; i < 8; i++)
         centres[i] = (float)i / 4.0f - 1.0f;
-    lenet_model *m = MODEL(lenet_conv2d(2, 3, 1, 1), lenet_scaled_tanh(), lenet_subsample2d(2, 2),
+    lenet_model *m = MODEL(lenet_conv2d(2, 3, 1, 1), lenet_scaled_tanh(), lenet_subsampling(2, 2),
                            lenet_partial_conv2d(3, 2, 2, table), lenet_batchnorm2d(1e-3f, 0.25f), lenet_tanh(),
-                           lenet_maxpool2d(2, 1), lenet_subsample2d(3, 3), lenet_avgpool2d(1, 1), lenet_flatten(),
+                           lenet_maxpool2d(2, 1), lenet_subsampling(3, 3), lenet_avgpool2d(1, 1), lenet_flatten(),
                            lenet_linear(5), lenet_batchnorm1d(1e-5f, 0.5f), lenet_relu(), lenet_linear(4),
-                           lenet_sigmoid(), lenet_rbf(2, 4, centres));
+                           lenet_sigmoid(), lenet_euclidean_rbf(2));
     ck_assert_lenet_ok(lenet_model_build(m, 1, 14, 14));
     ck_assert_lenet_ok(lenet_model_init(m, LENET_INIT_PYTORCH, 7));
+    memcpy(lenet_tensor_data(lenet_model_param(m, lenet_model_param_count(m) - 1)), centres, sizeof centres);
     /* Running statistics that are not 0 and 1. */
     for (size_t i = 0; i < lenet_model_buffer_count(m); i++) {
         lenet_tensor *b = lenet_model_buffer(m, i);
@@ -566,7 +567,7 @@ END_TEST
 /* A failed import: NULL, a message naming the file, one of the statuses a bad file may give. */
 static void check_clean_failure(const char *path, lenet_status want)
 {
-    lenet_clear_error();
+    lenet_error_clear();
     lenet_model *m = lenet_model_import_onnx(path);
     if (m) {
         lenet_model_free(m);
@@ -608,7 +609,7 @@ START_TEST(test_every_corrupted_byte_fails_cleanly_or_imports)
             bytes[i] ^= masks[k];
             write_bytes(tmp_path("bad.onnx"), bytes, size);
             bytes[i] ^= masks[k];
-            lenet_clear_error();
+            lenet_error_clear();
             lenet_model *back = lenet_model_import_onnx(tmp_path("bad.onnx"));
             if (back) { /* a changed weight, name or attribute that still makes sense: the model must work */
                 lenet_tensor *x = random_input(back, 2, i);

@@ -135,10 +135,10 @@ static lenet_model *unfoldable_bn(void)
 
 static lenet_model *lenet5(void)
 {
-    return MODEL(1, 32, 32, lenet_conv2d(6, 5, 1, 0), lenet_scaled_tanh(), lenet_subsample2d(2, 2),
-                 lenet_scaled_tanh(), lenet_lenet5_c3(), lenet_scaled_tanh(), lenet_subsample2d(2, 2),
+    return MODEL(1, 32, 32, lenet_conv2d(6, 5, 1, 0), lenet_scaled_tanh(), lenet_subsampling(2, 2),
+                 lenet_scaled_tanh(), lenet_lenet5_c3(), lenet_scaled_tanh(), lenet_subsampling(2, 2),
                  lenet_scaled_tanh(), lenet_conv2d(120, 5, 1, 0), lenet_scaled_tanh(), lenet_flatten(),
-                 lenet_linear(84), lenet_scaled_tanh(), lenet_rbf_lenet5());
+                 lenet_linear(84), lenet_scaled_tanh(), lenet_lenet5_rbf());
 }
 
 static const network NETWORKS[] = {

@@ -115,13 +115,13 @@ END_TEST
 START_TEST(test_threads_agree_when_each_call_runs_on_one_thread)
 {
     /* The library's own batch parallelism off: the callers' threads are the only concurrency. */
-    int before = lenet_get_num_threads();
-    ck_assert_lenet_ok(lenet_set_num_threads(1));
+    int before = lenet_threads_get();
+    ck_assert_lenet_ok(lenet_threads_set(1));
     lenet_model *m = trained_d2l();
     check_threads_agree(m);
     lenet_model_free(m);
-    ck_assert_lenet_ok(lenet_set_num_threads(0));
-    ck_assert_int_eq(lenet_get_num_threads(), before);
+    ck_assert_lenet_ok(lenet_threads_set(0));
+    ck_assert_int_eq(lenet_threads_get(), before);
 }
 END_TEST
 

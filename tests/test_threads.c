@@ -15,7 +15,7 @@
  * a copy of the parameters. */
 static float *train_with_threads(int threads, bool modern, size_t *numel)
 {
-    ck_assert_lenet_ok(lenet_set_num_threads(threads));
+    ck_assert_lenet_ok(lenet_threads_set(threads));
     lenet_model *m = lenet_model_create();
     lenet_layer *d2l[] = {lenet_conv2d(6, 5, 1, 2), lenet_sigmoid(), lenet_avgpool2d(2, 2),
                           lenet_conv2d(16, 5, 1, 0), lenet_sigmoid(), lenet_avgpool2d(2, 2), lenet_flatten(),
@@ -80,7 +80,7 @@ static void check_thread_counts_agree(bool modern)
     free(one);
     free(two);
     free(four);
-    lenet_set_num_threads(0);
+    lenet_threads_set(0);
 }
 
 START_TEST(test_d2l_training_is_bit_identical_for_1_2_and_4_threads)
@@ -97,13 +97,13 @@ END_TEST
 
 START_TEST(test_set_num_threads_validates_and_restores_default)
 {
-    ck_assert_int_eq(lenet_set_num_threads(-1), LENET_EINVAL);
+    ck_assert_int_eq(lenet_threads_set(-1), LENET_EINVAL);
     ck_assert_msg(strstr(lenet_last_error(), "-1") != NULL, "message: %s", lenet_last_error());
-    ck_assert_int_eq(lenet_set_num_threads(100000), LENET_EINVAL);
-    ck_assert_lenet_ok(lenet_set_num_threads(3));
-    ck_assert_int_eq(lenet_get_num_threads(), 3);
-    ck_assert_lenet_ok(lenet_set_num_threads(0));
-    ck_assert_int_ge(lenet_get_num_threads(), 1);
+    ck_assert_int_eq(lenet_threads_set(100000), LENET_EINVAL);
+    ck_assert_lenet_ok(lenet_threads_set(3));
+    ck_assert_int_eq(lenet_threads_get(), 3);
+    ck_assert_lenet_ok(lenet_threads_set(0));
+    ck_assert_int_ge(lenet_threads_get(), 1);
 }
 END_TEST
 

@@ -331,9 +331,10 @@ static lenet_model *rbf_model(uint64_t seed)
     ck_assert_lenet_ok(lenet_model_add(m, lenet_tanh()));
     ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
     ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(3)));
-    ck_assert_lenet_ok(lenet_model_add(m, lenet_rbf(2, 3, centers)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_euclidean_rbf(2)));
     ck_assert_lenet_ok(lenet_model_build(m, 1, SIDE, SIDE));
     ck_assert_lenet_ok(lenet_model_init(m, LENET_INIT_XAVIER_UNIFORM, seed));
+    memcpy(lenet_tensor_data(lenet_model_param(m, 4)), centers, sizeof centers);
     return m;
 }
 
@@ -378,7 +379,7 @@ START_TEST(test_an_rbf_network_trains_with_the_map_criterion_and_is_scored_by_it
 {
     lenet_dataset *train = halves("train", 64, 31, NULL), *test = halves("test", 32, 32, NULL);
     lenet_model *m = rbf_model(33);
-    lenet_criterion *map = lenet_criterion_rbf(LENET_RBF_CRITERION_MAP, LENET_MAP_J_DEFAULT);
+    lenet_criterion *map = lenet_criterion_rbf(LENET_RBF_LOSS_MAP, LENET_MAP_J_DEFAULT);
     lenet_optimizer *o = lenet_sgd_create(m, 0.02f, 0.0f, 0.0f);
     lenet_iter *it = lenet_iter_create(train, 16, true, 34), *test_it = lenet_iter_create(test, 16, false, 0);
     ck_assert_ptr_nonnull(map);
@@ -400,7 +401,7 @@ START_TEST(test_an_rbf_network_trains_with_the_map_criterion_and_is_scored_by_it
         ck_assert_lenet_ok(lenet_model_predict(m, x, y));
         int32_t label = lenet_dataset_label(test, i), cls;
         float loss;
-        ck_assert_lenet_ok(lenet_rbf_loss(y, &label, LENET_RBF_CRITERION_MAP, LENET_MAP_J_DEFAULT, &loss, NULL, NULL));
+        ck_assert_lenet_ok(lenet_rbf_loss(y, &label, LENET_RBF_LOSS_MAP, LENET_MAP_J_DEFAULT, &loss, NULL, NULL));
         sum += loss;
         ck_assert_lenet_ok(lenet_criterion_classify(map, y, &cls));
         const float *p = lenet_tensor_cdata(y);
@@ -486,7 +487,7 @@ START_TEST(test_a_custom_criterion_drives_training_and_its_failures_are_reported
     /* A loss that fails stops the pass before its step, with the status it returned and a message. */
     float *before = snapshot(m);
     st.fail_with = LENET_EINVAL;
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_int_eq(lenet_train_epoch_with(m, o, it, c, NULL, NULL, NULL), LENET_EINVAL);
     ck_assert_msg(strstr(lenet_last_error(), "custom loss") != NULL, "message: %s", lenet_last_error());
     assert_params_equal(m, before, "after the custom loss failed");
@@ -506,11 +507,11 @@ END_TEST
 
 START_TEST(test_criterion_constructors_and_calls_reject_bad_arguments)
 {
-    ck_assert_ptr_null(lenet_criterion_rbf((lenet_rbf_criterion)7, 1.0f));
+    ck_assert_ptr_null(lenet_criterion_rbf((lenet_rbf_loss_kind)7, 1.0f));
     ck_assert_msg(strstr(lenet_last_error(), "unknown criterion 7") != NULL, "message: %s", lenet_last_error());
-    ck_assert_ptr_null(lenet_criterion_rbf(LENET_RBF_CRITERION_MAP, NAN));
+    ck_assert_ptr_null(lenet_criterion_rbf(LENET_RBF_LOSS_MAP, NAN));
     ck_assert_msg(strstr(lenet_last_error(), "finite") != NULL, "message: %s", lenet_last_error());
-    lenet_criterion *mse = lenet_criterion_rbf(LENET_RBF_CRITERION_MSE, NAN); /* j is ignored for MSE */
+    lenet_criterion *mse = lenet_criterion_rbf(LENET_RBF_LOSS_MSE, NAN); /* j is ignored for MSE */
     ck_assert_ptr_nonnull(mse);
     ck_assert_ptr_null(lenet_criterion_custom(NULL, NULL, NULL));
     ck_assert_msg(strstr(lenet_last_error(), "loss function is NULL") != NULL, "message: %s", lenet_last_error());
@@ -633,7 +634,7 @@ START_TEST(test_a_diverging_loss_is_enumeric_and_keeps_the_last_finite_parameter
     progress_log log = {.model = m, .last_params = snapshot(m)};
     ck_assert_msg(all_finite(log.last_params, numel), "the initial parameters are not finite");
     lenet_metrics mt = {.loss = 123.0};
-    lenet_clear_error();
+    lenet_error_clear();
     lenet_status st = lenet_train_epoch(m, o, it, record_progress, &log, &mt);
     ck_assert_msg(st == LENET_ENUMERIC, "train_epoch at lr 1e30 returned %s (%s) after %d batches",
                   lenet_status_str(st), lenet_last_error(), log.calls);
@@ -695,7 +696,7 @@ START_TEST(test_labels_outside_the_model_classes_are_einval)
     ck_assert_ptr_nonnull(o);
     ck_assert_ptr_nonnull(it);
     float *before = snapshot(m);
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_int_eq(lenet_train_epoch(m, o, it, NULL, NULL, NULL), LENET_EINVAL);
     ck_assert_msg(strstr(lenet_last_error(), "label 2") != NULL, "message: %s", lenet_last_error());
     assert_params_equal(m, before, "after a batch with a bad label");
@@ -782,7 +783,7 @@ START_TEST(test_a_model_built_for_another_input_size_is_eshape)
     lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
     ck_assert_ptr_nonnull(o);
     float *before = snapshot(m);
-    lenet_clear_error();
+    lenet_error_clear();
     ck_assert_int_eq(lenet_train_epoch(m, o, it, NULL, NULL, NULL), LENET_ESHAPE);
     ck_assert_msg(strstr(lenet_last_error(), "8x8") && strstr(lenet_last_error(), "10x10"), "message: %s",
                   lenet_last_error());

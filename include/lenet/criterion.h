@@ -42,14 +42,6 @@ typedef int32_t (*lenet_classify_fn)(void *user, const float *y, int k);
  */
 LENET_API lenet_criterion *lenet_criterion_cross_entropy(void);
 
-/**
- * LeNet-5's criteria over RBF penalties (lenet_rbf_loss()), the smallest penalty wins.
- * @param kind LENET_RBF_CRITERION_MAP or LENET_RBF_CRITERION_MSE
- * @param j    the MAP constant (LENET_MAP_J_DEFAULT is what the examples use); ignored for MSE, finite
- * @return a new criterion the caller frees with lenet_criterion_free(), or NULL (LENET_EINVAL for an unknown kind or
- *         a non-finite j; LENET_ENOMEM).
- */
-LENET_API lenet_criterion *lenet_criterion_rbf(lenet_rbf_criterion kind, float j);
 
 /**
  * A criterion made of the caller's functions.  @p user is passed to both and stays owned by the caller, who keeps it

@@ -213,7 +213,7 @@ LENET_API lenet_augment *lenet_augment_fashion(void);
  *
  * Each image's random draws come from a generator seeded by the iterator's pass (its seed and the number of
  * passes) and the image's position in the pass: the batches are the same, bit for bit, for any thread count
- * (lenet_set_num_threads()) and any batch size, a new pass draws new transforms, and a checkpoint
+ * (lenet_threads_set()) and any batch size, a new pass draws new transforms, and a checkpoint
  * (lenet_checkpoint_save()) that holds the iterator's state resumes with the same augmented images provided the
  * resumed iterator is given the same pipeline.  The images are augmented in parallel on the library's threads.
  *

@@ -95,65 +95,6 @@ LENET_API const char *lenet_layer_name(const lenet_layer *l);
  */
 LENET_API void lenet_layer_free(lenet_layer *l);
 
-/* ---- LeNet-5 (LeCun, Bottou, Bengio, Haffner 1998): the layers of the original network ---- */
-
-/**
- * LeNet-5's trainable subsampling (S2, S4; PyTorch has no such module, name "Subsampling"): each output unit
- * adds the kernel_size x kernel_size inputs of its window, multiplies the sum by one trainable coefficient per
- * map and adds one trainable bias per map.  No padding, floor mode, like lenet_avgpool2d().  Parameters
- * "weight" (C) and "bias" (C).  The squashing function is a separate layer (lenet_scaled_tanh()).
- * @return NULL with LENET_EINVAL unless kernel_size >= 1 and stride >= 1.
- */
-LENET_API lenet_layer *lenet_subsample2d(int kernel_size, int stride);
-
-/**
- * A valid, stride-1 convolution in which output map o reads only the input maps i with
- * table[o * in_channels + i] != 0 (name "PartialConv2d").  The input must have in_channels maps.
- * Parameters "weight" (connections, k, k), the kernels of the table's connections numbered output-major
- * (map 0's inputs in increasing order, then map 1's, ...), and "bias" (out_channels).  LENET_INIT_LECUN uses
- * each output map's own fan-in (its inputs * k * k).
- * @param table out_channels * in_channels flags, copied (the caller keeps it); at most 240 entries.
- * @return NULL with LENET_EINVAL for sizes < 1, a NULL or empty table, or a table of more than 240 entries.
- */
-LENET_API lenet_layer *lenet_partial_conv2d(int out_channels, int in_channels, int kernel_size,
-                                            const unsigned char *table);
-
-/**
- * Writes LeNet-5's C3 connection table (the paper's Table I) as lenet_partial_conv2d() takes it:
- * table[o * 6 + i] is 1 when C3 map o reads S2 map i, else 0.  Harmless on NULL.
- */
-LENET_API void lenet_lenet5_c3_table(unsigned char table[16 * 6]);
-
-/** LeNet-5's C3: lenet_partial_conv2d(16, 6, 5, Table I): 1,516 parameters, 151,600 connections. */
-LENET_API lenet_layer *lenet_lenet5_c3(void);
-
-/**
- * Euclidean radial basis function units (name "EuclideanRBF"): y_i = sum_j (x_j - w_ij)^2 over flattened input
- * of in_features.  The smaller y_i, the better the input matches unit i (a penalty, not a score).
- * The centres are fixed: the parameter "weight" (out_features, in_features) is not trainable (it is in the
- * state_dict and settable through lenet_model_param(), but counts no trainable parameter and no optimizer
- * changes it); every lenet_model_init() scheme writes @p centers.
- * @param centers out_features * in_features values, copied; NULL for zeros.
- * @return NULL with LENET_EINVAL unless both sizes are >= 1; LENET_ENOMEM.
- */
-LENET_API lenet_layer *lenet_rbf(int out_features, int in_features, const float *centers);
-
-/**
- * Writes LeNet-5's RBF centres: for digit d, centers[d * 84 + 7 * r + c] is +1 where the 7x12 bitmap of the
- * stylised digit (the paper's Fig. 3) has ink at row r, column c, else -1.  The bitmaps are drawn for liblenet
- * after the paper (docs/lenet5.md shows them).  Harmless on NULL.
- */
-LENET_API void lenet_rbf_lenet5_bitmaps(float centers[10 * 84]);
-
-/** LeNet-5's output layer: lenet_rbf(10, 84, the bitmaps of lenet_rbf_lenet5_bitmaps()); 840 connections. */
-LENET_API lenet_layer *lenet_rbf_lenet5(void);
-
-/**
- * LeNet-5's squashing function f(a) = A tanh(S a) with A = 1.7159 and S = 2/3, elementwise
- * (name "ScaledTanh"; f(1) = 1, f(-1) = -1).
- */
-LENET_API lenet_layer *lenet_scaled_tanh(void);
-
 #ifdef __cplusplus
 }
 #endif

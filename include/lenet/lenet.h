@@ -19,5 +19,6 @@
 #include "lenet/io.h"
 #include "lenet/threads.h"
 #include "lenet/plan.h"
+#include "lenet/lenet5.h"
 
 #endif /* LENET_LENET_H */

@@ -213,27 +213,6 @@ LENET_API lenet_status lenet_model_predict(const lenet_model *m, const lenet_ten
 LENET_API lenet_status lenet_model_classify(const lenet_model *m, const lenet_tensor *x, int32_t *classes,
                                             float *probs);
 
-/* ---- LeNet-5 (LeCun et al. 1998): second-order information for SDLM ---- */
-
-/**
- * Back-propagates the diagonal Gauss-Newton curvature of a loss through the last forward pass and adds, for
- * every parameter, the estimate of d2E/dw2 into its gradient buffer (lenet_model_grad()), as
- * lenet_model_backward() adds dE/dw: the loss's diagonal Hessian @p hy at the output goes back as
- * d2E/da2 = f'(a)^2 d2E/dy2 through nonlinearities and d2E/dx_k^2 = sum w_k^2 d2E/da^2 through weighted sums,
- * and d2E/dw_k^2 = sum over the weight's connections of x_k^2 d2E/da^2 (LeCun et al. 1998, appendix C).
- * Every term is >= 0 when @p hy is.  Used by lenet_sdlm_estimate_hessian(); call lenet_model_zero_grad() first
- * unless accumulating.
- *
- * @param dy the loss gradient at the output (same shape as the output), or NULL; a last layer whose own
- *           curvature enters (lenet_rbf(): 2 * sum dy) needs it.
- * @param hy diag d2E/dy2 at the output, same shape (e.g. from lenet_rbf_loss()).
- * @return LENET_OK; LENET_EINVAL; LENET_ESTATE without a preceding forward; LENET_ESHAPE if a shape differs;
- *         LENET_EUNSUPPORTED naming the first layer that has no Gauss-Newton pass (overlapping pools, and layers
- *         outside liblenet's LeNet-5 set and the linear/elementwise layers); LENET_ENOMEM.  Nothing is written
- *         on failure.
- */
-LENET_API lenet_status lenet_model_backward_gn(lenet_model *m, const lenet_tensor *dy, const lenet_tensor *hy);
-
 #ifdef __cplusplus
 }
 #endif

@@ -172,67 +172,6 @@ LENET_API void lenet_schedule_free(lenet_schedule *s);
  */
 LENET_API lenet_status lenet_optimizer_set_schedule(lenet_optimizer *o, lenet_schedule *s, lenet_schedule_unit unit);
 
-/* ---- LeNet-5 (LeCun et al. 1998): stochastic diagonal Levenberg-Marquardt ---- */
-
-/**
- * Creates stochastic diagonal Levenberg-Marquardt (LeCun et al. 1998, appendix C): every trainable parameter
- * w_k has its own step eta_k = epsilon / (mu + h_kk), where h_kk is an estimate of d2E/dw_k^2 (the Gauss-Newton
- * diagonal, see lenet_model_backward_gn()), so each step is w_k -= eta_k * grad_k.  The paper uses mu = 0.02 and
- * the epsilon schedule of lenet_sdlm_paper_epsilon(), with one step per pattern (batches of 1) and the h_kk
- * re-estimated on 500 patterns before every pass.  lenet_optimizer_set_lr() / lenet_optimizer_lr() set and read
- * epsilon.
- *
- * @param m the model, borrowed: it must outlive the optimizer.  It may be unbuilt until the first estimate.
- * @return a new optimizer to free with lenet_optimizer_free(), or NULL (LENET_EINVAL for NULL, a negative or
- *         non-finite epsilon, a non-positive or non-finite mu; LENET_ENOMEM).
- */
-LENET_API lenet_optimizer *lenet_sdlm_create(lenet_model *m, float epsilon, float mu);
-
-/**
- * Re-estimates the h_kk of an SDLM optimizer as the mean of the per-pattern Gauss-Newton diagonal over the
- * next @p samples patterns of @p it (reset when it runs out; a shuffled iterator gives the paper's randomly
- * chosen patterns), for a model whose outputs are RBF penalties scored by @p criterion with constant @p j
- * (see lenet_rbf_loss()).  Uses the model's gradient buffers, which are zero afterwards.
- * Until the first estimate, lenet_optimizer_step() fails with LENET_ESTATE.
- * @return LENET_OK; LENET_EINVAL (NULL, not an SDLM optimizer, samples == 0, bad criterion or j); the errors of
- *         lenet_model_forward(), lenet_rbf_loss() and lenet_model_backward_gn().
- */
-LENET_API lenet_status lenet_sdlm_estimate_hessian(lenet_optimizer *o, lenet_iter *it, size_t samples,
-                                                   lenet_rbf_criterion criterion, float j);
-
-/**
- * Takes the model's current gradient buffers as the h_kk (clamped at 0), for a curvature accumulated by the
- * caller with lenet_model_backward_gn() and any loss, divided by @p count patterns (> 0).
- * @return LENET_OK; LENET_EINVAL; LENET_ESTATE if the model is not built; LENET_ENOMEM.
- */
-LENET_API lenet_status lenet_sdlm_set_hessian_from_grads(lenet_optimizer *o, double count);
-
-/**
- * The running form of the estimate (the paper's h_kk <- (1 - gamma) h_kk + gamma d2E^p/dw_k^2): blends the
- * model's gradient buffers, holding a curvature summed over @p count patterns by lenet_model_backward_gn(), into
- * the h_kk with weight @p gamma in (0, 1] (1 replaces them, as lenet_sdlm_set_hessian_from_grads(); the first
- * call always replaces).  Negative values are clamped at 0.
- * @return LENET_OK; LENET_EINVAL; LENET_ESTATE if the model is not built; LENET_ENOMEM.
- */
-LENET_API lenet_status lenet_sdlm_update_hessian_from_grads(lenet_optimizer *o, double count, float gamma);
-
-/** Sets epsilon, the global step of SDLM (as lenet_optimizer_set_lr()); LENET_EINVAL if @p o is not SDLM. */
-LENET_API lenet_status lenet_sdlm_set_epsilon(lenet_optimizer *o, float epsilon);
-
-/**
- * Copies the current h_kk of parameter tensor @p i (numbered as lenet_model_param()) into @p out, a tensor of
- * the same number of elements.
- * @return LENET_OK; LENET_EINVAL (NULL, not SDLM, i out of range); LENET_ESTATE before the first estimate;
- *         LENET_ESHAPE if the sizes differ.
- */
-LENET_API lenet_status lenet_sdlm_hessian(const lenet_optimizer *o, size_t i, lenet_tensor *out);
-
-/**
- * The paper's epsilon for pass @p pass (0-based): 0.0005 for passes 0-1, 0.0002 for 2-4, 0.0001 for 5-7,
- * 0.00005 for 8-11 and 0.00001 from pass 12 on.
- */
-LENET_API float lenet_sdlm_paper_epsilon(int pass);
-
 #ifdef __cplusplus
 }
 #endif

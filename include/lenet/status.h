@@ -43,7 +43,7 @@ LENET_API const char *lenet_status_str(lenet_status s);
 LENET_API const char *lenet_last_error(void);
 
 /** Clears the calling thread's error message, so lenet_last_error() returns "". */
-LENET_API void lenet_clear_error(void);
+LENET_API void lenet_error_clear(void);
 
 /**
  * Returns the version of the library the program runs with, "MAJOR.MINOR.PATCH".

@@ -24,10 +24,10 @@ extern "C" {
  * runs at a time: a call made while another thread's call is running runs on its caller's thread alone.
  * @return LENET_OK; LENET_EINVAL if n < 0 or n > 1024.
  */
-LENET_API lenet_status lenet_set_num_threads(int n);
+LENET_API lenet_status lenet_threads_set(int n);
 
 /** Returns the number of threads the next call will use (at least 1). */
-LENET_API int lenet_get_num_threads(void);
+LENET_API int lenet_threads_get(void);
 
 #ifdef __cplusplus
 }

@@ -33,7 +33,7 @@ const char *lenet_last_error(void)
     return message;
 }
 
-void lenet_clear_error(void)
+void lenet_error_clear(void)
 {
     message[0] = '\0';
     last_status = LENET_OK;

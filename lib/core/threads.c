@@ -28,7 +28,7 @@ static int default_threads(void)
     return cpus < 1 ? 1 : cpus > MAX_THREADS ? MAX_THREADS : (int)cpus;
 }
 
-lenet_status lenet_set_num_threads(int n)
+lenet_status lenet_threads_set(int n)
 {
     if (n < 0 || n > MAX_THREADS)
         return lenet__fail(LENET_EINVAL, "set_num_threads: %d is outside [0, %d]", n, MAX_THREADS);
@@ -36,7 +36,7 @@ lenet_status lenet_set_num_threads(int n)
     return LENET_OK;
 }
 
-int lenet_get_num_threads(void)
+int lenet_threads_get(void)
 {
     int n = atomic_load(&requested);
     return n > 0 ? n : default_threads();
@@ -50,5 +50,5 @@ int lenet__threads(void)
         openblas_set_num_threads(1);
 #endif
     }
-    return lenet_get_num_threads();
+    return lenet_threads_get();
 }

@@ -88,7 +88,7 @@ enum { ONNX_DIM_VALUE = 1, ONNX_DIM_PARAM = 2 };
  * layer exactly, even where a connection's kernel happens to be all zeros. */
 #define LENET_ONNX_PARTIAL_MARK "liblenet PartialConv2d table "
 
-/* LeNet-5's squashing function A tanh(S x), the constants of lib/layers/squash.c. */
+/* LeNet-5's squashing function A tanh(S x), the constants of lib/layers/scaled_tanh.c. */
 #define LENET_ONNX_SQUASH_A 1.7159f
 #define LENET_ONNX_SQUASH_S (2.0f / 3.0f)
 

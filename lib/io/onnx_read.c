@@ -1316,7 +1316,7 @@ static lenet_status import_avgpool(graph *g, node *n, str x, node **last)
             return st;
         sum->used = scale->used = shift->used = true;
         *last = shift;
-        return add_layer(g, n, lenet_subsample2d(k, s));
+        return add_layer(g, n, lenet_subsampling(k, s));
     }
     return add_layer(g, n, lenet_avgpool2d(k, s));
 }
@@ -1552,9 +1552,10 @@ static lenet_status import_rbf(graph *g, node *n, str x, node **last)
         return lenet__oom("RBF centres");
     tensor_values(centres->t, NULL, values);
     float bitmaps[10 * 84];
-    lenet_rbf_lenet5_bitmaps(bitmaps);
+    lenet_lenet5_rbf_bitmaps(bitmaps);
     bool lenet5 = cdims[0] == 10 && cdims[1] == 84 && memcmp(values, bitmaps, sizeof bitmaps) == 0;
-    lenet_layer *l = lenet5 ? lenet_rbf_lenet5() : lenet_rbf(cdims[0], cdims[1], values);
+    /* A general RBF starts from zero centres: the staged tensor replaces them like any weight. */
+    lenet_layer *l = lenet5 ? lenet_lenet5_rbf() : lenet_euclidean_rbf(cdims[0]);
     lenet__free(values);
     if ((st = stage(g, lenet_model_layer_count(g->m), 0, false, centres, 2, cdims)) != LENET_OK) {
         lenet_layer_free(l);

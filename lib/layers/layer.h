@@ -9,6 +9,7 @@
 #include "core/internal.h"
 #include "lenet/layer.h"
 #include "lenet/model.h"
+#include "lenet/lenet5.h"
 
 /* Per-sample shapes: (C, H, W) for images, (F) after Flatten. */
 #define LENET_MAX_SAMPLE_DIMS 3

@@ -42,8 +42,9 @@ static const char *const lenet5_bitmaps[10][LENET5_RBF_ROWS] = {
 
 typedef struct rbf {
     lenet_layer base;
-    int out_features, in_features;
-    float *centers; /* out_features * in_features, copied at construction; NULL: zeros */
+    int out_features;
+    bool lenet5;     /* LeNet-5's bitmaps as the centres (then 84 inputs), else zeros until the caller sets them */
+    int in_features; /* set by setup */
 } rbf;
 
 static lenet_status rbf_infer_shape(const lenet_layer *l, const lenet_shape *in, lenet_shape *out)
@@ -54,7 +55,10 @@ static lenet_status rbf_infer_shape(const lenet_layer *l, const lenet_shape *in,
         lenet__shape_format(in, shape, sizeof shape);
         return lenet__fail(LENET_ESHAPE, "EuclideanRBF expects flattened input (features) per sample, got %s", shape);
     }
-    if (in->dim[0] != r->in_features)
+    if (r->lenet5 && in->dim[0] != LENET5_RBF_ROWS * LENET5_RBF_COLS)
+        return lenet__fail(LENET_ESHAPE, "EuclideanRBF: LeNet-5's bitmaps have %d pixels, the input has %d features",
+                           LENET5_RBF_ROWS * LENET5_RBF_COLS, in->dim[0]);
+    if (l->n_params > 0 && in->dim[0] != r->in_features)
         return lenet__fail(LENET_ESHAPE, "EuclideanRBF: input has %d features, the centres have %d", in->dim[0],
                            r->in_features);
     *out = (lenet_shape){.ndim = 1, .dim = {r->out_features}};
@@ -63,20 +67,21 @@ static lenet_status rbf_infer_shape(const lenet_layer *l, const lenet_shape *in,
 
 static lenet_status rbf_setup(lenet_layer *l, lenet_param_spec *specs, int *count)
 {
-    const rbf *r = (const rbf *)l;
-    specs[0] = (lenet_param_spec){.suffix = "weight", .ndim = 2, .shape = {r->out_features, r->in_features}, .trainable = false};
+    rbf *r = (rbf *)l;
+    r->in_features = l->in.dim[0];
+    specs[0] = (lenet_param_spec){.suffix = "weight", .ndim = 2, .shape = {r->out_features, r->in_features}};
     *count = 1;
     return LENET_OK;
 }
 
-/* The centres are fixed: every scheme writes the constructor's values. */
+/* The centres are fixed: every scheme writes LeNet-5's bitmaps, or zeros for the caller to replace. */
 static void rbf_init(lenet_layer *l, lenet_init scheme, lenet_rng *rng)
 {
     (void)scheme;
     (void)rng;
     const rbf *r = (const rbf *)l;
-    if (r->centers)
-        memcpy(l->param[0], r->centers, sizeof(float) * l->param_numel[0]);
+    if (r->lenet5)
+        lenet_lenet5_rbf_bitmaps(l->param[0]);
     else
         memset(l->param[0], 0, sizeof(float) * l->param_numel[0]);
 }
@@ -162,11 +167,6 @@ static size_t rbf_connections(const lenet_layer *l)
     return (size_t)r->out_features * (size_t)r->in_features;
 }
 
-static void rbf_destroy(lenet_layer *l)
-{
-    lenet__free(((rbf *)l)->centers);
-}
-
 static const lenet_layer_ops rbf_ops = {
     .name = "EuclideanRBF",
     .infer_shape = rbf_infer_shape,
@@ -175,38 +175,30 @@ static const lenet_layer_ops rbf_ops = {
     .forward = rbf_forward,
     .backward = rbf_backward,
     .connections = rbf_connections,
-    .destroy = rbf_destroy,
     .backward_gn = rbf_backward_gn,
 };
 
-lenet_layer *lenet_rbf(int out_features, int in_features, const float *centers)
+/* Arguments, as checkpoints store them: (out_features, 0, centres) with centres 1 for LeNet-5's bitmaps, 0 for
+ * zeros.  The middle one held in_features before it was inferred; files that give it still load. */
+static lenet_layer *rbf_create(int out_features, bool lenet5)
 {
-    if (out_features < 1 || in_features < 1)
-        return lenet__fail_null(LENET_EINVAL, "EuclideanRBF: out_features %d and in_features %d must be >= 1",
-                                out_features, in_features);
-    size_t count;
-    if (lenet__mul_overflows((size_t)out_features, (size_t)in_features, &count) ||
-        lenet__mul_overflows(count, sizeof(float), &(size_t){0}))
-        return lenet__fail_null(LENET_EINVAL, "EuclideanRBF: %d x %d centres are too many", out_features,
-                                in_features);
-    double args[] = {out_features, in_features, 0}; /* the third: 1 for LeNet-5's bitmaps (checkpoints) */
+    if (out_features < 1)
+        return lenet__fail_null(LENET_EINVAL, "EuclideanRBF: out_features %d must be >= 1", out_features);
+    double args[] = {out_features, 0, lenet5};
     rbf *r = lenet__layer_alloc(sizeof *r, &rbf_ops, 3, args);
     if (!r)
         return NULL;
     r->out_features = out_features;
-    r->in_features = in_features;
-    if (centers) {
-        r->centers = lenet__malloc(count * sizeof(float));
-        if (!r->centers) {
-            lenet__free(r);
-            return lenet__oom("EuclideanRBF centres"), NULL;
-        }
-        memcpy(r->centers, centers, count * sizeof(float));
-    }
+    r->lenet5 = lenet5;
     return &r->base;
 }
 
-void lenet_rbf_lenet5_bitmaps(float centers[10 * 84])
+lenet_layer *lenet_euclidean_rbf(int out_features)
+{
+    return rbf_create(out_features, false);
+}
+
+void lenet_lenet5_rbf_bitmaps(float centers[10 * 84])
 {
     if (!centers)
         return;
@@ -216,24 +208,19 @@ void lenet_rbf_lenet5_bitmaps(float centers[10 * 84])
                 centers[d * 84 + row * LENET5_RBF_COLS + col] = lenet5_bitmaps[d][row][col] == '#' ? 1.0f : -1.0f;
 }
 
-lenet_layer *lenet_rbf_lenet5(void)
+lenet_layer *lenet_lenet5_rbf(void)
 {
-    float centers[10 * 84];
-    lenet_rbf_lenet5_bitmaps(centers);
-    lenet_layer *l = lenet_rbf(10, 84, centers);
-    if (l)
-        l->args[2] = 1;
-    return l;
+    return rbf_create(10, true);
 }
 
-/* For the layer registry (checkpoints): (out_features, in_features, 0) or (10, 84, 1) for LeNet-5's bitmaps. */
+/* For the layer registry (checkpoints). */
 lenet_layer *lenet__rbf_from_args(const double *args);
 
 lenet_layer *lenet__rbf_from_args(const double *args)
 {
-    if (args[2] == 1 && args[0] == 10 && args[1] == 84)
-        return lenet_rbf_lenet5();
+    if (args[2] == 1 && args[0] == 10 && (args[1] == 84 || args[1] == 0))
+        return lenet_lenet5_rbf();
     if (args[2] != 0)
-        return lenet__fail_null(LENET_EINVAL, "EuclideanRBF: unknown centres %g for %gx%g", args[2], args[0], args[1]);
-    return lenet_rbf((int)args[0], (int)args[1], NULL);
+        return lenet__fail_null(LENET_EINVAL, "EuclideanRBF: unknown centres %g for %g outputs", args[2], args[0]);
+    return lenet_euclidean_rbf((int)args[0]);
 }

@@ -29,7 +29,7 @@ lenet_layer *lenet__rbf_from_args(const double *args);
     X(batchnorm1d, "BatchNorm1d", "ff", lenet_batchnorm1d(F(0), F(1)))         \
     X(batchnorm2d, "BatchNorm2d", "ff", lenet_batchnorm2d(F(0), F(1)))         \
     X(dropout, "Dropout", "f", lenet_dropout(F(0)))                            \
-    X(subsampling, "Subsampling", "ii", lenet_subsample2d(I(0), I(1)))         \
+    X(subsampling, "Subsampling", "ii", lenet_subsampling(I(0), I(1)))         \
     X(partial_conv2d, "PartialConv2d", "iiiddddd", lenet__partial_conv2d_from_args(args)) \
     X(euclidean_rbf, "EuclideanRBF", "iii", lenet__rbf_from_args(args))        \
     X(scaled_tanh, "ScaledTanh", "", lenet_scaled_tanh())

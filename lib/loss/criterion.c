@@ -5,12 +5,13 @@
 #include "core/internal.h"
 #include "kernels/kernels.h"
 #include "lenet/criterion.h"
+#include "lenet/lenet5.h"
 
 typedef enum criterion_kind { KIND_CROSS_ENTROPY, KIND_RBF, KIND_CUSTOM } criterion_kind;
 
 struct lenet_criterion {
     criterion_kind kind;
-    lenet_rbf_criterion rbf; /* KIND_RBF */
+    lenet_rbf_loss_kind rbf; /* KIND_RBF */
     float j;
     lenet_loss_fn loss; /* KIND_CUSTOM */
     lenet_classify_fn classify;
@@ -33,11 +34,11 @@ lenet_criterion *lenet_criterion_cross_entropy(void)
     return criterion_new(KIND_CROSS_ENTROPY);
 }
 
-lenet_criterion *lenet_criterion_rbf(lenet_rbf_criterion kind, float j)
+lenet_criterion *lenet_criterion_rbf(lenet_rbf_loss_kind kind, float j)
 {
-    if (kind != LENET_RBF_CRITERION_MAP && kind != LENET_RBF_CRITERION_MSE)
+    if (kind != LENET_RBF_LOSS_MAP && kind != LENET_RBF_LOSS_MSE)
         return lenet__fail_null(LENET_EINVAL, "criterion_rbf: unknown criterion %d", (int)kind);
-    if (kind == LENET_RBF_CRITERION_MAP && !isfinite(j))
+    if (kind == LENET_RBF_LOSS_MAP && !isfinite(j))
         return lenet__fail_null(LENET_EINVAL, "criterion_rbf: the MAP constant j (%g) must be finite", (double)j);
     lenet_criterion *c = criterion_new(KIND_RBF);
     if (c) {
@@ -88,7 +89,7 @@ lenet_status lenet_criterion_loss(const lenet_criterion *c, const lenet_tensor *
         if (labels[i] < 0 || labels[i] >= y->shape[1])
             return lenet__fail(LENET_EINVAL, "criterion_loss: label %d of sample %d is outside [0, %d)",
                                (int)labels[i], i, y->shape[1]);
-    lenet_clear_error();
+    lenet_error_clear();
     lenet_status st = c->loss(c->user, y, labels, loss, dy);
     if (st != LENET_OK) {
         /* Keep a message the function may have left through a liblenet call; otherwise give one. */

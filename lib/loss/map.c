@@ -7,16 +7,17 @@
 #include <math.h>
 
 #include "core/internal.h"
+#include "lenet/lenet5.h"
 #include "lenet/loss.h"
 
-lenet_status lenet_rbf_loss(const lenet_tensor *y, const int32_t *labels, lenet_rbf_criterion criterion, float j,
+lenet_status lenet_rbf_loss(const lenet_tensor *y, const int32_t *labels, lenet_rbf_loss_kind criterion, float j,
                             float *loss, lenet_tensor *dy, lenet_tensor *hy)
 {
     if (!y || !labels)
         return lenet__fail(LENET_EINVAL, "rbf_loss: %s is NULL", !y ? "penalties" : "labels");
-    if (criterion != LENET_RBF_CRITERION_MAP && criterion != LENET_RBF_CRITERION_MSE)
+    if (criterion != LENET_RBF_LOSS_MAP && criterion != LENET_RBF_LOSS_MSE)
         return lenet__fail(LENET_EINVAL, "rbf_loss: unknown criterion %d", (int)criterion);
-    if (criterion == LENET_RBF_CRITERION_MAP && !isfinite(j))
+    if (criterion == LENET_RBF_LOSS_MAP && !isfinite(j))
         return lenet__fail(LENET_EINVAL, "rbf_loss: the MAP constant j (%g) must be finite", (double)j);
     if (y->ndim != 2)
         return lenet__fail(LENET_ESHAPE, "rbf_loss: penalties must be (N, classes), got %d dimensions", y->ndim);
@@ -35,7 +36,7 @@ lenet_status lenet_rbf_loss(const lenet_tensor *y, const int32_t *labels, lenet_
             return lenet__fail(LENET_ENUMERIC, "rbf_loss: penalty %zu of sample %zu is not finite", i % (size_t)k,
                                i / (size_t)k);
 
-    const bool map = criterion == LENET_RBF_CRITERION_MAP;
+    const bool map = criterion == LENET_RBF_LOSS_MAP;
     double total = 0.0;
     for (int s = 0; s < n; s++) {
         const float *ys = y->data + (size_t)s * k;
@@ -78,16 +79,3 @@ lenet_status lenet_rbf_loss(const lenet_tensor *y, const int32_t *labels, lenet_
     return LENET_OK;
 }
 
-lenet_status lenet_map_loss(const lenet_tensor *y, const int32_t *labels, float j, float *loss, lenet_tensor *dy)
-{
-    if (!loss)
-        return lenet__fail(LENET_EINVAL, "map_loss: loss is NULL");
-    return lenet_rbf_loss(y, labels, LENET_RBF_CRITERION_MAP, j, loss, dy, NULL);
-}
-
-lenet_status lenet_rbf_mse_loss(const lenet_tensor *y, const int32_t *labels, float *loss, lenet_tensor *dy)
-{
-    if (!loss)
-        return lenet__fail(LENET_EINVAL, "rbf_mse_loss: loss is NULL");
-    return lenet_rbf_loss(y, labels, LENET_RBF_CRITERION_MSE, 0.0f, loss, dy, NULL);
-}

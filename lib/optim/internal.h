@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "lenet/optim.h"
+#include "lenet/lenet5.h"
 #include "model/internal.h"
 
 typedef struct lenet_optimizer_state lenet_optimizer_state;

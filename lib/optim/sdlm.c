@@ -145,15 +145,8 @@ lenet_status lenet_sdlm_update_hessian_from_grads(lenet_optimizer *o, double cou
     return LENET_OK;
 }
 
-lenet_status lenet_sdlm_set_hessian_from_grads(lenet_optimizer *o, double count)
-{
-    if (!as_sdlm(o, "sdlm_set_hessian_from_grads"))
-        return LENET_EINVAL;
-    return lenet_sdlm_update_hessian_from_grads(o, count, 1.0f);
-}
-
 lenet_status lenet_sdlm_estimate_hessian(lenet_optimizer *o, lenet_iter *it, size_t samples,
-                                         lenet_rbf_criterion criterion, float j)
+                                         lenet_rbf_loss_kind criterion, float j)
 {
     sdlm *s = as_sdlm(o, "sdlm_estimate_hessian");
     if (!s)
@@ -210,18 +203,11 @@ lenet_status lenet_sdlm_estimate_hessian(lenet_optimizer *o, lenet_iter *it, siz
         done += (size_t)count;
     }
     if (st == LENET_OK)
-        st = lenet_sdlm_set_hessian_from_grads(o, (double)done);
+        st = lenet_sdlm_update_hessian_from_grads(o, (double)done, 1.0f);
     lenet_tensor_free(dy);
     lenet_tensor_free(hy);
     lenet_model_zero_grad(m);
     return st;
-}
-
-lenet_status lenet_sdlm_set_epsilon(lenet_optimizer *o, float epsilon)
-{
-    if (!as_sdlm(o, "sdlm_set_epsilon"))
-        return LENET_EINVAL;
-    return lenet_optimizer_set_lr(o, epsilon);
 }
 
 lenet_status lenet_sdlm_hessian(const lenet_optimizer *o, size_t i, lenet_tensor *out)

@@ -147,7 +147,7 @@ static const lenet_layer_ops subsample_ops = {
     .backward_gn = subsample_backward_gn,
 };
 
-lenet_layer *lenet_subsample2d(int kernel_size, int stride)
+lenet_layer *lenet_subsampling(int kernel_size, int stride)
 {
     if (kernel_size < 1 || stride < 1)
         return lenet__fail_null(LENET_EINVAL, "Subsampling: kernel_size %d and stride %d must be >= 1", kernel_size,

@@ -7,7 +7,7 @@
 #define SQUASH_A 1.7159f
 #define SQUASH_S (2.0f / 3.0f)
 
-static lenet_status squash_infer_shape(const lenet_layer *l, const lenet_shape *in, lenet_shape *out)
+static lenet_status scaled_tanh_infer_shape(const lenet_layer *l, const lenet_shape *in, lenet_shape *out)
 {
     (void)l;
     *out = *in;
@@ -26,7 +26,7 @@ static inline float fast_tanh(float z)
 }
 
 /* y = A tanh(S x) */
-static void squash_forward(const lenet_layer *l, const lenet_pass *p, float *y)
+static void scaled_tanh_forward(const lenet_layer *l, const lenet_pass *p, float *y)
 {
     size_t count = (size_t)p->n * l->in_size;
     for (size_t i = 0; i < count; i++)
@@ -34,42 +34,42 @@ static void squash_forward(const lenet_layer *l, const lenet_pass *p, float *y)
 }
 
 /* f'(x) = A S (1 - tanh^2(S x)) = S (A - y^2 / A), from the forward output y. */
-static inline float squash_slope(float y)
+static inline float scaled_tanh_slope(float y)
 {
     return SQUASH_S * (SQUASH_A - y * y * (1.0f / SQUASH_A));
 }
 
 /* dx = dy * f'(x) */
-static void squash_backward(const lenet_layer *l, const lenet_pass *p)
+static void scaled_tanh_backward(const lenet_layer *l, const lenet_pass *p)
 {
     if (!p->dx)
         return;
     size_t count = (size_t)p->n * l->in_size;
     for (size_t i = 0; i < count; i++)
-        p->dx[i] = p->dy[i] * squash_slope(p->y[i]);
+        p->dx[i] = p->dy[i] * scaled_tanh_slope(p->y[i]);
 }
 
 /* Gauss-Newton: hx = hy * f'(x)^2 (the f'' term is dropped). */
-static void squash_backward_gn(const lenet_layer *l, const lenet_pass *p, const float *hy, float *hx)
+static void scaled_tanh_backward_gn(const lenet_layer *l, const lenet_pass *p, const float *hy, float *hx)
 {
     if (!hx)
         return;
     size_t count = (size_t)p->n * l->in_size;
     for (size_t i = 0; i < count; i++) {
-        float slope = squash_slope(p->y[i]);
+        float slope = scaled_tanh_slope(p->y[i]);
         hx[i] = hy[i] * slope * slope;
     }
 }
 
-static const lenet_layer_ops squash_ops = {
+static const lenet_layer_ops scaled_tanh_ops = {
     .name = "ScaledTanh",
-    .infer_shape = squash_infer_shape,
-    .forward = squash_forward,
-    .backward = squash_backward,
-    .backward_gn = squash_backward_gn,
+    .infer_shape = scaled_tanh_infer_shape,
+    .forward = scaled_tanh_forward,
+    .backward = scaled_tanh_backward,
+    .backward_gn = scaled_tanh_backward_gn,
 };
 
 lenet_layer *lenet_scaled_tanh(void)
 {
-    return lenet__layer_alloc(sizeof(lenet_layer), &squash_ops, 0, NULL);
+    return lenet__layer_alloc(sizeof(lenet_layer), &scaled_tanh_ops, 0, NULL);
 }
