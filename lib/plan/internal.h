@@ -6,6 +6,9 @@
 #include "lenet/plan.h"
 #include "model/internal.h"
 
+struct lenet_st_writer;
+struct lenet_st_file;
+
 typedef struct lenet_plan_backend {
     const char *name; /* "layers", ... */
     /* Bytes of workspace `run` needs for batches up to p->max_batch, 64-byte aligned by the caller. */
@@ -15,6 +18,10 @@ typedef struct lenet_plan_backend {
     void (*run)(const lenet_plan *p, int batch, const float *x, float *y, void *workspace);
     /* Frees p->impl. */
     void (*destroy)(void *impl);
+    /* Plan files (plan_io.c): the kind a file records for the backend's plans ("float" when NULL), and what the
+     * backend adds to the file besides the network and the plan's metadata (NULL: nothing). */
+    const char *file_kind;
+    lenet_status (*save)(const lenet_plan *p, struct lenet_st_writer *w);
 } lenet_plan_backend;
 
 struct lenet_plan {
@@ -26,5 +33,11 @@ struct lenet_plan {
 
 /* Runs the plan's network through the layers' own forward ops, chunk by chunk: every network, no packing. */
 extern const lenet_plan_backend lenet__plan_layers;
+
+/* Integer plans (plan_int8.c): TFLite's int8 arithmetic over the folded network. */
+extern const lenet_plan_backend lenet__plan_int8;
+/* Turns a float plan made from a plan file's network into the int8 plan the file records (lenet_plan_load): the
+ * quantized numbers are read from the file, checked, and nothing is calibrated.  On failure the plan is unchanged. */
+lenet_status lenet__plan_int8_load(lenet_plan *p, const struct lenet_st_file *f);
 
 #endif /* LENET_PLAN_INTERNAL_H */
