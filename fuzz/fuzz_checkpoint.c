@@ -102,7 +102,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!path)
         return 0;
 
-    lenet_clear_error();
+    lenet_error_clear();
     lenet_model *m = lenet_model_load(path);
     if (m) {
         exercise_loaded(m);
@@ -113,7 +113,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     float *before = copy_params(fixed);
-    lenet_clear_error();
+    lenet_error_clear();
     lenet_status st = lenet_model_load_weights(fixed, path);
     if (st != LENET_OK) {
         FUZZ_CHECK(st < 0 && lenet_last_error()[0]);
@@ -127,7 +127,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t position = lenet_iter_position(fixed_iter);
     float lr = lenet_optimizer_lr(fixed_sgd);
     char note[64];
-    lenet_clear_error();
+    lenet_error_clear();
     st = lenet_checkpoint_load(fixed, fixed_sgd, fixed_iter, path, note, sizeof note);
     if (st == LENET_OK) {
         FUZZ_CHECK(memchr(note, '\0', sizeof note) != NULL);
