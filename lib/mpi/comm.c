@@ -1,0 +1,383 @@
+/* Data-parallel training over MPI: the backend of the engine's reduction seam (lenet_reducer, lib/model/internal.h)
+ * that lenet_model_set_comm installs.  The rest of the library knows nothing of MPI.
+ *
+ * Exactness.  One process sums every value over the chunks in chunk order (acc = row 0, acc += row 1, ...; then
+ * out += acc), so the processes must add the very same rows in the very same order:
+ * - Gradients (sum_floats).  The parameter arena is cut into `size` slices, one per process.  Each process receives,
+ *   for its own slice, the rows of every other process's chunks, straight into the unused rows of its own chunk
+ *   buffer (point-to-point with strided datatypes, nothing packed by hand); it then holds every row of its slice, sums
+ *   them in chunk order with the in-process code (lenet__sum_rows), and an in-place Allgatherv of the slices gives
+ *   every process the whole sum.  Each process sends and receives about (chunks / size + 1) arena floats per step,
+ *   in 2 (size - 1) messages plus the Allgatherv.
+ * - BatchNorm statistics (sum_doubles): a few doubles per channel and chunk, gathered in place and summed in chunk
+ *   order by every process.
+ * - The batch's outputs (gather_samples): gathered in place, so every process computes the whole batch's loss.
+ * Failures: agree is an Allreduce(MINLOC) of (key, rank) over the failing processes, then a broadcast of the
+ * winner's status and message.  A failed MPI call is recorded; later exchanges are skipped and agree reports it. */
+#include <limits.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/internal.h"
+#include "lenet/mpi.h"
+#include "model/internal.h"
+
+/* Room for one message, as status.c keeps it. */
+#define MESSAGE_BYTES 512
+/* The tag of the gradient exchange on our private duplicate. */
+#define GRADIENT_TAG 0x1e7e
+
+typedef struct mpi_backend {
+    lenet_reducer reducer;  /* reducer.ctx points back here */
+    MPI_Comm comm;          /* our duplicate of the caller's */
+    int *counts, *displs;   /* size each: Allgatherv scratch */
+    MPI_Request *requests;  /* 2 * size */
+    /* The gradient exchange's datatypes, per peer (MPI_DATATYPE_NULL where nothing goes), made for batches of
+     * types_chunks chunks of rows of types_count floats. */
+    MPI_Datatype *send_types, *recv_types;
+    int types_chunks;
+    size_t types_count;
+    /* The first failed MPI call (LENET_OK while none): later exchanges are skipped, agree reports it. */
+    lenet_status broken;
+    char broken_message[MESSAGE_BYTES];
+} mpi_backend;
+
+/* Records a failed MPI call; true if `rc` is a failure. */
+static bool failed(mpi_backend *b, int rc, const char *call)
+{
+    if (rc == MPI_SUCCESS)
+        return false;
+    if (b->broken == LENET_OK) {
+        char text[MPI_MAX_ERROR_STRING];
+        int length = 0;
+        if (MPI_Error_string(rc, text, &length) != MPI_SUCCESS)
+            snprintf(text, sizeof text, "error %d", rc);
+        b->broken = LENET_EIO;
+        snprintf(b->broken_message, sizeof b->broken_message,
+                 "MPI: %s failed on rank %d of %d: %s; the communicator cannot be used any more", call, b->reducer.rank,
+                 b->reducer.size, text);
+    }
+    return true;
+}
+
+/* A count for MPI, or a recorded failure when it does not fit an int. */
+static bool fits_int(mpi_backend *b, size_t n, const char *what)
+{
+    if (n <= INT_MAX)
+        return true;
+    if (b->broken == LENET_OK) {
+        b->broken = LENET_EUNSUPPORTED;
+        snprintf(b->broken_message, sizeof b->broken_message, "MPI: %s of %zu elements is beyond an int count", what, n);
+    }
+    return false;
+}
+
+/* The slice [*begin, *begin + *len) of `count` columns that process r sums: equal slices of whole 64-byte lines. */
+static void arena_slice(size_t count, int size, int r, size_t *begin, size_t *len)
+{
+    size_t per = (count + (size_t)size - 1) / (size_t)size;
+    per = (per + 15) & ~(size_t)15;
+    size_t first = (size_t)r * per < count ? (size_t)r * per : count;
+    size_t end = first + per < count ? first + per : count;
+    *begin = first;
+    *len = end - first;
+}
+
+static void free_types(mpi_backend *b)
+{
+    for (int p = 0; p < b->reducer.size; p++) {
+        if (b->send_types[p] != MPI_DATATYPE_NULL)
+            MPI_Type_free(&b->send_types[p]);
+        if (b->recv_types[p] != MPI_DATATYPE_NULL)
+            MPI_Type_free(&b->recv_types[p]);
+        b->send_types[p] = b->recv_types[p] = MPI_DATATYPE_NULL;
+    }
+    b->types_chunks = 0;
+    b->types_count = 0;
+}
+
+/* A vector of `rows` rows of `len` floats, `stride` floats apart; MPI_DATATYPE_NULL for nothing. */
+static bool make_rows_type(mpi_backend *b, int rows, size_t len, size_t stride, MPI_Datatype *type)
+{
+    *type = MPI_DATATYPE_NULL;
+    if (rows == 0 || len == 0)
+        return true;
+    if (failed(b, MPI_Type_vector(rows, (int)len, (int)stride, MPI_FLOAT, type), "MPI_Type_vector"))
+        return false;
+    return !failed(b, MPI_Type_commit(type), "MPI_Type_commit");
+}
+
+/* The datatypes of the gradient exchange for batches of `chunks` chunks of rows of `count` floats. */
+static bool prepare_types(mpi_backend *b, int chunks, size_t count)
+{
+    if (b->types_chunks == chunks && b->types_count == count)
+        return true;
+    free_types(b);
+    if (!fits_int(b, count, "a gradient row"))
+        return false;
+    const int size = b->reducer.size, me = b->reducer.rank;
+    int my_first, my_rows;
+    size_t my_begin, my_len;
+    lenet__chunk_share(chunks, me, size, &my_first, &my_rows);
+    arena_slice(count, size, me, &my_begin, &my_len);
+    for (int p = 0; p < size; p++) {
+        if (p == me)
+            continue;
+        int first, rows;
+        size_t begin, len;
+        lenet__chunk_share(chunks, p, size, &first, &rows);
+        arena_slice(count, size, p, &begin, &len);
+        /* From p: its rows of my slice.  To p: my rows of its slice. */
+        if (!make_rows_type(b, rows, my_len, count, &b->recv_types[p]) ||
+            !make_rows_type(b, my_rows, len, count, &b->send_types[p])) {
+            free_types(b);
+            return false;
+        }
+    }
+    b->types_chunks = chunks;
+    b->types_count = count;
+    return true;
+}
+
+static void sum_floats(void *ctx, float *partials, int chunks, size_t count, float *out, int threads)
+{
+    mpi_backend *b = ctx;
+    if (b->broken != LENET_OK || count == 0 || !prepare_types(b, chunks, count))
+        return;
+    const int size = b->reducer.size, me = b->reducer.rank;
+    int my_first, my_rows, n = 0;
+    size_t my_begin, my_len;
+    lenet__chunk_share(chunks, me, size, &my_first, &my_rows);
+    arena_slice(count, size, me, &my_begin, &my_len);
+    for (int p = 0; p < size; p++) {
+        int first, rows;
+        lenet__chunk_share(chunks, p, size, &first, &rows);
+        if (p != me && b->recv_types[p] != MPI_DATATYPE_NULL &&
+            failed(b, MPI_Irecv(partials + (size_t)first * count + my_begin, 1, b->recv_types[p], p, GRADIENT_TAG,
+                                b->comm, &b->requests[n++]), "MPI_Irecv"))
+            goto wait;
+    }
+    for (int p = 0; p < size; p++) {
+        size_t begin, len;
+        arena_slice(count, size, p, &begin, &len);
+        if (p != me && b->send_types[p] != MPI_DATATYPE_NULL &&
+            failed(b, MPI_Isend(partials + (size_t)my_first * count + begin, 1, b->send_types[p], p, GRADIENT_TAG,
+                                b->comm, &b->requests[n++]), "MPI_Isend"))
+            goto wait;
+    }
+wait:
+    if (failed(b, MPI_Waitall(n, b->requests, MPI_STATUSES_IGNORE), "MPI_Waitall") || b->broken != LENET_OK)
+        return;
+    /* Every row of my slice is here: the in-process sum, in chunk order, over my columns. */
+    lenet__sum_rows(partials, chunks, count, my_begin, my_begin + my_len, out, threads);
+    for (int p = 0; p < size; p++) {
+        size_t begin, len;
+        arena_slice(count, size, p, &begin, &len);
+        b->counts[p] = (int)len;
+        b->displs[p] = (int)begin;
+    }
+    failed(b, MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, out, b->counts, b->displs, MPI_FLOAT, b->comm),
+           "MPI_Allgatherv (gradients)");
+}
+
+static void sum_doubles(void *ctx, double *partials, int chunks, size_t count, double *out)
+{
+    mpi_backend *b = ctx;
+    if (b->broken != LENET_OK)
+        return;
+    size_t total;
+    if (lenet__mul_overflows((size_t)chunks, count, &total) || !fits_int(b, total, "the statistics"))
+        return;
+    for (int p = 0; p < b->reducer.size; p++) {
+        int first, rows;
+        lenet__chunk_share(chunks, p, b->reducer.size, &first, &rows);
+        b->counts[p] = rows * (int)count;
+        b->displs[p] = first * (int)count;
+    }
+    if (failed(b, MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, partials, b->counts, b->displs, MPI_DOUBLE,
+                                 b->comm), "MPI_Allgatherv (statistics)"))
+        return;
+    lenet__sum_double_rows(partials, chunks, count, out);
+}
+
+static void gather_samples(void *ctx, float *data, int batch, size_t per_sample)
+{
+    mpi_backend *b = ctx;
+    if (b->broken != LENET_OK || per_sample == 0 || !fits_int(b, per_sample, "a sample"))
+        return;
+    /* Counted in samples, so that a large batch of large samples still fits an int count. */
+    MPI_Datatype sample;
+    if (failed(b, MPI_Type_contiguous((int)per_sample, MPI_FLOAT, &sample), "MPI_Type_contiguous"))
+        return;
+    if (failed(b, MPI_Type_commit(&sample), "MPI_Type_commit")) {
+        MPI_Type_free(&sample);
+        return;
+    }
+    const int chunks = lenet__chunk_count(batch);
+    for (int p = 0; p < b->reducer.size; p++) {
+        int first, rows;
+        lenet__chunk_share(chunks, p, b->reducer.size, &first, &rows);
+        const int begin = first * LENET_CHUNK, end = (first + rows) * LENET_CHUNK;
+        b->displs[p] = begin < batch ? begin : batch;
+        b->counts[p] = (end < batch ? end : batch) - b->displs[p];
+    }
+    failed(b, MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, b->counts, b->displs, sample, b->comm),
+           "MPI_Allgatherv (outputs)");
+    MPI_Type_free(&sample);
+}
+
+static void broadcast(void *ctx, void *buf, size_t bytes, int root)
+{
+    mpi_backend *b = ctx;
+    if (b->broken != LENET_OK || !fits_int(b, bytes, "a broadcast"))
+        return;
+    failed(b, MPI_Bcast(buf, (int)bytes, MPI_BYTE, root, b->comm), "MPI_Bcast");
+}
+
+/* The status and message that travel from the failing process to all. */
+typedef struct verdict {
+    int status;
+    char message[MESSAGE_BYTES];
+} verdict;
+
+/* Agreement over `comm` (see lenet_reducer.agree); `b` records MPI failures and may be NULL. */
+static lenet_status agree_on(MPI_Comm comm, int rank, int size, mpi_backend *b, lenet_status st, unsigned key)
+{
+    /* The failing process with the smallest key, then the lowest rank: MINLOC keeps the lower rank on ties. */
+    int mine[2] = {st < 0 ? (int)(key < INT_MAX ? key : INT_MAX - 1) : INT_MAX, rank}, first[2];
+    int rc = MPI_Allreduce(mine, first, 1, MPI_2INT, MPI_MINLOC, comm);
+    if (rc != MPI_SUCCESS) {
+        char text[MPI_MAX_ERROR_STRING];
+        int length = 0;
+        if (MPI_Error_string(rc, text, &length) != MPI_SUCCESS)
+            snprintf(text, sizeof text, "error %d", rc);
+        if (b)
+            failed(b, rc, "MPI_Allreduce (agreeing on a status)");
+        return lenet__fail(LENET_EIO, "MPI: MPI_Allreduce failed on rank %d of %d: %s", rank, size, text);
+    }
+    if (first[0] == INT_MAX)
+        return st;
+    verdict v = {.status = st};
+    if (first[1] == rank)
+        snprintf(v.message, sizeof v.message, "%s", lenet_last_error());
+    rc = MPI_Bcast(&v, (int)sizeof v, MPI_BYTE, first[1], comm);
+    if (rc != MPI_SUCCESS) {
+        if (b)
+            failed(b, rc, "MPI_Bcast (sharing an error)");
+        return lenet__fail(LENET_EIO, "MPI: MPI_Bcast failed on rank %d of %d while sharing rank %d's error", rank,
+                           size, first[1]);
+    }
+    v.message[sizeof v.message - 1] = '\0';
+    return lenet__fail((lenet_status)v.status, "rank %d of %d: %s", first[1], size, v.message);
+}
+
+static lenet_status agree(void *ctx, lenet_status st, unsigned key)
+{
+    mpi_backend *b = ctx;
+    if (b->broken != LENET_OK)
+        return lenet__fail(b->broken, "%s", b->broken_message);
+    return agree_on(b->comm, b->reducer.rank, b->reducer.size, b, st, key);
+}
+
+static void destroy(void *ctx)
+{
+    mpi_backend *b = ctx;
+    if (!b)
+        return;
+    int finalized = 1;
+    MPI_Finalized(&finalized);
+    if (!finalized) {
+        if (b->send_types && b->recv_types)
+            free_types(b);
+        if (b->comm != MPI_COMM_NULL)
+            MPI_Comm_free(&b->comm);
+    }
+    lenet__free(b->counts);
+    lenet__free(b->displs);
+    lenet__free(b->requests);
+    lenet__free(b->send_types);
+    lenet__free(b->recv_types);
+    lenet__free(b);
+}
+
+/* A backend over `comm` (taken over, freed by destroy), or NULL when out of memory (comm then left to the caller). */
+static mpi_backend *backend_create(MPI_Comm comm, int rank, int size)
+{
+    mpi_backend *b = lenet__calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->comm = MPI_COMM_NULL;
+    b->reducer = (lenet_reducer){
+        .rank = rank, .size = size, .sum_floats = sum_floats, .sum_doubles = sum_doubles,
+        .gather_samples = gather_samples, .agree = agree, .broadcast = broadcast, .destroy = destroy, .ctx = b,
+    };
+    b->counts = lenet__calloc((size_t)size, sizeof *b->counts);
+    b->displs = lenet__calloc((size_t)size, sizeof *b->displs);
+    b->requests = lenet__calloc(2 * (size_t)size, sizeof *b->requests);
+    b->send_types = lenet__malloc((size_t)size * sizeof *b->send_types);
+    b->recv_types = lenet__malloc((size_t)size * sizeof *b->recv_types);
+    if (!b->counts || !b->displs || !b->requests || !b->send_types || !b->recv_types) {
+        destroy(b);
+        return NULL;
+    }
+    for (int p = 0; p < size; p++)
+        b->send_types[p] = b->recv_types[p] = MPI_DATATYPE_NULL;
+    b->comm = comm;
+    return b;
+}
+
+lenet_status lenet_model_set_comm(lenet_model *m, MPI_Comm comm)
+{
+    int initialized = 0, finalized = 0;
+    MPI_Initialized(&initialized);
+    MPI_Finalized(&finalized);
+    if (!initialized || finalized)
+        return lenet__fail(LENET_ESTATE, "model_set_comm: MPI is %s", finalized ? "already finalised" : "not initialised");
+    if (comm == MPI_COMM_NULL) {
+        if (!m)
+            return lenet__fail(LENET_EINVAL, "model_set_comm: model is NULL");
+        lenet__model_set_comm(m, NULL);
+        return LENET_OK;
+    }
+    int inter = 0;
+    int rc = MPI_Comm_test_inter(comm, &inter);
+    if (rc == MPI_SUCCESS && inter)
+        return lenet__fail(LENET_EINVAL, "model_set_comm: an intercommunicator cannot share batches; merge it first "
+                           "(MPI_Intercomm_merge)");
+    MPI_Comm dup = MPI_COMM_NULL;
+    int rank = 0, size = 1;
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_dup(comm, &dup);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_rank(dup, &rank);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_size(dup, &size);
+    if (rc != MPI_SUCCESS) {
+        char text[MPI_MAX_ERROR_STRING];
+        int length = 0;
+        if (MPI_Error_string(rc, text, &length) != MPI_SUCCESS)
+            snprintf(text, sizeof text, "error %d", rc);
+        if (dup != MPI_COMM_NULL)
+            MPI_Comm_free(&dup);
+        return lenet__fail(LENET_EIO, "model_set_comm: duplicating the communicator failed: %s", text);
+    }
+    mpi_backend *b = backend_create(dup, rank, size);
+    lenet_status st = LENET_OK;
+    if (!m)
+        st = lenet__fail(LENET_EINVAL, "model_set_comm: model is NULL");
+    else if (!b)
+        st = lenet__oom("model_set_comm: the communicator's buffers");
+    st = agree_on(dup, rank, size, b, st, 0);
+    if (st != LENET_OK) {
+        if (b)
+            destroy(b); /* frees dup too */
+        else
+            MPI_Comm_free(&dup);
+        return st;
+    }
+    lenet__model_set_comm(m, &b->reducer);
+    return LENET_OK;
+}
