@@ -6,6 +6,8 @@ set -eu
 packages="meson ninja-build pkg-config gcc g++ libopenblas-dev libblas-dev check zlib1g-dev libcjson-dev"
 # Optional: plots in the examples, and the Fashion-MNIST data set the d2l example trains on.
 packages="$packages libcairo2-dev dataset-fashion-mnist"
+# Optional: data-parallel training over MPI (meson setup -Dmpi=enabled; CI builds it).
+packages="$packages libopenmpi-dev openmpi-bin"
 # Extra tools used by CI's reliability steps (sanitizer runtimes, valgrind) and its consumer checks (cmake, for
 # a CMake project that finds the installed liblenet with find_package).
 if [ "${LENET_CI_TOOLS:-0}" = 1 ]; then
