@@ -12,7 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "core/internal.h" /* lenet__last_status */
+#include "core/internal.h" /* lenet__alloc_fail_at */
 #include "data/internal.h" /* lenet__augment_image, lenet__augment_affine, iterator state */
 #include "idxfixture.h"
 #include "testutil.h"
@@ -649,6 +649,48 @@ START_TEST(test_set_augment_copies_the_pipeline_and_null_turns_it_off)
 }
 END_TEST
 
+START_TEST(test_out_of_memory_is_enomem_and_leaves_the_iterator_as_it_was)
+{
+    enum { N = 12, H = 6, W = 6 };
+    lenet_dataset *d = open_set(N, H, W, pattern);
+    lenet_augment *mnist = lenet_augment_mnist(), *fashion = lenet_augment_fashion();
+    lenet_iter *it = lenet_iter_create(d, 4, true, 1);
+    ck_assert_lenet_ok(lenet_iter_set_augment(it, mnist));
+    lenet_iter_state s;
+    lenet_status st = LENET_ENOMEM;
+    for (size_t n = 1; st == LENET_ENOMEM; n++) { /* set_augment's copy: fail each allocation in turn */
+        lenet__alloc_fail_at(n);
+        st = lenet_iter_set_augment(it, fashion);
+        lenet__alloc_fail_at(0);
+        lenet__iter_get_state(it, &s);
+        if (st == LENET_ENOMEM)
+            ck_assert_msg(s.augment == lenet__augment_fingerprint(mnist), "a failed set_augment changed the pipeline");
+        else
+            ck_assert_lenet_ok(st);
+    }
+    ck_assert_uint_eq(s.augment, lenet__augment_fingerprint(fashion));
+    /* iter_next's scratch, allocated at the first augmented batch */
+    lenet_iter *fresh = lenet_iter_create(d, 4, true, 1);
+    ck_assert_lenet_ok(lenet_iter_set_augment(fresh, mnist));
+    const lenet_tensor *x;
+    const int32_t *y;
+    int count;
+    lenet__alloc_fail_at(1);
+    st = lenet_iter_next(fresh, &x, &y, &count);
+    lenet__alloc_fail_at(0);
+    ck_assert_int_eq(st, LENET_ENOMEM);
+    ck_assert_msg(strstr(lenet_last_error(), "iter_next") != NULL, "message: %s", lenet_last_error());
+    ck_assert_uint_eq(lenet_iter_position(fresh), 0);
+    ck_assert_lenet_ok(lenet_iter_next(fresh, &x, &y, &count));
+    ck_assert_int_eq(count, 4);
+    lenet_iter_free(fresh);
+    lenet_iter_free(it);
+    lenet_augment_free(mnist);
+    lenet_augment_free(fashion);
+    lenet_dataset_free(d);
+}
+END_TEST
+
 /* ---- presets and arguments ---- */
 
 START_TEST(test_presets_hold_their_documented_transforms)
@@ -831,6 +873,7 @@ static Suite *augment_suite(void)
     tcase_add_unchecked_fixture(api, setup, teardown);
     tcase_add_test(api, test_extreme_parameters_on_odd_sizes_read_only_inside_the_image);
     tcase_add_test(api, test_set_augment_copies_the_pipeline_and_null_turns_it_off);
+    tcase_add_test(api, test_out_of_memory_is_enomem_and_leaves_the_iterator_as_it_was);
     tcase_add_test(api, test_presets_hold_their_documented_transforms);
     tcase_add_test(api, test_bad_arguments_are_einval_with_messages_and_change_nothing);
     suite_add_tcase(s, api);
