@@ -13,7 +13,9 @@ if [ ! -x "$exe" ]; then
     echo "mpi_bench: $exe not found: configure with 'meson setup $build -Dmpi=enabled' and build it" >&2
     exit 1
 fi
-mpirun="mpirun --oversubscribe --allow-run-as-root"
+# Waiting processes yield the core: on a machine shared with other work (or with more processes than cores), a
+# process spinning in MPI would otherwise hold the core its peer needs.
+mpirun="mpirun --oversubscribe --allow-run-as-root --mca mpi_yield_when_idle 1"
 field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
 
 echo "== 2 processes x 1 thread vs 1 process x 2 threads (d2l LeNet, batch 128, 60 batches per timed epoch)"

@@ -388,6 +388,44 @@ START_TEST(test_a_non_finite_forward_on_one_rank_fails_every_rank_naming_the_lay
 }
 END_TEST
 
+/* After the first batch, the last rank changes its data set's padding: its iterator fails at the second batch, where
+ * the processes do not agree before the forward. */
+static void break_iterator(void *user, size_t done, size_t total, const lenet_metrics *so_far)
+{
+    (void)total;
+    (void)so_far;
+    if (done > 0 && rank == size - 1)
+        lenet_dataset_set_padding(user, 2);
+}
+
+START_TEST(test_an_iterator_failing_on_one_rank_mid_pass_fails_every_rank_and_undoes_the_step)
+{
+    lenet_dataset *d = blocks("breaking", TRAIN, 3);
+    lenet_model *m = make_model(D2L);
+    ck_assert_lenet_ok(lenet_model_set_comm(m, MPI_COMM_WORLD));
+    lenet_optimizer *o = make_optimizer(D2L, m);
+    lenet_iter *it = lenet_iter_create(d, 64, true, 9);
+    lenet_status st = lenet_train_epoch(m, o, it, break_iterator, d, NULL);
+    ck_assert_everywhere(st == LENET_ESTATE, "a failing iterator on one rank did not fail every rank with LENET_ESTATE");
+    ck_assert_everywhere(same_message_naming(size - 1) && strstr(lenet_last_error(), "padding") != NULL,
+                         "the message is not the failing rank's");
+    /* Every rank undid the second step: one step taken, the same parameters everywhere. */
+    ck_assert_everywhere(lenet_optimizer_step_count(o) == 1, "the second step was kept somewhere");
+    size_t n;
+    float *params = copy_tensors(m, false, &n), *first = malloc(n * sizeof *first);
+    ck_assert_ptr_nonnull(first);
+    memcpy(first, params, n * sizeof *first);
+    MPI_Bcast(first, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD);
+    ck_assert_everywhere(memcmp(first, params, n * sizeof *params) == 0, "the ranks' parameters differ");
+    free(first);
+    free(params);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
 START_TEST(test_ranks_with_other_batch_sizes_or_weights_are_refused_at_the_first_step)
 {
     /* The last rank iterates batches of 32 where the others take 40. */
@@ -562,6 +600,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_every_rank_resumes_from_rank_0s_checkpoint_as_one_process_would);
     tcase_add_test(tc, test_a_bad_checkpoint_on_one_rank_fails_every_rank_with_its_message_and_changes_nothing);
     tcase_add_test(tc, test_a_non_finite_forward_on_one_rank_fails_every_rank_naming_the_layer_and_keeps_the_parameters);
+    tcase_add_test(tc, test_an_iterator_failing_on_one_rank_mid_pass_fails_every_rank_and_undoes_the_step);
     tcase_add_test(tc, test_ranks_with_other_batch_sizes_or_weights_are_refused_at_the_first_step);
     tcase_add_test(tc, test_every_rank_sees_the_same_global_batches_and_runs_a_contiguous_share_of_their_chunks);
     tcase_add_test(tc, test_set_comm_is_collective_refuses_a_null_model_everywhere_and_detaches);

@@ -27,6 +27,8 @@
  * agree: every process passes its status; all return the same one: LENET_OK when none is an error, otherwise the
  *     error of the failing process with the smallest `key` (then the lowest rank), with that process's message.
  * broadcast: `bytes` bytes of `buf` from process `root` to every process.
+ * reserve: makes sure sum_floats can sum rows of `count` floats without allocating; called while a batch is
+ *     prepared, before the processes agree on how that went (a failed exchange could not be agreed on).
  * destroy: frees the backend (collective, like every function here); called when the model lets it go.
  * A backend whose communication failed records it, skips every later exchange and reports the failure from the
  * next agree, so a training loop that agrees once per step returns it. */
@@ -37,6 +39,7 @@ typedef struct lenet_reducer {
     void (*gather_samples)(void *ctx, float *data, int batch, size_t per_sample);
     lenet_status (*agree)(void *ctx, lenet_status st, unsigned key);
     void (*broadcast)(void *ctx, void *buf, size_t bytes, int root);
+    lenet_status (*reserve)(void *ctx, size_t count);
     void (*destroy)(void *ctx);
     void *ctx;
 } lenet_reducer;
@@ -57,6 +60,12 @@ static inline void lenet__chunk_share(int chunks, int rank, int size, int *first
  * rows `stride` floats apart, on up to `threads` threads.  The in-process reducer's sum, shared with lib/mpi. */
 void lenet__sum_rows(const float *partials, int chunks, size_t stride, size_t begin, size_t end, float *out,
                      int threads);
+/* The running sums of a chain of processes, each adding its rows to what the previous one passed on: over the
+ * columns [begin, end), acc[j] = init[j] + row 0 + row 1 + ... (init NULL: acc[j] = row 0 + row 1 + ...), in row
+ * order, `chunks` rows `stride` floats apart.  init may be acc.  Then out[j] += acc[j] at the end of the chain gives
+ * bit for bit what lenet__sum_rows gives over all the rows. */
+void lenet__chain_rows(const float *init, const float *rows, int chunks, size_t stride, size_t begin, size_t end,
+                       float *acc, int threads);
 /* The same for doubles, all `count` columns, on the calling thread, storing the sums: out[j] = row 0 + row 1 + .... */
 void lenet__sum_double_rows(const double *partials, int chunks, size_t count, double *out);
 

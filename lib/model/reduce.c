@@ -59,6 +59,53 @@ void lenet__sum_rows(const float *partials, int chunks, size_t stride, size_t be
     lenet__parallel_for(blocks, threads, sum_block, &job);
 }
 
+/* A span of the running sums of lenet__chain_rows. */
+typedef struct chain_job {
+    const float *init, *rows;
+    int chunks;
+    size_t stride, begin, end;
+    float *acc;
+} chain_job;
+
+static void chain_block(void *ctx, int b, int worker)
+{
+    (void)worker;
+    const chain_job *job = ctx;
+    const size_t begin = job->begin + (size_t)b * REDUCE_BLOCK;
+    const size_t end = begin + REDUCE_BLOCK < job->end ? begin + REDUCE_BLOCK : job->end;
+    const float *rows = job->rows, *init = job->init ? job->init : job->rows;
+    const int first_row = job->init ? 0 : 1;
+    size_t j = begin;
+    for (; j + REDUCE_TILE <= end; j += REDUCE_TILE) {
+        float acc[REDUCE_TILE];
+        for (int k = 0; k < REDUCE_TILE; k++)
+            acc[k] = init[j + k];
+        for (int c = first_row; c < job->chunks; c++) {
+            const float *row = rows + (size_t)c * job->stride + j;
+            for (int k = 0; k < REDUCE_TILE; k++)
+                acc[k] += row[k];
+        }
+        for (int k = 0; k < REDUCE_TILE; k++)
+            job->acc[j + k] = acc[k];
+    }
+    for (; j < end; j++) {
+        float acc = init[j];
+        for (int c = first_row; c < job->chunks; c++)
+            acc += rows[(size_t)c * job->stride + j];
+        job->acc[j] = acc;
+    }
+}
+
+void lenet__chain_rows(const float *init, const float *rows, int chunks, size_t stride, size_t begin, size_t end,
+                       float *acc, int threads)
+{
+    if (end <= begin)
+        return;
+    chain_job job = {init, rows, chunks, stride, begin, end, acc};
+    const int blocks = (int)((end - begin + REDUCE_BLOCK - 1) / REDUCE_BLOCK);
+    lenet__parallel_for(blocks, threads, chain_block, &job);
+}
+
 static void sum_floats(void *ctx, float *partials, int chunks, size_t count, float *out, int threads)
 {
     (void)ctx;

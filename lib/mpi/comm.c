@@ -3,12 +3,11 @@
  *
  * Exactness.  One process sums every value over the chunks in chunk order (acc = row 0, acc += row 1, ...; then
  * out += acc), so the processes must add the very same rows in the very same order:
- * - Gradients (sum_floats).  The parameter arena is cut into `size` slices, one per process.  Each process receives,
- *   for its own slice, the rows of every other process's chunks, straight into the unused rows of its own chunk
- *   buffer (point-to-point with strided datatypes, nothing packed by hand); it then holds every row of its slice, sums
- *   them in chunk order with the in-process code (lenet__sum_rows), and an in-place Allgatherv of the slices gives
- *   every process the whole sum.  Each process sends and receives about (chunks / size + 1) arena floats per step,
- *   in 2 (size - 1) messages plus the Allgatherv.
+ * - Gradients (sum_floats).  A chain through the processes in rank order: process 0 sums its chunks' rows, process 1
+ *   adds its rows to those running sums, and so on; the last process adds the result into `out`, and the final
+ *   sums travel on to every other process.  The arena goes in blocks, so the chain pipelines a large model.  Each
+ *   process sends and receives about one arena of running sums and one of final sums per step, whatever the number
+ *   of chunks, in messages of at least 256 KiB.
  * - BatchNorm statistics (sum_doubles): a few doubles per channel and chunk, gathered in place and summed in chunk
  *   order by every process.
  * - The batch's outputs (gather_samples): gathered in place, so every process computes the whole batch's loss.
@@ -25,19 +24,18 @@
 
 /* Room for one message, as status.c keeps it. */
 #define MESSAGE_BYTES 512
-/* The tag of the gradient exchange on our private duplicate. */
-#define GRADIENT_TAG 0x1e7e
+/* The tags of the gradient exchange on our private duplicate: running sums, final sums. */
+#define PARTIAL_TAG 0x1e7e
+#define FINAL_TAG 0x1e7f
 
 typedef struct mpi_backend {
     lenet_reducer reducer;  /* reducer.ctx points back here */
     MPI_Comm comm;          /* our duplicate of the caller's */
     int *counts, *displs;   /* size each: Allgatherv scratch */
-    MPI_Request *requests;  /* 2 * size */
-    /* The gradient exchange's datatypes, per peer (MPI_DATATYPE_NULL where nothing goes), made for batches of
-     * types_chunks chunks of rows of types_count floats. */
-    MPI_Datatype *send_types, *recv_types;
-    int types_chunks;
-    size_t types_count;
+    /* The gradient exchange (reserve): running sums of scratch_floats floats, and 4 requests per block. */
+    float *scratch;
+    size_t scratch_floats;
+    MPI_Request *requests;
     /* The first failed MPI call (LENET_OK while none): later exchanges are skipped, agree reports it. */
     lenet_status broken;
     char broken_message[MESSAGE_BYTES];
@@ -73,112 +71,120 @@ static bool fits_int(mpi_backend *b, size_t n, const char *what)
     return false;
 }
 
-/* The slice [*begin, *begin + *len) of `count` columns that process r sums: equal slices of whole 64-byte lines. */
-static void arena_slice(size_t count, int size, int r, size_t *begin, size_t *len)
+/* The gradient chain's blocks: at least 256 KiB (each is a message, and each message a wait that a busy machine may
+ * stretch: the d2l LeNet's 241 KiB go in one), at most MAX_BLOCKS of them to pipeline a large arena, whole 64-byte
+ * lines. */
+#define BLOCK_FLOATS 65536
+#define MAX_BLOCKS 64
+
+static size_t block_floats(size_t count)
 {
-    size_t per = (count + (size_t)size - 1) / (size_t)size;
+    size_t per = (count + MAX_BLOCKS - 1) / MAX_BLOCKS;
     per = (per + 15) & ~(size_t)15;
-    size_t first = (size_t)r * per < count ? (size_t)r * per : count;
-    size_t end = first + per < count ? first + per : count;
-    *begin = first;
-    *len = end - first;
+    return per > BLOCK_FLOATS ? per : BLOCK_FLOATS;
 }
 
-static void free_types(mpi_backend *b)
+static lenet_status reserve(void *ctx, size_t count)
 {
-    for (int p = 0; p < b->reducer.size; p++) {
-        if (b->send_types[p] != MPI_DATATYPE_NULL)
-            MPI_Type_free(&b->send_types[p]);
-        if (b->recv_types[p] != MPI_DATATYPE_NULL)
-            MPI_Type_free(&b->recv_types[p]);
-        b->send_types[p] = b->recv_types[p] = MPI_DATATYPE_NULL;
+    mpi_backend *b = ctx;
+    if (count <= b->scratch_floats)
+        return LENET_OK;
+    const size_t blocks = (count + block_floats(count) - 1) / block_floats(count);
+    float *scratch = lenet__malloc_aligned(count * sizeof(float));
+    MPI_Request *requests = lenet__malloc(4 * blocks * sizeof *requests);
+    if (!scratch || !requests) {
+        lenet__free_aligned(scratch);
+        lenet__free(requests);
+        return lenet__oom("the gradient exchange's buffer");
     }
-    b->types_chunks = 0;
-    b->types_count = 0;
+    lenet__free_aligned(b->scratch);
+    lenet__free(b->requests);
+    b->scratch = scratch;
+    b->scratch_floats = count;
+    b->requests = requests;
+    return LENET_OK;
 }
 
-/* A vector of `rows` rows of `len` floats, `stride` floats apart; MPI_DATATYPE_NULL for nothing. */
-static bool make_rows_type(mpi_backend *b, int rows, size_t len, size_t stride, MPI_Datatype *type)
+/* Where the final sums travel: from the last process with chunks (`last`) to every other process in rank order.
+ * Sets *from and *to (-1 for none) for process r. */
+static void final_route(int r, int size, int last, int *from, int *to)
 {
-    *type = MPI_DATATYPE_NULL;
-    if (rows == 0 || len == 0)
-        return true;
-    if (failed(b, MPI_Type_vector(rows, (int)len, (int)stride, MPI_FLOAT, type), "MPI_Type_vector"))
-        return false;
-    return !failed(b, MPI_Type_commit(type), "MPI_Type_commit");
+    /* The order: last, then 0, 1, ..., last - 1, last + 1, ..., size - 1. */
+    int position = r == last ? 0 : r < last ? r + 1 : r;
+    int prev = position - 1, next = position + 1;
+    *from = prev < 0 ? -1 : prev == 0 ? last : prev - 1 < last ? prev - 1 : prev;
+    *to = next >= size ? -1 : next - 1 < last ? next - 1 : next;
 }
 
-/* The datatypes of the gradient exchange for batches of `chunks` chunks of rows of `count` floats. */
-static bool prepare_types(mpi_backend *b, int chunks, size_t count)
-{
-    if (b->types_chunks == chunks && b->types_count == count)
-        return true;
-    free_types(b);
-    if (!fits_int(b, count, "a gradient row"))
-        return false;
-    const int size = b->reducer.size, me = b->reducer.rank;
-    int my_first, my_rows;
-    size_t my_begin, my_len;
-    lenet__chunk_share(chunks, me, size, &my_first, &my_rows);
-    arena_slice(count, size, me, &my_begin, &my_len);
-    for (int p = 0; p < size; p++) {
-        if (p == me)
-            continue;
-        int first, rows;
-        size_t begin, len;
-        lenet__chunk_share(chunks, p, size, &first, &rows);
-        arena_slice(count, size, p, &begin, &len);
-        /* From p: its rows of my slice.  To p: my rows of its slice. */
-        if (!make_rows_type(b, rows, my_len, count, &b->recv_types[p]) ||
-            !make_rows_type(b, my_rows, len, count, &b->send_types[p])) {
-            free_types(b);
-            return false;
-        }
-    }
-    b->types_chunks = chunks;
-    b->types_count = count;
-    return true;
-}
-
+/* The gradient sum: a chain through the processes that have chunks, in rank order, block by block.  Process r takes
+ * the running sums of processes 0..r-1 (none for r = 0), adds its own rows in chunk order (lenet__chain_rows) and
+ * passes them on; the last one adds them into `out`, as one process would, and the final sums travel on through
+ * every other process.  Blocks pipeline: process r works on block k while r - 1 works on block k + 1.  Each process
+ * sends and receives about one arena of running sums and one of final sums per step. */
 static void sum_floats(void *ctx, float *partials, int chunks, size_t count, float *out, int threads)
 {
     mpi_backend *b = ctx;
-    if (b->broken != LENET_OK || count == 0 || !prepare_types(b, chunks, count))
+    if (b->broken != LENET_OK || count == 0)
         return;
+    if (count > b->scratch_floats) {
+        /* The training loop reserves first; nothing else calls this. */
+        b->broken = LENET_ESTATE;
+        snprintf(b->broken_message, sizeof b->broken_message, "MPI: the gradient exchange was not reserved");
+        return;
+    }
     const int size = b->reducer.size, me = b->reducer.rank;
-    int my_first, my_rows, n = 0;
-    size_t my_begin, my_len;
-    lenet__chunk_share(chunks, me, size, &my_first, &my_rows);
-    arena_slice(count, size, me, &my_begin, &my_len);
-    for (int p = 0; p < size; p++) {
-        int first, rows;
-        lenet__chunk_share(chunks, p, size, &first, &rows);
-        if (p != me && b->recv_types[p] != MPI_DATATYPE_NULL &&
-            failed(b, MPI_Irecv(partials + (size_t)first * count + my_begin, 1, b->recv_types[p], p, GRADIENT_TAG,
-                                b->comm, &b->requests[n++]), "MPI_Irecv"))
-            goto wait;
-    }
-    for (int p = 0; p < size; p++) {
-        size_t begin, len;
-        arena_slice(count, size, p, &begin, &len);
-        if (p != me && b->send_types[p] != MPI_DATATYPE_NULL &&
-            failed(b, MPI_Isend(partials + (size_t)my_first * count + begin, 1, b->send_types[p], p, GRADIENT_TAG,
-                                b->comm, &b->requests[n++]), "MPI_Isend"))
-            goto wait;
-    }
-wait:
-    if (failed(b, MPI_Waitall(n, b->requests, MPI_STATUSES_IGNORE), "MPI_Waitall") || b->broken != LENET_OK)
+    const int last = chunks < size ? chunks - 1 : size - 1; /* the last process with chunks */
+    const size_t per = block_floats(count);
+    const int blocks = (int)((count + per - 1) / per);
+    if (!fits_int(b, per, "a gradient block"))
         return;
-    /* Every row of my slice is here: the in-process sum, in chunk order, over my columns. */
-    lenet__sum_rows(partials, chunks, count, my_begin, my_begin + my_len, out, threads);
-    for (int p = 0; p < size; p++) {
-        size_t begin, len;
-        arena_slice(count, size, p, &begin, &len);
-        b->counts[p] = (int)len;
-        b->displs[p] = (int)begin;
+    int first, own, from, to;
+    lenet__chunk_share(chunks, me, size, &first, &own);
+    final_route(me, size, last, &from, &to);
+    MPI_Request *partial_in = b->requests, *final_in = partial_in + blocks, *sends = final_in + blocks;
+    int n_sends = 0;
+    /* Post every receive first: running sums from the previous process, final sums from the route. */
+    for (int k = 0; k < blocks; k++) {
+        const size_t begin = (size_t)k * per, len = begin + per < count ? per : count - begin;
+        partial_in[k] = final_in[k] = MPI_REQUEST_NULL;
+        if (own > 0 && me > 0 && failed(b, MPI_Irecv(b->scratch + begin, (int)len, MPI_FLOAT, me - 1, PARTIAL_TAG,
+                                                     b->comm, &partial_in[k]), "MPI_Irecv (gradients)"))
+            goto finish;
+        if (from >= 0 && failed(b, MPI_Irecv(out + begin, (int)len, MPI_FLOAT, from, FINAL_TAG, b->comm, &final_in[k]),
+                                "MPI_Irecv (gradients)"))
+            goto finish;
     }
-    failed(b, MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, out, b->counts, b->displs, MPI_FLOAT, b->comm),
-           "MPI_Allgatherv (gradients)");
+    /* My rows: running sums block by block, passed on (or, at the end of the chain, added into out and sent round). */
+    for (int k = 0; own > 0 && k < blocks; k++) {
+        const size_t begin = (size_t)k * per, len = begin + per < count ? per : count - begin;
+        if (me > 0 && failed(b, MPI_Wait(&partial_in[k], MPI_STATUS_IGNORE), "MPI_Wait (gradients)"))
+            goto finish;
+        lenet__chain_rows(me > 0 ? b->scratch : NULL, partials + (size_t)first * count, own, count, begin, begin + len,
+                          b->scratch, threads);
+        float *send = b->scratch + begin;
+        int dest = me + 1, tag = PARTIAL_TAG;
+        if (me == last) {
+            for (size_t j = begin; j < begin + len; j++)
+                out[j] += b->scratch[j];
+            send = out + begin;
+            dest = to;
+            tag = FINAL_TAG;
+        }
+        if (dest >= 0 &&
+            failed(b, MPI_Isend(send, (int)len, MPI_FLOAT, dest, tag, b->comm, &sends[n_sends++]), "MPI_Isend (gradients)"))
+            goto finish;
+    }
+    /* The final sums, passed on along the route. */
+    for (int k = 0; from >= 0 && k < blocks; k++) {
+        const size_t begin = (size_t)k * per, len = begin + per < count ? per : count - begin;
+        if (failed(b, MPI_Wait(&final_in[k], MPI_STATUS_IGNORE), "MPI_Wait (gradients)"))
+            goto finish;
+        if (to >= 0 && failed(b, MPI_Isend(out + begin, (int)len, MPI_FLOAT, to, FINAL_TAG, b->comm, &sends[n_sends++]),
+                              "MPI_Isend (gradients)"))
+            goto finish;
+    }
+finish:
+    failed(b, MPI_Waitall(n_sends, sends, MPI_STATUSES_IGNORE), "MPI_Waitall (gradients)");
 }
 
 static void sum_doubles(void *ctx, double *partials, int chunks, size_t count, double *out)
@@ -287,17 +293,12 @@ static void destroy(void *ctx)
         return;
     int finalized = 1;
     MPI_Finalized(&finalized);
-    if (!finalized) {
-        if (b->send_types && b->recv_types)
-            free_types(b);
-        if (b->comm != MPI_COMM_NULL)
-            MPI_Comm_free(&b->comm);
-    }
+    if (!finalized && b->comm != MPI_COMM_NULL)
+        MPI_Comm_free(&b->comm);
     lenet__free(b->counts);
     lenet__free(b->displs);
+    lenet__free_aligned(b->scratch);
     lenet__free(b->requests);
-    lenet__free(b->send_types);
-    lenet__free(b->recv_types);
     lenet__free(b);
 }
 
@@ -310,19 +311,15 @@ static mpi_backend *backend_create(MPI_Comm comm, int rank, int size)
     b->comm = MPI_COMM_NULL;
     b->reducer = (lenet_reducer){
         .rank = rank, .size = size, .sum_floats = sum_floats, .sum_doubles = sum_doubles,
-        .gather_samples = gather_samples, .agree = agree, .broadcast = broadcast, .destroy = destroy, .ctx = b,
+        .gather_samples = gather_samples, .agree = agree, .broadcast = broadcast, .reserve = reserve,
+        .destroy = destroy, .ctx = b,
     };
     b->counts = lenet__calloc((size_t)size, sizeof *b->counts);
     b->displs = lenet__calloc((size_t)size, sizeof *b->displs);
-    b->requests = lenet__calloc(2 * (size_t)size, sizeof *b->requests);
-    b->send_types = lenet__malloc((size_t)size * sizeof *b->send_types);
-    b->recv_types = lenet__malloc((size_t)size * sizeof *b->recv_types);
-    if (!b->counts || !b->displs || !b->requests || !b->send_types || !b->recv_types) {
+    if (!b->counts || !b->displs) {
         destroy(b);
         return NULL;
     }
-    for (int p = 0; p < size; p++)
-        b->send_types[p] = b->recv_types[p] = MPI_DATATYPE_NULL;
     b->comm = comm;
     return b;
 }

@@ -460,20 +460,39 @@ static lenet_status train_step_shared(lenet_model *m, lenet_optimizer *o, pass_s
     return agreed;
 }
 
-/* One batch of a data-parallel pass.  `st` is what the pass met getting the batch (a failed iterator): the
- * processes agree on it with everything else before the forward, whose exchanges all of them must join. */
+/* Whether the processes must agree before the forward of a batch of `batch`: at a pass's first batch (which also
+ * compares them), and whenever preparing it may allocate (a larger batch, more threads, another batch size for the
+ * loss gradient), so that a process that fails there tells the others before any exchange.  The test reads only
+ * what every process holds alike, so they all answer the same. */
+static bool agree_before(const lenet_model *m, const pass_scratch *s, bool training, bool first, int batch)
+{
+    return first || !m->built || batch > m->batch_cap || lenet__threads() > m->threads_cap || batch > s->classes_cap ||
+           (training && (!s->dlogits || s->dlogits->shape[0] != batch));
+}
+
+/* One batch of a data-parallel pass, of `batch` examples as the iterator's state says.  `st` is what the pass met
+ * getting it (a failed iterator).  When agree_before() asks, the processes agree on how preparing went before the
+ * forward; otherwise preparing cannot fail but for a broken iterator, and a process where it did still joins the
+ * step's exchanges with whatever its buffers hold, takes no step and reports its failure when the step's outcome is
+ * agreed, so that every process undoes the step. */
 static lenet_status run_batch_shared(lenet_model *m, lenet_optimizer *o, const lenet_criterion *crit,
-                                     pass_scratch *s, const lenet_iter *it, bool first, lenet_status st,
+                                     pass_scratch *s, const lenet_iter *it, bool first, int batch, lenet_status st,
                                      const lenet_tensor *images, const int32_t *labels, const char *who, size_t seen,
                                      float *loss, size_t *correct)
 {
     const lenet_reducer *r = m->reducer;
-    int batch = 0, classes = 0;
+    const bool agree_first = agree_before(m, s, o != NULL, first, batch);
+    int classes = 0, given = batch;
     unsigned key = KEY_PREPARE;
     if (st == LENET_OK)
-        st = lenet__model_check_input(m, images, who, &batch);
+        st = lenet__model_check_input(m, images, who, &given);
+    if (st == LENET_OK && given != batch)
+        st = lenet__fail(LENET_ESTATE, "%s: the iterator gave %d examples where its state promised %d", who, given,
+                         batch);
     if (st == LENET_OK)
         st = lenet__model_reserve(m, batch);
+    if (st == LENET_OK && r->reserve)
+        st = r->reserve(r->ctx, m->arena_numel);
     if (st == LENET_OK) {
         const lenet_layer *last = m->layers[m->n_layers - 1];
         if (last->out.ndim != 1)
@@ -491,24 +510,28 @@ static lenet_status run_batch_shared(lenet_model *m, lenet_optimizer *o, const l
         if (st == LENET_OK && root[FP_VALID] && (st = compare_fingerprints(mine, root, r->rank, r->size, who)) != LENET_OK)
             key = KEY_DISAGREE;
     }
-    st = r->agree(r->ctx, st, key);
-    if (st != LENET_OK)
+    if (agree_first && (st = r->agree(r->ctx, st, key)) != LENET_OK)
         return st;
+    classes = (int)lenet__model_out_size(m);
 
-    int begin, end;
-    lenet__model_own_samples(m, batch, &begin, &end);
-    const size_t sample = lenet__shape_size(&m->in_shape);
-    memcpy(m->acts[0] + (size_t)begin * sample, images->data + (size_t)begin * sample,
-           (size_t)(end - begin) * sample * sizeof(float));
+    const bool prepared = st == LENET_OK;
+    if (prepared) {
+        int begin, end;
+        lenet__model_own_samples(m, batch, &begin, &end);
+        const size_t sample = lenet__shape_size(&m->in_shape);
+        memcpy(m->acts[0] + (size_t)begin * sample, images->data + (size_t)begin * sample,
+               (size_t)(end - begin) * sample * sizeof(float));
+    }
     lenet__model_forward_raw(m, batch);
     r->gather_samples(r->ctx, m->acts[m->n_layers], batch, (size_t)classes);
     /* Every process now holds the whole batch's outputs: the loss, its gradient and the accuracy are computed as one
      * process computes them (the backward reads only this process's rows of the gradient). */
     const lenet_tensor *logits = &m->output;
-    st = batch_loss(crit, logits, labels, loss, o ? s->dlogits : NULL);
+    if (prepared)
+        st = batch_loss(crit, logits, labels, loss, o ? s->dlogits : NULL);
     if (st == LENET_ENUMERIC) {
         st = report_forward_fault(m, batch, who, seen, &key);
-    } else {
+    } else if (prepared) {
         if (st == LENET_OK)
             st = count_correct(crit, logits, labels, s->classes, correct);
         if (st != LENET_OK) {
@@ -550,6 +573,12 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
         const lenet_tensor *images = NULL;
         const int32_t *labels = NULL;
         int count = 0;
+        /* The batch the iterator owes, from its state: what the processes size their exchanges by. */
+        lenet_iter_state state;
+        lenet__iter_get_state(it, &state);
+        const int expected = state.position >= state.size ? 0
+                             : state.size - state.position < (size_t)state.batch_size ? (int)(state.size - state.position)
+                                                                                      : state.batch_size;
         st = lenet_iter_next(it, &images, &labels, &count);
         if (st == LENET_DONE) {
             st = LENET_OK;
@@ -557,7 +586,8 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
         }
         float loss;
         if (shared)
-            st = run_batch_shared(m, o, crit, &scratch, it, first, st, images, labels, who, seen, &loss, &correct);
+            st = run_batch_shared(m, o, crit, &scratch, it, first, expected, st, images, labels, who, seen, &loss,
+                                  &correct);
         else if (st == LENET_OK)
             st = run_batch(m, o, crit, &scratch, images, labels, who, seen, &loss, &correct);
         if (st != LENET_OK)
