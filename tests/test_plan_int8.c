@@ -272,6 +272,13 @@ static void check_random_conv(const lenet_i8_kernels *kernels, int trial)
         pc.k = pc.s = 1;
         pc.p = pc.pool = 0;
         pc.h = pc.w = 1;
+    } else if (trial % 5 == 2) { /* a first layer: few channels in and out, wide rows (AVX-512's pixel kernel) */
+        pc.c = random_in(1, 3);
+        pc.k = 2 * random_in(1, 2) + 1;
+        pc.s = 1;
+        pc.oc = random_in(1, 8);
+        pc.h = pc.k + random_in(0, 9);
+        pc.w = pc.k + random_in(7, 40);
     } else {
         pc.h = pc.k + random_in(0, 12);
         pc.w = pc.k + random_in(0, 12);
@@ -311,6 +318,7 @@ static void check_random_conv(const lenet_i8_kernels *kernels, int trial)
     int8_t *ohwi = malloc((size_t)pc.oc * depth), *packed = malloc((size_t)pc.k * groups * ocp * 4);
     int32_t *lib = calloc(4 * (size_t)ocp + 256, sizeof(int32_t));
     int32_t *bias = lib, *multiplier = lib + ocp, *shift = lib + 2 * ocp, *table32 = lib + 4 * ocp;
+    uint8_t table8[256];
     for (int i = 0; i < n; i++)
         for (int y = 0; y < hp; y++)
             for (int xx = 0; xx < wp; xx++)
@@ -334,13 +342,16 @@ static void check_random_conv(const lenet_i8_kernels *kernels, int trial)
         multiplier[o] = pc.multiplier[o];
         shift[o] = -pc.shift[o];
     }
-    for (int i = 0; i < 256; i++)
+    for (int i = 0; i < 256; i++) {
         table32[i] = table[i] + 128;
+        table8[i] = (uint8_t)(table[i] + 128);
+    }
     lenet__i8_pack_weights(pc.oc, pc.k, pc.c, groups, ocp, ohwi, packed);
     const lenet_i8_conv cv = {.c = pc.c, .h = hp, .w = wp, .k = pc.k, .s = pc.s, .oh = pc.oh, .ow = pc.ow,
                               .oc = pc.oc, .groups = groups, .ocp = ocp, .weight = packed, .bias = bias,
                               .multiplier = multiplier, .shift = shift, .out_zero = pc.zy + 128, .lo = pc.lo + 128,
-                              .hi = pc.hi + 128, .table = pc.table ? table32 : NULL, .pool = (lenet_i8_pool)pc.pool};
+                              .hi = pc.hi + 128, .table = pc.table ? table32 : NULL, .table8 = table8,
+                              .pool = (lenet_i8_pool)pc.pool};
     const size_t out_bytes = lenet__i8_conv_out_size(&cv);
     uint8_t *y = malloc((size_t)n * out_bytes + 1);
     memset(y, 0xa5, (size_t)n * out_bytes + 1);
@@ -415,6 +426,38 @@ START_TEST(test_every_kernel_table_matches_a_plain_integer_convolution)
         for (int trial = 0; trial < 300; trial++)
             check_random_conv(lenet__i8_kernels(), trial);
         printf("int8 kernels %-10s match the plain convolution on 300 random layers\n", names[t]);
+    }
+    ck_assert(lenet__i8_kernels_force(NULL));
+}
+END_TEST
+
+START_TEST(test_every_kernel_table_quantizes_as_tflite)
+{
+    /* Halves round away from zero; NaN and -infinity give 0, +infinity 255; the division is IEEE's. */
+    const float scale = 0.25f;
+    const float special[] = {0.125f, -0.125f, 0.375f, -0.375f, 0.124999f, -0.124999f, NAN, -INFINITY, INFINITY,
+                             1e30f, -1e30f, 0.0f, -0.0f, 31.875f, -32.125f, 1e-40f};
+    const int want[] = {11, 9, 12, 8, 10, 10, 0, 0, 255, 255, 0, 10, 10, 138, 0, 10};
+    enum { COUNT = 16 + 1000 };
+    float x[COUNT];
+    uint8_t expected[COUNT], got[COUNT];
+    memcpy(x, special, sizeof special);
+    for (int i = 16; i < COUNT; i++)
+        x[i] = (float)((int)(next_random() % 4000) - 2000) / 64.0f + (float)(next_random() % 3) * 0x1p-12f;
+    lenet__i8_quantize_row_ref(COUNT, x, scale, 10, expected);
+    for (int i = 0; i < 16; i++)
+        ck_assert_msg(expected[i] == want[i], "quantizing %g: %d, expected %d", (double)special[i], expected[i], want[i]);
+    const char *names[8];
+    const size_t tables = lenet__i8_kernels_available(names, 8);
+    for (size_t t = 0; t < tables; t++) {
+        ck_assert(lenet__i8_kernels_force(names[t]));
+        for (int count = 0; count <= COUNT; count += count < 40 ? 1 : 97) {
+            memset(got, 0xee, sizeof got);
+            lenet__i8_kernels()->quantize_row(count, x, scale, 10, got);
+            ck_assert_msg(memcmp(got, expected, (size_t)count) == 0, "%s quantizes %d values differently", names[t],
+                          count);
+            ck_assert(count == COUNT || got[count] == 0xee);
+        }
     }
     ck_assert(lenet__i8_kernels_force(NULL));
 }
@@ -811,6 +854,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_requantization_is_tflites_fixed_point_multiply);
     tcase_add_test(tc, test_every_kernel_table_matches_a_plain_integer_convolution);
+    tcase_add_test(tc, test_every_kernel_table_quantizes_as_tflite);
     tcase_add_test(tc, test_int8_plans_give_the_same_bytes_on_every_kernel_table);
     tcase_add_test(tc, test_int8_outputs_stay_within_a_few_output_steps_of_float);
     tcase_add_test(tc, test_calibration_errors_are_statuses);

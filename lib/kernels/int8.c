@@ -1,6 +1,8 @@
 /* Integer inference kernels: TFLite's fixed-point arithmetic, the reference convolution (the generic table), the
  * other integer layers in plain C (one code for every table), and the choice of table at run time: the widest the
  * CPU has among AVX-512 VNNI, AVX-VNNI and AVX2 (int8_x86.c), or the one LENET_ISA names. */
+/* Inner loops: let the compiler vectorize them whatever the build type (as pool.c). */
+#pragma GCC optimize("O3")
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -131,7 +133,19 @@ static inline int32_t round_away(float v)
     return t + (rest >= 0.5f) - (rest <= -0.5f);
 }
 
-void lenet__i8_quantize(int n, int c, int h, int w, int pad, const float *x, float scale, int zero, uint8_t *y)
+void lenet__i8_quantize_row_ref(int count, const float *x, float scale, int zero, uint8_t *out)
+{
+    for (int j = 0; j < count; j++) {
+        float v = x[j] / scale;
+        v = v > -512.0f ? v : -512.0f; /* NaN too */
+        v = v < 512.0f ? v : 512.0f;
+        const int32_t u = round_away(v) + zero;
+        out[j] = (uint8_t)(u < 0 ? 0 : u > 255 ? 255 : u);
+    }
+}
+
+void lenet__i8_quantize(const lenet_i8_kernels *k, int n, int c, int h, int w, int pad, const float *x, float scale,
+                        int zero, uint8_t *y)
 {
     const int hp = h + 2 * pad, wp = w + 2 * pad;
     for (int i = 0; i < n; i++) {
@@ -142,12 +156,16 @@ void lenet__i8_quantize(int n, int c, int h, int w, int pad, const float *x, flo
             for (int r = 0; r < h; r++) {
                 const float *row = x + (((size_t)i * c + ch) * h + r) * w;
                 uint8_t *out = ys + ((size_t)(r + pad) * wp + pad) * c + ch;
-                for (int col = 0; col < w; col++) {
-                    float v = row[col] / scale;
-                    v = v > -512.0f ? v : -512.0f; /* NaN too */
-                    v = v < 512.0f ? v : 512.0f;
-                    int32_t u = round_away(v) + zero;
-                    out[(size_t)col * c] = (uint8_t)(u < 0 ? 0 : u > 255 ? 255 : u);
+                if (c == 1) {
+                    k->quantize_row(w, row, scale, zero, out);
+                } else {
+                    uint8_t bytes[256];
+                    for (int col = 0; col < w; col += 256) {
+                        const int count = w - col < 256 ? w - col : 256;
+                        k->quantize_row(count, row + col, scale, zero, bytes);
+                        for (int j = 0; j < count; j++)
+                            out[(size_t)(col + j) * c] = bytes[j];
+                    }
                 }
             }
         }
@@ -234,7 +252,8 @@ void lenet__i8_subsample(const lenet_i8_subsample *ss, int n, const uint8_t *x, 
 
 /* ---- choosing a table ---- */
 
-static const lenet_i8_kernels generic = {.isa = "generic", .conv = lenet__i8_conv_ref};
+static const lenet_i8_kernels generic = {.isa = "generic", .conv = lenet__i8_conv_ref,
+                                         .quantize_row = lenet__i8_quantize_row_ref};
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(LENET_NO_WIDE_VECTORS)
 #define HAVE_X86 1
@@ -255,7 +274,8 @@ static const lenet_i8_kernels *at_level(size_t level)
     __builtin_cpu_init();
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+                        __builtin_cpu_supports("avx512vbmi");
     switch (level) {
     case 1: return avx2 ? &lenet__i8_kernels_avx2 : NULL;
     /* AVX-VNNI is the VEX encoding of VPDPBUSD on ymm registers; a CPU with AVX-512 VNNI but without it runs the

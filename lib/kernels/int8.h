@@ -19,7 +19,7 @@
 /* Packed weights pad output channels to a multiple of this (the widest table's int32 lanes). */
 #define LENET_I8_OC_BLOCK 16
 /* Bytes past the end of an activation buffer that kernels may read. */
-#define LENET_I8_SLACK 64
+#define LENET_I8_SLACK 128
 /* The most multiply-adds into one accumulator: |bias| <= 2^30 plus 2^14 products of at most 255 * 127 stay inside
  * int32, whatever the order of the sums. */
 #define LENET_I8_MAX_DEPTH 16384
@@ -50,6 +50,7 @@ typedef struct lenet_i8_conv {
     const int32_t *shift;      /* [ocp], right shifts in [0, 31] */
     int out_zero, lo, hi;      /* uint8 domain: 0 <= lo <= hi <= 255 */
     const int32_t *table;      /* NULL, or 256 outputs in [0, 255] indexed by the clamped value */
+    const uint8_t *table8;     /* the same as bytes (when table is not NULL) */
     lenet_i8_pool pool;
 } lenet_i8_conv;
 
@@ -60,6 +61,8 @@ typedef struct lenet_i8_kernels {
     const char *isa; /* "generic", "avx2", "avxvnni", "avx512vnni" */
     /* y (n samples of lenet__i8_conv_out_size bytes) = the convolution of x (n samples of h * w * c bytes). */
     void (*conv)(const lenet_i8_conv *cv, int n, const uint8_t *x, uint8_t *y);
+    /* out[j] = clamp(round(x[j] / scale) + zero, 0, 255) over count floats, as lenet__i8_quantize_row_ref. */
+    void (*quantize_row)(int count, const float *x, float scale, int zero, uint8_t *out);
 } lenet_i8_kernels;
 
 /* The table for this CPU, chosen once: the widest, or the one LENET_ISA names (generic, avx2, avxvnni, avx512vnni;
@@ -100,9 +103,12 @@ void lenet__i8_pack_weights(int oc, int k, int c, int groups, int ocp, const int
 
 /* ---- the other integer layers: plain C, the same code on every table ---- */
 
-/* x (n, c, h, w) floats to y (n, h + 2 pad, w + 2 pad, c) bytes: u = clamp(round(x / scale) + zero, 0, 255),
- * rounding half away from zero as TFLite's Quantize (NaN gives 0), the border `zero`. */
-void lenet__i8_quantize(int n, int c, int h, int w, int pad, const float *x, float scale, int zero, uint8_t *y);
+/* u = clamp(round(x / scale) + zero, 0, 255) over count floats: x / scale rounded half away from zero as TFLite's
+ * Quantize, after clamping it to [-512, 512] (NaN to -512, so it gives 0). */
+void lenet__i8_quantize_row_ref(int count, const float *x, float scale, int zero, uint8_t *out);
+/* x (n, c, h, w) floats to y (n, h + 2 pad, w + 2 pad, c) bytes with table k's quantize_row, the border `zero`. */
+void lenet__i8_quantize(const lenet_i8_kernels *k, int n, int c, int h, int w, int pad, const float *x, float scale,
+                        int zero, uint8_t *y);
 /* x (n, h, w, c) bytes to y (n, c, h, w) floats: y = scale * (u - zero). */
 void lenet__i8_dequantize(int n, int c, int h, int w, const uint8_t *x, float scale, int zero, float *y);
 /* x (n, h, w, c) to y (n, h + 2 pad, w + 2 pad, c) with a border of `zero`. */

@@ -579,7 +579,7 @@ static lenet_status finish_conv(const lenet_model *net, int8_plan *q, op *o)
         .oh = linear ? 1 : l->out.dim[1], .ow = linear ? 1 : l->out.dim[2], .oc = oc, .groups = groups, .ocp = ocp,
         .weight = o->packed, .bias = o->kbias, .multiplier = o->kmultiplier, .shift = o->kshift,
         .out_zero = u8_zero(o->requant), .lo = o->lo, .hi = o->hi, .table = o->has_table ? o->table32 : NULL,
-        .pool = o->pool == SIZE_MAX                                   ? LENET_I8_POOL_NONE
+        .table8 = o->table8, .pool = o->pool == SIZE_MAX                                   ? LENET_I8_POOL_NONE
                 : role_of(net->layers[o->pool]) == ROLE_AVGPOOL ? LENET_I8_POOL_AVG2
                                                                       : LENET_I8_POOL_MAX2,
     };
@@ -661,7 +661,7 @@ static lenet_status finish(const lenet_model *net, int8_plan *q)
 
 /* ---- running ---- */
 
-static void run_float(const lenet_plan *p, const int8_plan *q, const op *o, bool first, bool last, int n,
+static void run_float(const lenet_i8_kernels *kern, const int8_plan *q, const op *o, bool first, bool last, int n,
                       const float *x, float *y, uint8_t *base)
 {
     const lenet_layer *l = o->layer_ptr;
@@ -675,8 +675,8 @@ static void run_float(const lenet_plan *p, const int8_plan *q, const op *o, bool
     lenet_pass pass = {.n = n, .x = x_in, .work = work, .batch = n};
     l->ops->forward(l, &pass, last ? y : fout);
     if (!last)
-        lenet__i8_quantize(n, out->c, out->h, out->w, 0, fout, out->q.scale, u8_zero(out->q), base + out->offset);
-    (void)p;
+        lenet__i8_quantize(kern, n, out->c, out->h, out->w, 0, fout, out->q.scale, u8_zero(out->q),
+                           base + out->offset);
 }
 
 /* One chunk of n samples: x (n inputs) to y (n outputs). */
@@ -685,7 +685,7 @@ static void run_chunk(const lenet_plan *p, const int8_plan *q, const lenet_i8_ke
 {
     const act *a0 = &q->acts[0];
     if (q->ops[0].kind != OP_FLOAT) {
-        lenet__i8_quantize(n, a0->c, a0->h, a0->w, a0->pad, x, a0->q.scale, u8_zero(a0->q), base + a0->offset);
+        lenet__i8_quantize(kern, n, a0->c, a0->h, a0->w, a0->pad, x, a0->q.scale, u8_zero(a0->q), base + a0->offset);
         memset(base + a0->offset + (size_t)n * act_bytes(a0), 0, LENET_I8_SLACK);
     }
     for (size_t i = 0; i < q->n_ops; i++) {
@@ -703,7 +703,7 @@ static void run_chunk(const lenet_plan *p, const int8_plan *q, const lenet_i8_ke
         case OP_TABLE: lenet__i8_lookup((size_t)n * act_bytes(in), o->table8, src, dst); break;
         case OP_RELU: lenet__i8_clamp_below((size_t)n * act_bytes(in), (uint8_t)u8_zero(in->q), src, dst); break;
         case OP_PAD: lenet__i8_pad(n, in->c, in->h, in->w, out->pad, src, u8_zero(in->q), dst); break;
-        case OP_FLOAT: run_float(p, q, o, i == 0, last, n, x, y, base); break;
+        case OP_FLOAT: run_float(kern, q, o, i == 0, last, n, x, y, base); break;
         }
         if (o->kind != OP_FLOAT || !last)
             memset(dst + (size_t)n * act_bytes(out), 0, LENET_I8_SLACK);
