@@ -14,6 +14,9 @@
 #include <unistd.h>
 
 #include <lenet/lenet.h>
+#ifdef LENET_WITH_MPI
+#include <lenet/mpi.h> /* an MPI build: under mpirun with several processes, train data-parallel */
+#endif
 
 #include "cli.h"
 #ifdef LENET_HAVE_CAIRO
@@ -644,12 +647,19 @@ static int print_summary(const options *o)
     return st == LENET_OK ? 0 : 1;
 }
 
-int main(int argc, char **argv)
+static int mpi_rank, mpi_size = 1; /* this process among those of an mpirun (0 of 1 otherwise) */
+
+static int d2l_main(int argc, char **argv)
 {
     options o;
     int parsed = parse_options(argc, argv, &o);
     if (parsed != 0)
         return parsed < 0 ? 0 : parsed;
+    if (mpi_rank > 0) {
+        /* Rank 0 alone prints, plots and writes; the library writes --save on rank 0 only. */
+        o.quiet = true;
+        o.csv = o.plot = o.activations = NULL;
+    }
     if (o.summary)
         return print_summary(&o);
     /* Without --threads the library's default holds: LENET_NUM_THREADS, else the number of online CPUs. */
@@ -657,6 +667,19 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": --threads %d: %s\n", o.threads, lenet_last_error());
         return 2;
     }
+#ifdef LENET_WITH_MPI
+    /* Several processes on one machine share its processors, unless told otherwise. */
+    if (mpi_size > 1 && o.threads == 0 && !getenv("LENET_NUM_THREADS")) {
+        MPI_Comm local;
+        int here = 1;
+        if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local) == MPI_SUCCESS) {
+            MPI_Comm_size(local, &here);
+            MPI_Comm_free(&local);
+        }
+        int share = lenet_threads_get() / here;
+        lenet_threads_set(share > 0 ? share : 1);
+    }
+#endif
     int threads = lenet_threads_get();
 
     int status = 1;
@@ -702,6 +725,12 @@ int main(int argc, char **argv)
         fprintf(stderr, PROG ": %s\n", lenet_last_error());
         goto done;
     }
+#ifdef LENET_WITH_MPI
+    if (mpi_size > 1 && lenet_model_set_comm(net, MPI_COMM_WORLD) != LENET_OK) {
+        fprintf(stderr, PROG ": %s\n", lenet_last_error());
+        goto done;
+    }
+#endif
     int first_epoch = 1;
     if (o.resume) {
         /* The checkpoint restores the weights, the learning rate, and the shuffling generator, so the run
@@ -783,8 +812,10 @@ int main(int argc, char **argv)
         }
     }
     printf("loss %.3f, train acc %.3f, test acc %.3f\n", fit.loss, fit.accuracy, eval.accuracy);
-    printf("%.1f examples/sec on cpu (%d thread%s)\n", train_seconds > 0 ? (double)trained / train_seconds : 0.0,
-           threads, threads == 1 ? "" : "s");
+    printf("%.1f examples/sec on cpu (", train_seconds > 0 ? (double)trained / train_seconds : 0.0);
+    if (mpi_size > 1)
+        printf("%d processes x ", mpi_size);
+    printf("%d thread%s)\n", threads, threads == 1 ? "" : "s");
     fflush(stdout);
 
     if (csv) {
@@ -822,4 +853,29 @@ done:
     plot_shutdown();
 #endif
     return status;
+}
+
+/* In an MPI build under mpirun with several processes, the run trains data-parallel: the same results, bit for bit,
+ * and the same --save checkpoint as one process (docs/distributed.md). */
+int main(int argc, char **argv)
+{
+#ifdef LENET_WITH_MPI
+    int provided;
+    if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+        fprintf(stderr, PROG ": MPI_Init_thread failed\n");
+        return 1;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &mpi_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &mpi_size);
+    if (mpi_rank > 0 && !freopen("/dev/null", "w", stdout))
+        return 1;
+    int status = d2l_main(argc, argv);
+    /* A failure in training fails every process alike; one before it (a missing data set) leaves the others waiting. */
+    if (status != 0 && mpi_size > 1)
+        MPI_Abort(MPI_COMM_WORLD, status);
+    MPI_Finalize();
+    return status;
+#else
+    return d2l_main(argc, argv);
+#endif
 }
