@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/kernels.h"
 #include "layers/layer.h"
+#include "plan/internal.h"
 #include "testutil.h"
 
 /* ---- counting allocations: this executable's malloc family wraps glibc's, for every library in the process ---- */
@@ -190,6 +192,148 @@ static void check_network(const network *net, const int *batches, size_t n_batch
     lenet_model_free(m);
 }
 
+/* ---- the fused backend: every layer kind it runs, in the places its stages put them ----
+ * Each of these networks ends in a sigmoid, so that its outputs are of the order of one: a last layer that cancels
+ * terms down to outputs near zero carries their rounding (an ulp of the terms, in predict as much as in the plan),
+ * which the relative error below the 0.1% floor would magnify past 1e-5 by chance. */
+
+/* Tanh before max pooling and ReLU after it (an odd size leaves a row and a column out), a convolution alone, an
+ * overlapping average pool that the convolution kernels cannot do, then Sigmoid after it, Linear with and without
+ * an activation. */
+static lenet_model *fused_odd_shapes(void)
+{
+    return MODEL(3, 13, 11, lenet_conv2d(5, 3, 1, 1), lenet_tanh(), lenet_maxpool2d(2, 2), lenet_relu(),
+                 lenet_conv2d(7, 2, 1, 0), lenet_avgpool2d(3, 1), lenet_sigmoid(), lenet_flatten(), lenet_linear(9),
+                 lenet_relu(), lenet_linear(3), lenet_sigmoid());
+}
+
+/* Activations and pooling before any convolution, a padding wider than the kernel's reach, 20 channels (tiles that
+ * do not divide them), an activation after Flatten, Linear without one, 130 outputs, a single one and an activation
+ * after it on its own. */
+static lenet_model *fused_layers_alone(void)
+{
+    return MODEL(2, 8, 8, lenet_sigmoid(), lenet_avgpool2d(2, 2), lenet_conv2d(20, 3, 1, 2), lenet_relu(),
+                 lenet_avgpool2d(2, 2), lenet_flatten(), lenet_tanh(), lenet_linear(17), lenet_linear(130),
+                 lenet_sigmoid(), lenet_linear(1), lenet_sigmoid());
+}
+
+/* Rows wider than any vector (40 columns), 33 channels, max pooling after ReLU with an activation after it, ending
+ * on a convolution's pooled image rather than on Linear. */
+static lenet_model *fused_wide(void)
+{
+    return MODEL(1, 20, 40, lenet_conv2d(4, 5, 1, 2), lenet_sigmoid(), lenet_avgpool2d(2, 2),
+                 lenet_conv2d(33, 3, 1, 1), lenet_relu(), lenet_maxpool2d(2, 2), lenet_sigmoid());
+}
+
+/* The smallest: one convolution and its activation, and one ending on Flatten. */
+static lenet_model *fused_conv_only(void)
+{
+    return MODEL(1, 6, 6, lenet_conv2d(2, 3, 1, 1), lenet_sigmoid());
+}
+
+static lenet_model *fused_flatten_last(void)
+{
+    return MODEL(2, 7, 7, lenet_conv2d(3, 3, 1, 0), lenet_sigmoid(), lenet_maxpool2d(2, 2), lenet_flatten());
+}
+
+static const network FUSED_NETWORKS[] = {
+    {"d2l", d2l, 1, 28, 28},
+    {"modern+bn+dropout", modern_bn_dropout, 1, 28, 28},
+    {"odd shapes", fused_odd_shapes, 3, 13, 11},
+    {"layers alone", fused_layers_alone, 2, 8, 8},
+    {"wide", fused_wide, 1, 20, 40},
+    {"conv only", fused_conv_only, 1, 6, 6},
+    {"flatten last", fused_flatten_last, 2, 7, 7},
+};
+
+/* A tensor of n samples of the model's output shape. */
+static lenet_tensor *output_tensor(const lenet_model *m, int n)
+{
+    const lenet_shape *out = &m->layers[m->n_layers - 1]->out;
+    int shape[1 + LENET_MAX_SAMPLE_DIMS] = {n};
+    for (int d = 0; d < out->ndim; d++)
+        shape[1 + d] = out->dim[d];
+    return lenet_tensor_create(1 + out->ndim, shape);
+}
+
+/* The plan of net runs on the fused backend and gives predict's outputs for each batch (one image, a short group,
+ * a full lane group, a full one and one image, a full one and a short lane group), from a workspace full of NaNs. */
+static void check_fused(const network *net, const char *isa)
+{
+    static const int batches[] = {1, 7, 16, 17, 29};
+    lenet_model *m = net->make();
+    lenet_plan *p = lenet_plan_create(m, 64);
+    ck_assert_msg(p != NULL, "%s: %s", net->name, lenet_last_error());
+    ck_assert_str_eq(p->backend->name, "fused");
+    const size_t size = lenet_plan_workspace_size(p);
+    void *work = malloc(size);
+    for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
+        const int n = batches[b];
+        lenet_tensor *x = lenet_tensor_create(4, (int[]){n, net->c, net->h, net->w});
+        lenet_test_fill(x, 200 + (uint64_t)n, -2.0f, 2.0f);
+        lenet_tensor *want = output_tensor(m, n), *got = output_tensor(m, n);
+        ck_assert_lenet_ok(lenet_model_predict(m, x, want));
+        memset(work, 0xff, size); /* NaN: a read of anything the run did not write shows */
+        atomic_store(&allocations, 0);
+        atomic_store(&counting, true);
+        lenet_status st = lenet_plan_run(p, work, size, x, got);
+        atomic_store(&counting, false);
+        ck_assert_lenet_ok(st);
+        ck_assert_msg(atomic_load(&allocations) == 0, "%s, batch %d: %zu allocations inside lenet_plan_run",
+                      net->name, n, atomic_load(&allocations));
+        const double err = worst_error(lenet_tensor_cdata(got), lenet_tensor_cdata(want), lenet_tensor_numel(want));
+        printf("%-7s %-18s batch %2d: worst relative error against predict %.3g\n", isa, net->name, n, err);
+        ck_assert_msg(err <= 1e-5, "%s on %s, batch %d: plan differs from predict by %.3g", net->name, isa, n, err);
+        lenet_tensor_free(x);
+        lenet_tensor_free(want);
+        lenet_tensor_free(got);
+    }
+    free(work);
+    lenet_plan_free(p);
+    lenet_model_free(m);
+}
+
+START_TEST(test_fused_plans_give_predicts_outputs_from_a_workspace_of_nans)
+{
+    for (size_t i = 0; i < sizeof FUSED_NETWORKS / sizeof FUSED_NETWORKS[0]; i++)
+        check_fused(&FUSED_NETWORKS[i], lenet__kernels()->isa);
+}
+END_TEST
+
+/* predict and the plan both follow the forced table, so each table's fused kernels meet the layers' kernels of the
+ * same instruction set; a CPU without AVX-512 (or AVX2) checks what it has. */
+START_TEST(test_fused_plans_give_predicts_outputs_on_every_kernel_table_the_cpu_has)
+{
+    static const char *const tables[] = {"generic", "avx2", "avx512"};
+    int ran = 0;
+    for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++) {
+        if (!lenet__kernels_force(tables[t]))
+            continue;
+        ck_assert_str_eq(lenet__kernels()->isa, tables[t]);
+        for (size_t i = 0; i < sizeof FUSED_NETWORKS / sizeof FUSED_NETWORKS[0]; i++)
+            check_fused(&FUSED_NETWORKS[i], tables[t]);
+        ran++;
+    }
+    ck_assert(lenet__kernels_force(NULL));
+    ck_assert_int_ge(ran, 1);
+}
+END_TEST
+
+START_TEST(test_plans_take_the_fused_backend_only_for_the_layer_kinds_it_runs)
+{
+    for (size_t i = 0; i < sizeof NETWORKS / sizeof NETWORKS[0]; i++) {
+        lenet_model *m = NETWORKS[i].make();
+        lenet_plan *p = lenet_plan_create(m, 4);
+        ck_assert_ptr_nonnull(p);
+        /* d2l and the BatchNorm LeNet (BatchNorm folded, Dropout gone) are fused; LeNet-5's own layers and a stride-2
+         * convolution are not. */
+        ck_assert_str_eq(p->backend->name, i < 2 ? "fused" : "layers");
+        lenet_plan_free(p);
+        lenet_model_free(m);
+    }
+}
+END_TEST
+
 START_TEST(test_plans_give_predicts_outputs_for_every_layer_kind_without_allocating)
 {
     const int batches[] = {1, 7, 16, 17};
@@ -361,6 +505,9 @@ int main(void)
     tcase_add_test(tc, test_plan_errors_are_statuses_and_write_nothing);
     tcase_add_test(tc, test_a_layer_kind_outside_the_library_is_unsupported_by_name);
     tcase_add_test(tc, test_many_threads_run_one_plan_at_once_with_a_workspace_each);
+    tcase_add_test(tc, test_fused_plans_give_predicts_outputs_from_a_workspace_of_nans);
+    tcase_add_test(tc, test_fused_plans_give_predicts_outputs_on_every_kernel_table_the_cpu_has);
+    tcase_add_test(tc, test_plans_take_the_fused_backend_only_for_the_layer_kinds_it_runs);
     suite_add_tcase(s, tc);
     return lenet_test_run(s);
 }

@@ -34,6 +34,15 @@ struct lenet_plan {
 /* Runs the plan's network through the layers' own forward ops, chunk by chunk: every network, no packing. */
 extern const lenet_plan_backend lenet__plan_layers;
 
+/* Runs networks made only of Conv2d (stride 1), Sigmoid, ReLU, Tanh, AvgPool2d, MaxPool2d, Flatten and Linear
+ * through the fused kernels (lib/kernels/fused.h): each convolution with its activation and pooling in one pass,
+ * batches with a sample per lane from input to output, single images with outputs across the lanes. */
+extern const lenet_plan_backend lenet__plan_fused;
+
+/* Moves a plan whose network the fused backend runs onto it, with its packed weights in p->impl; leaves any other
+ * plan on the layers backend.  Returns LENET_OK either way, or LENET_ENOMEM (the plan unchanged). */
+lenet_status lenet__plan_use_fused(lenet_plan *p);
+
 /* Integer plans (plan_int8.c): TFLite's int8 arithmetic over the folded network. */
 extern const lenet_plan_backend lenet__plan_int8;
 /* Turns a float plan made from a plan file's network into the int8 plan the file records (lenet_plan_load): the

@@ -115,6 +115,8 @@ lenet_plan *lenet_plan_create(const lenet_model *m, int max_batch)
         goto fail;
     p->net->training = false;
     p->backend = &lenet__plan_layers;
+    if ((st = lenet__plan_use_fused(p)) != LENET_OK)
+        goto fail;
     lenet__free(source);
     return p;
 
