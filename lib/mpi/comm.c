@@ -3,11 +3,19 @@
  *
  * Exactness.  One process sums every value over the chunks in chunk order (acc = row 0, acc += row 1, ...; then
  * out += acc), so the processes must add the very same rows in the very same order:
- * - Gradients (sum_floats).  A chain through the processes in rank order: process 0 sums its chunks' rows, process 1
- *   adds its rows to those running sums, and so on; the last process adds the result into `out`, and the final
- *   sums travel on to every other process.  The arena goes in blocks, so the chain pipelines a large model.  Each
- *   process sends and receives about one arena of running sums and one of final sums per step, whatever the number
- *   of chunks, in messages of at least 256 KiB.
+ * - Gradients (sum_floats), one of two ways, every process choosing alike:
+ *   - the chain, when a few processes share many chunks (up to 4 processes, at least 2 chunks each: one machine):
+ *     process 0 sums its chunks' rows, process 1 adds its rows to those running sums, and so on; the last process
+ *     adds the result into `out`, and the final sums travel on to every other process.  The arena goes in blocks, so
+ *     the chain pipelines a large model.  Each process sends and receives about one arena of running sums and one of
+ *     final sums per step, whatever the number of chunks, in messages of at least 256 KiB; but the chain is 2N - 1
+ *     hops deep.
+ *   - slices, otherwise: the arena is cut into one slice per process; each process receives, for its own slice, the
+ *     rows of every other process's chunks, straight into the unused rows of its chunk buffer (point-to-point with
+ *     strided datatypes), sums them in chunk order with the in-process code (lenet__sum_rows), and an in-place
+ *     Allgatherv of the slices gives every process the whole sum.  Each process receives about (chunks / N) arenas
+ *     of rows and one arena of slices, in 2 (N - 1) messages plus the Allgatherv: one hop deep.
+ *   LENET_MPI_EXCHANGE=chain or slices (rank 0's value) forces one, for measurements.
  * - BatchNorm statistics (sum_doubles): a few doubles per channel and chunk, gathered in place and summed in chunk
  *   order by every process.
  * - The batch's outputs (gather_samples): gathered in place, so every process computes the whole batch's loss.
@@ -16,6 +24,7 @@
 #include <limits.h>
 #include <mpi.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/internal.h"
@@ -32,10 +41,16 @@ typedef struct mpi_backend {
     lenet_reducer reducer;  /* reducer.ctx points back here */
     MPI_Comm comm;          /* our duplicate of the caller's */
     int *counts, *displs;   /* size each: Allgatherv scratch */
-    /* The gradient exchange (reserve): running sums of scratch_floats floats, and 4 requests per block. */
+    /* The gradient exchange: the chain's running sums (scratch_floats floats) and requests (reserve); the slices'
+     * datatypes per peer (MPI_DATATYPE_NULL where nothing goes), made for batches of types_chunks chunks of rows of
+     * types_count floats; the way forced by LENET_MPI_EXCHANGE (0 for none, 1 chain, 2 slices). */
     float *scratch;
     size_t scratch_floats;
     MPI_Request *requests;
+    MPI_Datatype *send_types, *recv_types;
+    int types_chunks;
+    size_t types_count;
+    int forced;
     /* The first failed MPI call (LENET_OK while none): later exchanges are skipped, agree reports it. */
     lenet_status broken;
     char broken_message[MESSAGE_BYTES];
@@ -90,8 +105,9 @@ static lenet_status reserve(void *ctx, size_t count)
     if (count <= b->scratch_floats)
         return LENET_OK;
     const size_t blocks = (count + block_floats(count) - 1) / block_floats(count);
+    const size_t requests_needed = 4 * blocks > 2 * (size_t)b->reducer.size ? 4 * blocks : 2 * (size_t)b->reducer.size;
     float *scratch = lenet__malloc_aligned(count * sizeof(float));
-    MPI_Request *requests = lenet__malloc(4 * blocks * sizeof *requests);
+    MPI_Request *requests = lenet__malloc(requests_needed * sizeof *requests);
     if (!scratch || !requests) {
         lenet__free_aligned(scratch);
         lenet__free(requests);
@@ -121,17 +137,8 @@ static void final_route(int r, int size, int last, int *from, int *to)
  * passes them on; the last one adds them into `out`, as one process would, and the final sums travel on through
  * every other process.  Blocks pipeline: process r works on block k while r - 1 works on block k + 1.  Each process
  * sends and receives about one arena of running sums and one of final sums per step. */
-static void sum_floats(void *ctx, float *partials, int chunks, size_t count, float *out, int threads)
+static void sum_by_chain(mpi_backend *b, float *partials, int chunks, size_t count, float *out, int threads)
 {
-    mpi_backend *b = ctx;
-    if (b->broken != LENET_OK || count == 0)
-        return;
-    if (count > b->scratch_floats) {
-        /* The training loop reserves first; nothing else calls this. */
-        b->broken = LENET_ESTATE;
-        snprintf(b->broken_message, sizeof b->broken_message, "MPI: the gradient exchange was not reserved");
-        return;
-    }
     const int size = b->reducer.size, me = b->reducer.rank;
     const int last = chunks < size ? chunks - 1 : size - 1; /* the last process with chunks */
     const size_t per = block_floats(count);
@@ -185,6 +192,135 @@ static void sum_floats(void *ctx, float *partials, int chunks, size_t count, flo
     }
 finish:
     failed(b, MPI_Waitall(n_sends, sends, MPI_STATUSES_IGNORE), "MPI_Waitall (gradients)");
+}
+
+/* ---- gradients by slices ---- */
+
+/* The slice [*begin, *begin + *len) of `count` columns that process r sums: equal slices of whole 64-byte lines. */
+static void arena_slice(size_t count, int size, int r, size_t *begin, size_t *len)
+{
+    size_t per = (count + (size_t)size - 1) / (size_t)size;
+    per = (per + 15) & ~(size_t)15;
+    size_t first = (size_t)r * per < count ? (size_t)r * per : count;
+    size_t end = first + per < count ? first + per : count;
+    *begin = first;
+    *len = end - first;
+}
+
+static void free_types(mpi_backend *b)
+{
+    for (int p = 0; p < b->reducer.size; p++) {
+        if (b->send_types[p] != MPI_DATATYPE_NULL)
+            MPI_Type_free(&b->send_types[p]);
+        if (b->recv_types[p] != MPI_DATATYPE_NULL)
+            MPI_Type_free(&b->recv_types[p]);
+        b->send_types[p] = b->recv_types[p] = MPI_DATATYPE_NULL;
+    }
+    b->types_chunks = 0;
+    b->types_count = 0;
+}
+
+/* A vector of `rows` rows of `len` floats, `stride` floats apart; MPI_DATATYPE_NULL for nothing. */
+static bool make_rows_type(mpi_backend *b, int rows, size_t len, size_t stride, MPI_Datatype *type)
+{
+    *type = MPI_DATATYPE_NULL;
+    if (rows == 0 || len == 0)
+        return true;
+    if (failed(b, MPI_Type_vector(rows, (int)len, (int)stride, MPI_FLOAT, type), "MPI_Type_vector"))
+        return false;
+    return !failed(b, MPI_Type_commit(type), "MPI_Type_commit");
+}
+
+/* The datatypes of the exchange for batches of `chunks` chunks of rows of `count` floats. */
+static bool prepare_types(mpi_backend *b, int chunks, size_t count)
+{
+    if (b->types_chunks == chunks && b->types_count == count)
+        return true;
+    free_types(b);
+    const int size = b->reducer.size, me = b->reducer.rank;
+    int my_first, my_rows;
+    size_t my_begin, my_len;
+    lenet__chunk_share(chunks, me, size, &my_first, &my_rows);
+    arena_slice(count, size, me, &my_begin, &my_len);
+    for (int p = 0; p < size; p++) {
+        if (p == me)
+            continue;
+        int first, rows;
+        size_t begin, len;
+        lenet__chunk_share(chunks, p, size, &first, &rows);
+        arena_slice(count, size, p, &begin, &len);
+        /* From p: its rows of my slice.  To p: my rows of its slice. */
+        if (!make_rows_type(b, rows, my_len, count, &b->recv_types[p]) ||
+            !make_rows_type(b, my_rows, len, count, &b->send_types[p])) {
+            free_types(b);
+            return false;
+        }
+    }
+    b->types_chunks = chunks;
+    b->types_count = count;
+    return true;
+}
+
+static void sum_by_slices(mpi_backend *b, float *partials, int chunks, size_t count, float *out, int threads)
+{
+    if (!prepare_types(b, chunks, count))
+        return;
+    const int size = b->reducer.size, me = b->reducer.rank;
+    int my_first, my_rows, n = 0;
+    size_t my_begin, my_len;
+    lenet__chunk_share(chunks, me, size, &my_first, &my_rows);
+    arena_slice(count, size, me, &my_begin, &my_len);
+    for (int p = 0; p < size; p++) {
+        int first, rows;
+        lenet__chunk_share(chunks, p, size, &first, &rows);
+        if (p != me && b->recv_types[p] != MPI_DATATYPE_NULL &&
+            failed(b, MPI_Irecv(partials + (size_t)first * count + my_begin, 1, b->recv_types[p], p, PARTIAL_TAG,
+                                b->comm, &b->requests[n++]), "MPI_Irecv (gradients)"))
+            goto wait;
+    }
+    for (int p = 0; p < size; p++) {
+        size_t begin, len;
+        arena_slice(count, size, p, &begin, &len);
+        if (p != me && b->send_types[p] != MPI_DATATYPE_NULL &&
+            failed(b, MPI_Isend(partials + (size_t)my_first * count + begin, 1, b->send_types[p], p, PARTIAL_TAG,
+                                b->comm, &b->requests[n++]), "MPI_Isend (gradients)"))
+            goto wait;
+    }
+wait:
+    if (failed(b, MPI_Waitall(n, b->requests, MPI_STATUSES_IGNORE), "MPI_Waitall (gradients)") ||
+        b->broken != LENET_OK)
+        return;
+    /* Every row of my slice is here: the in-process sum, in chunk order, over my columns. */
+    lenet__sum_rows(partials, chunks, count, my_begin, my_begin + my_len, out, threads);
+    for (int p = 0; p < size; p++) {
+        size_t begin, len;
+        arena_slice(count, size, p, &begin, &len);
+        b->counts[p] = (int)len;
+        b->displs[p] = (int)begin;
+    }
+    failed(b, MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, out, b->counts, b->displs, MPI_FLOAT, b->comm),
+           "MPI_Allgatherv (gradients)");
+}
+
+static void sum_floats(void *ctx, float *partials, int chunks, size_t count, float *out, int threads)
+{
+    mpi_backend *b = ctx;
+    if (b->broken != LENET_OK || count == 0)
+        return;
+    if (count > b->scratch_floats || !fits_int(b, count, "a gradient row")) {
+        /* The training loop reserves first; nothing else calls this. */
+        if (b->broken == LENET_OK) {
+            b->broken = LENET_ESTATE;
+            snprintf(b->broken_message, sizeof b->broken_message, "MPI: the gradient exchange was not reserved");
+        }
+        return;
+    }
+    const int size = b->reducer.size;
+    const bool chain = b->forced ? b->forced == 1 : size <= 4 && chunks >= 2 * size;
+    if (chain)
+        sum_by_chain(b, partials, chunks, count, out, threads);
+    else
+        sum_by_slices(b, partials, chunks, count, out, threads);
 }
 
 static void sum_doubles(void *ctx, double *partials, int chunks, size_t count, double *out)
@@ -293,12 +429,18 @@ static void destroy(void *ctx)
         return;
     int finalized = 1;
     MPI_Finalized(&finalized);
-    if (!finalized && b->comm != MPI_COMM_NULL)
-        MPI_Comm_free(&b->comm);
+    if (!finalized) {
+        if (b->send_types && b->recv_types)
+            free_types(b);
+        if (b->comm != MPI_COMM_NULL)
+            MPI_Comm_free(&b->comm);
+    }
     lenet__free(b->counts);
     lenet__free(b->displs);
     lenet__free_aligned(b->scratch);
     lenet__free(b->requests);
+    lenet__free(b->send_types);
+    lenet__free(b->recv_types);
     lenet__free(b);
 }
 
@@ -316,10 +458,14 @@ static mpi_backend *backend_create(MPI_Comm comm, int rank, int size)
     };
     b->counts = lenet__calloc((size_t)size, sizeof *b->counts);
     b->displs = lenet__calloc((size_t)size, sizeof *b->displs);
-    if (!b->counts || !b->displs) {
+    b->send_types = lenet__malloc((size_t)size * sizeof *b->send_types);
+    b->recv_types = lenet__malloc((size_t)size * sizeof *b->recv_types);
+    if (!b->counts || !b->displs || !b->send_types || !b->recv_types) {
         destroy(b);
         return NULL;
     }
+    for (int p = 0; p < size; p++)
+        b->send_types[p] = b->recv_types[p] = MPI_DATATYPE_NULL;
     b->comm = comm;
     return b;
 }
@@ -362,6 +508,12 @@ lenet_status lenet_model_set_comm(lenet_model *m, MPI_Comm comm)
         return lenet__fail(LENET_EIO, "model_set_comm: duplicating the communicator failed: %s", text);
     }
     mpi_backend *b = backend_create(dup, rank, size);
+    /* LENET_MPI_EXCHANGE as rank 0 reads it: every process must exchange the same way. */
+    const char *way = getenv("LENET_MPI_EXCHANGE");
+    int forced = way && !strcmp(way, "chain") ? 1 : way && !strcmp(way, "slices") ? 2 : 0;
+    rc = MPI_Bcast(&forced, 1, MPI_INT, 0, dup);
+    if (b)
+        b->forced = rc == MPI_SUCCESS ? forced : 0;
     lenet_status st = LENET_OK;
     if (!m)
         st = lenet__fail(LENET_EINVAL, "model_set_comm: model is NULL");
