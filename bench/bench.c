@@ -111,6 +111,57 @@ static double train_examples_per_sec(int threads, int batches)
     return best;
 }
 
+/* d2l's BatchNorm LeNet: BatchNorm after every convolution and hidden Linear, whole-batch statistics in training. */
+static lenet_model *bn_model(void)
+{
+    lenet_model *m = lenet_model_create();
+    lenet_layer *layers[] = {lenet_conv2d(6, 5, 1, 0), lenet_batchnorm2d(1e-5f, 0.1f), lenet_sigmoid(),
+                             lenet_avgpool2d(2, 2), lenet_conv2d(16, 5, 1, 0), lenet_batchnorm2d(1e-5f, 0.1f),
+                             lenet_sigmoid(), lenet_avgpool2d(2, 2), lenet_flatten(), lenet_linear(120),
+                             lenet_batchnorm1d(1e-5f, 0.1f), lenet_sigmoid(), lenet_linear(84),
+                             lenet_batchnorm1d(1e-5f, 0.1f), lenet_sigmoid(), lenet_linear(10)};
+    for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++)
+        if (lenet_model_add(m, layers[i]) != LENET_OK)
+            die("model");
+    if (lenet_model_build(m, 1, 28, 28) != LENET_OK || lenet_model_init(m, LENET_INIT_XAVIER_UNIFORM, 0) != LENET_OK)
+        die("build");
+    return m;
+}
+
+/* Training examples/sec of the BatchNorm LeNet (SGD lr 0.1, batches of 128), best of 3. */
+static double bn_train_examples_per_sec(int threads, int batches)
+{
+    lenet_threads_set(threads);
+    lenet_model *m = bn_model();
+    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){BATCH, 1, 28, 28});
+    lenet_tensor *dy = lenet_tensor_create(2, (int[]){BATCH, 10});
+    int32_t labels[BATCH];
+    for (int i = 0; i < BATCH; i++)
+        labels[i] = i % 10;
+    fill(x, 5);
+    double best = 0.0;
+    for (int rep = 0; rep < 3; rep++) {
+        double t = now();
+        for (int b = 0; b < batches; b++) {
+            const lenet_tensor *y;
+            float loss;
+            if (lenet_model_forward(m, x, &y) != LENET_OK || lenet_cross_entropy(y, labels, &loss, dy) != LENET_OK)
+                die("bn train step");
+            lenet_model_zero_grad(m);
+            lenet_model_backward(m, dy);
+            lenet_optimizer_step(o);
+        }
+        double rate = batches * BATCH / (now() - t);
+        best = rate > best ? rate : best;
+    }
+    lenet_tensor_free(x);
+    lenet_tensor_free(dy);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    return best;
+}
+
 static double infer_images_per_sec(int threads)
 {
     lenet_threads_set(threads);
@@ -322,7 +373,7 @@ static void layer_split(FILE *out, FILE *json)
 }
 
 typedef struct torch_figures {
-    double train, infer, p50, p99;
+    double train, infer, p50, p99, bn_train;
     int found;
 } torch_figures;
 
@@ -341,6 +392,8 @@ static torch_figures run_pytorch(const char *script, int threads, int batches)
             f.train = v, f.found = 1;
         else if (!strcmp(key, "infer_images_per_sec"))
             f.infer = v;
+        else if (!strcmp(key, "bn_train_examples_per_sec"))
+            f.bn_train = v;
         else if (!strcmp(key, "latency_p50_us"))
             f.p50 = v;
         else if (!strcmp(key, "latency_p99_us"))
@@ -402,6 +455,7 @@ int main(int argc, char **argv)
         torch = run_pytorch(script, threads, batches);
     double train1 = train_examples_per_sec(1, batches);
     double trainN = train_examples_per_sec(threads, batches);
+    double bn_trainN = bn_train_examples_per_sec(threads, batches);
     double infer = infer_images_per_sec(threads);
     double p50, p99;
     latency(1000, &p50, &p99);
@@ -414,12 +468,15 @@ int main(int argc, char **argv)
     printf("%-34s %14.0f %14s %8s\n", "train examples/CPU-sec, 1 thread", cpu_rate, "", "");
     if (torch.found) {
         printf("%-34s %14.0f %14.0f %7.2fx\n", "train examples/sec, N threads", trainN, torch.train, trainN / torch.train);
+        printf("%-34s %14.0f %14.0f %7.2fx\n", "BatchNorm LeNet train ex/s, N thr", bn_trainN, torch.bn_train,
+               torch.bn_train > 0 ? bn_trainN / torch.bn_train : 0.0);
         printf("%-34s %14.0f %14.0f %7.2fx\n", "inference images/sec (batch 1000)", infer, torch.infer,
                infer / torch.infer);
         printf("%-34s %14.1f %14.1f %7.2fx\n", "latency batch 1, p50 us", p50, torch.p50, torch.p50 / p50);
         printf("%-34s %14.1f %14.1f %7.2fx\n", "latency batch 1, p99 us", p99, torch.p99, torch.p99 / p99);
     } else {
         printf("%-34s %14.0f %14s\n", "train examples/sec, N threads", trainN, "n/a");
+        printf("%-34s %14.0f %14s\n", "BatchNorm LeNet train ex/s, N thr", bn_trainN, "n/a");
         printf("%-34s %14.0f %14s\n", "inference images/sec (batch 1000)", infer, "n/a");
         printf("%-34s %14.1f %14s\n", "latency batch 1, p50 us", p50, "n/a");
         printf("%-34s %14.1f %14s\n", "latency batch 1, p99 us", p99, "n/a");
@@ -445,6 +502,8 @@ int main(int argc, char **argv)
                 torch.infer, torch.p50, torch.p99);
     layer_split(stdout, json);
     if (json) {
+        fprintf(json, "  \"bn_train_examples_per_sec\": %.1f,\n  \"pytorch_bn_train_examples_per_sec\": %.1f,\n",
+                bn_trainN, torch.bn_train);
         fprintf(json, "  \"ratio_train\": %.3f\n}\n", torch.found ? trainN / torch.train : 0.0);
         fclose(json);
     }

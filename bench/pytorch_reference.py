@@ -18,6 +18,32 @@ def d2l_lenet():
         nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10))
 
 
+def bn_lenet():
+    """d2l's LeNet with batch normalization."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, kernel_size=5), nn.BatchNorm2d(6), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5), nn.BatchNorm2d(16), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(), nn.Linear(256, 120), nn.BatchNorm1d(120), nn.Sigmoid(), nn.Linear(120, 84),
+        nn.BatchNorm1d(84), nn.Sigmoid(), nn.Linear(84, 10))
+
+
+def train_rate(net, x, y, batches, lr):
+    """Training examples per second of SGD steps on one in-memory batch, after 5 warm-up steps."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def train(n):
+        for _ in range(n):
+            opt.zero_grad()
+            loss_fn(net(x), y).backward()
+            opt.step()
+
+    train(5)
+    t = time.perf_counter()
+    train(batches)
+    return batches * x.shape[0] / (time.perf_counter() - t)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -43,6 +69,9 @@ def main():
     train(args.batches)
     train_seconds = time.perf_counter() - t
     print(f"train_examples_per_sec {args.batches * 128 / train_seconds:.1f}")
+    bn = bn_lenet()
+    bn.train()
+    print(f"bn_train_examples_per_sec {train_rate(bn, x, y, args.batches, 0.1):.1f}")
 
     xb = torch.rand(1000, 1, 28, 28)
     with torch.no_grad():
