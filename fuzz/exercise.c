@@ -2,12 +2,7 @@
 
 #include <stdlib.h>
 
-/* Crashes (so the fuzzer reports it) when the library breaks its own contract. */
-#define FUZZ_CHECK(cond)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond))                                                                                         \
-            abort();                                                                                         \
-    } while (0)
+#include "fuzz_common.h"
 
 void fuzz_exercise_dataset(lenet_dataset *d)
 {

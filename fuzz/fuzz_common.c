@@ -1,6 +1,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "fuzz_common.h"
 
+#include <lenet/status.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,12 @@
 #include <unistd.h>
 
 static char paths[4][256];
+
+void fuzz_fail(const char *file, int line, const char *what)
+{
+    fprintf(stderr, "%s:%d: check failed: %s (lenet_last_error: \"%s\")\n", file, line, what, lenet_last_error());
+    abort();
+}
 
 static void remove_files(void)
 {

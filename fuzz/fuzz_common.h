@@ -7,6 +7,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Crashes (so the fuzzer reports it) when the library breaks its contract, after printing which check failed and
+ * the library's last error message. */
+#define FUZZ_CHECK(cond)                                                                                     \
+    do {                                                                                                     \
+        if (!(cond))                                                                                         \
+            fuzz_fail(__FILE__, __LINE__, #cond);                                                            \
+    } while (0)
+
+_Noreturn void fuzz_fail(const char *file, int line, const char *what);
+
 /* The entry point every target defines (libFuzzer's name), also called by fuzz/replay.c. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

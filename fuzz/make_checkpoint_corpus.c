@@ -1,6 +1,6 @@
 /* Writes the seed corpus of fuzz_checkpoint into the directory given as argument: models saved by
- * lenet_model_save() (the fuzz target's fixed model and a d2l-like LeNet) and training checkpoints of
- * lenet_checkpoint_save(), with and without optimizer and iterator.  Run by hand:
+ * lenet_model_save() (the fuzz target's fixed model, a d2l-like LeNet, convolutions alone and a small LeNet-5) and
+ * training checkpoints of lenet_checkpoint_save(), with and without optimizer and iterator.  Run by hand:
  *   build/fuzz/make_checkpoint_corpus fuzz/corpus/checkpoint */
 #include <lenet/io.h>
 #include <lenet/lenet.h>
@@ -73,6 +73,34 @@ int main(int argc, char **argv)
     check(lenet_model_add(m, lenet_linear(3)), "add");
     check(lenet_model_build(m, 1, 12, 12), "build");
     snprintf(path, sizeof path, "%s/lenet_like_model", argv[1]);
+    check(lenet_model_save(m, path), "save");
+    lenet_model_free(m);
+
+    /* A network that ends in its convolution: its parameters do not depend on the input size, so a mutated
+     * padding, stride or input shape still loads and reaches the shape arithmetic behind lenet_model_load(). */
+    m = lenet_model_create();
+    check(lenet_model_add(m, lenet_conv2d(2, 3, 1, 1)), "add");
+    check(lenet_model_add(m, lenet_relu()), "add");
+    check(lenet_model_add(m, lenet_maxpool2d(2, 2)), "add");
+    check(lenet_model_add(m, lenet_conv2d(1, 1, 1, 0)), "add");
+    check(lenet_model_build(m, 1, 6, 6), "build");
+    snprintf(path, sizeof path, "%s/conv_only_model", argv[1]);
+    check(lenet_model_save(m, path), "save");
+    lenet_model_free(m);
+
+    /* LeNet-5's own layers (subsampling, C3's table, the RBF bitmaps), on a smaller input than the paper's. */
+    m = lenet_model_create();
+    check(lenet_model_add(m, lenet_conv2d(6, 3, 1, 0)), "add");
+    check(lenet_model_add(m, lenet_scaled_tanh()), "add");
+    check(lenet_model_add(m, lenet_subsampling(2, 2)), "add");
+    check(lenet_model_add(m, lenet_lenet5_c3()), "add");
+    check(lenet_model_add(m, lenet_scaled_tanh()), "add");
+    check(lenet_model_add(m, lenet_flatten()), "add");
+    check(lenet_model_add(m, lenet_linear(84)), "add");
+    check(lenet_model_add(m, lenet_lenet5_rbf()), "add");
+    check(lenet_model_build(m, 1, 12, 12), "build");
+    check(lenet_model_init(m, LENET_INIT_LECUN, 1), "init");
+    snprintf(path, sizeof path, "%s/lenet5_model", argv[1]);
     check(lenet_model_save(m, path), "save");
     lenet_model_free(m);
     return 0;
