@@ -61,6 +61,13 @@ static inline __attribute__((always_inline)) __m512i lenet__i8_lookup16(lenet_i8
     return _mm512_and_si512(bytes, _mm512_set1_epi32(0xff));
 }
 
+/* table[v] for 64 byte values. */
+static inline __attribute__((always_inline)) __m512i lenet__i8_lookup64(lenet_i8_table t, __m512i v)
+{
+    const __m512i low = _mm512_permutex2var_epi8(t.t0, v, t.t1), high = _mm512_permutex2var_epi8(t.t2, v, t.t3);
+    return _mm512_mask_blend_epi8(_mm512_movepi8_mask(v), low, high);
+}
+
 #define SUFFIX avxvnni_evex
 #define I8_VNNI 1
 #define DPBUSD _mm256_dpbusd_epi32
@@ -205,6 +212,7 @@ typedef struct pixel_plan {
     __m512i index[PL_MAX_GROUPS];    /* lane j, byte t: the tap's byte in the window */
     int32_t weight[PL_MAX_GROUPS][PL_MAX_OC];
     __m512i out_index[2];            /* NHWC byte p * oc + o from byte 16 * o + p of the channels' vectors */
+    __m512i pooled_index;            /* NHWC byte p * oc + o from byte 32 * (o / 2) + 16 * (o % 2) + p */
 } pixel_plan;
 
 /* The layout of the kernel's 4-tap groups; false when the layer does not fit it. */
@@ -256,7 +264,64 @@ static bool pixel_prepare(const lenet_i8_conv *cv, pixel_plan *pl)
             out_index[b] = (uint8_t)(16 * o + p);
     pl->out_index[0] = _mm512_loadu_si512(out_index);
     pl->out_index[1] = _mm512_loadu_si512(out_index + 64);
+    uint8_t pooled_index[64] = {0};
+    for (int p = 0, b = 0; p < 8; p++)
+        for (int o = 0; o < cv->oc; o++, b++)
+            pooled_index[b] = (uint8_t)(32 * (o / 2) + 16 * (o % 2) + p);
+    pl->pooled_index = _mm512_loadu_si512(pooled_index);
     return true;
+}
+
+/* requantize + zero point for 16 values of channel o, as int8 (q, not u = q + 128) in 32-bit lanes, unclamped. */
+static inline __attribute__((always_inline)) __m512i pixel_requantize(const lenet_i8_conv *cv, __m512i acc, int o)
+{
+    const __m512i multiplier = _mm512_set1_epi32(cv->multiplier[o]), nudge = _mm512_set1_epi64(INT64_C(1) << 30);
+    const int shift = cv->shift[o];
+    const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(acc, multiplier), nudge);
+    const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc, 32), multiplier), nudge);
+    const __m512i high = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 31), _mm512_slli_epi64(odd, 1));
+    const __m512i mask = _mm512_set1_epi32((int32_t)((INT64_C(1) << shift) - 1));
+    const __m512i threshold = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(((INT64_C(1) << shift) - 1) >> 1)),
+                                               _mm512_srli_epi32(high, 31));
+    const __m512i shifted = _mm512_sra_epi32(high, _mm_cvtsi32_si128(shift));
+    const __m512i v = _mm512_mask_add_epi32(shifted, _mm512_cmpgt_epi32_mask(_mm512_and_si512(high, mask), threshold),
+                                            shifted, _mm512_set1_epi32(1));
+    return _mm512_add_epi32(v, _mm512_set1_epi32(cv->out_zero - 128));
+}
+
+/* A pooled chunk: two rows of 16 pixels of channels o and o + 1 requantized, clamped (the narrowing saturates to
+ * int8, which is the clamp to [0, 255] of u), looked up and pooled in bytes: channel o's 8 outputs in bytes 0-7,
+ * channel o + 1's in bytes 16-23 (u). */
+static inline __attribute__((always_inline)) __m256i pixel_pool_pair(const lenet_i8_conv *cv,
+                                                                     const lenet_i8_table *table, __m512i r0a,
+                                                                     __m512i r1a, __m512i r0b, __m512i r1b, int o,
+                                                                     int o_next)
+{
+    const __m128i b0 = _mm512_cvtsepi32_epi8(pixel_requantize(cv, r0a, o)),
+                  b1 = _mm512_cvtsepi32_epi8(pixel_requantize(cv, r1a, o)),
+                  b2 = _mm512_cvtsepi32_epi8(pixel_requantize(cv, r0b, o_next)),
+                  b3 = _mm512_cvtsepi32_epi8(pixel_requantize(cv, r1b, o_next));
+    __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(b0), b1, 1)),
+                                   _mm256_inserti128_si256(_mm256_castsi128_si256(b2), b3, 1), 1);
+    if (cv->lo > 0 || cv->hi < 255)
+        q = _mm512_min_epi8(_mm512_max_epi8(q, _mm512_set1_epi8((char)(cv->lo - 128))), _mm512_set1_epi8((char)(cv->hi - 128)));
+    __m512i u = _mm512_xor_si512(q, _mm512_set1_epi8((char)0x80)); /* q + 128 */
+    if (cv->table)
+        u = lenet__i8_lookup64(*table, u);
+    /* the other row of the same channel, block for block */
+    const __m512i swapped = _mm512_shuffle_i64x2(u, u, _MM_SHUFFLE(2, 3, 0, 1));
+    if (cv->pool == LENET_I8_POOL_MAX2) {
+        const __m512i column = _mm512_max_epu8(u, swapped);
+        return _mm512_cvtepi16_epi8(_mm512_max_epu8(column, _mm512_srli_epi16(column, 8)));
+    }
+    /* TFLite's average: the sum of q over the window, divided by 4 half away from zero */
+    const __m512i pairs = _mm512_maddubs_epi16(u, _mm512_set1_epi8(1));
+    const __m512i sum = _mm512_sub_epi16(_mm512_add_epi16(pairs, _mm512_shuffle_i64x2(pairs, pairs, _MM_SHUFFLE(2, 3, 0, 1))),
+                                         _mm512_set1_epi16(512));
+    const __m512i magnitude = _mm512_srli_epi16(_mm512_add_epi16(_mm512_abs_epi16(sum), _mm512_set1_epi16(2)), 2);
+    const __m512i average = _mm512_mask_sub_epi16(magnitude, _mm512_cmplt_epi16_mask(sum, _mm512_setzero_si512()),
+                                                  _mm512_setzero_si512(), magnitude);
+    return _mm512_cvtepi16_epi8(_mm512_add_epi16(average, _mm512_set1_epi16(128)));
 }
 
 /* requantize + zero point, clamp for 16 values of channel o. */
@@ -287,18 +352,33 @@ static inline __attribute__((always_inline)) void pixel_chunk(const lenet_i8_con
     for (int r = 0; r < ROWS; r++)
         for (int o = 0; o < OC; o++)
             acc[r][o] = _mm512_set1_epi32(cv->bias[o]);
-    for (int r = 0; r < ROWS; r++) {
-        for (int g = 0; g < pl->groups; g++) {
+    for (int g = 0; g < pl->groups; g++) {
+        __m512i x[2];
+        for (int r = 0; r < ROWS; r++) {
             const uint8_t *at = in[r] + pl->base[g];
-            const __m512i x = _mm512_permutex2var_epi8(_mm512_loadu_si512(at), pl->index[g],
-                                                       _mm512_loadu_si512(at + 64));
-            for (int o = 0; o < OC; o++)
-                acc[r][o] = _mm512_dpbusd_epi32(acc[r][o], x, _mm512_set1_epi32(pl->weight[g][o]));
+            x[r] = _mm512_permutex2var_epi8(_mm512_loadu_si512(at), pl->index[g], _mm512_loadu_si512(at + 64));
+        }
+        for (int o = 0; o < OC; o++) {
+            const __m512i w = _mm512_set1_epi32(pl->weight[g][o]);
+            for (int r = 0; r < ROWS; r++)
+                acc[r][o] = _mm512_dpbusd_epi32(acc[r][o], x[r], w);
         }
     }
     lenet_i8_table table;
     if (cv->table)
         table = lenet__i8_table_load(cv->table8);
+    if (ROWS == 2) { /* pooled: bytes all the way */
+        __m256i pooled[PL_MAX_OC / 2];
+        for (int o = 0; o < OC; o += 2) {
+            const int next = o + 1 < OC ? o + 1 : o;
+            pooled[o / 2] = pixel_pool_pair(cv, &table, acc[0][o], acc[1][o], acc[0][next], acc[1][next], o, next);
+        }
+        __m512i src[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+        for (int k = 0; k < (OC + 1) / 2; k++)
+            src[k / 2] = _mm512_inserti64x4(src[k / 2], pooled[k], k % 2);
+        out[0] = _mm512_permutex2var_epi8(src[0], pl->pooled_index, src[1]);
+        return;
+    }
     const __m512i even_lanes = _mm512_set_epi32(14, 12, 10, 8, 6, 4, 2, 0, 14, 12, 10, 8, 6, 4, 2, 0);
     for (int o = 0; o < OC; o++) {
         __m512i q[2];
@@ -372,6 +452,9 @@ static inline __attribute__((always_inline)) void pixel_conv_oc(const lenet_i8_c
                     const uint8_t *at = xs + (size_t)(2 * py) * step_y + (size_t)(2 * p0) * step_x;
                     const uint8_t *in[2] = {at, at + step_y};
                     pixel_chunk(cv, pl, OC, 2, in, values);
+                    const int total = pixels * OC;
+                    _mm512_mask_storeu_epi8(dst, total >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << total) - 1), values[0]);
+                    continue;
                 } else {
                     const uint8_t *in[1] = {xs + (size_t)py * step_y + (size_t)p0 * step_x};
                     pixel_chunk(cv, pl, OC, 1, in, values);
