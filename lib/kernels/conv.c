@@ -9,7 +9,7 @@
 static void valid_columns(const lenet_conv_geom *g, int kx, int *lo, int *hi)
 {
     int first = g->p - kx; /* smallest ox*s >= first */
-    *lo = first <= 0 ? 0 : (first + g->s - 1) / g->s;
+    *lo = first <= 0 ? 0 : (first - 1) / g->s + 1; /* the ceiling of first / s, without first + s overflowing */
     int last = g->w - 1 + g->p - kx; /* largest ox*s <= last */
     *hi = last < 0 ? 0 : last / g->s + 1;
     if (*hi > g->ow)
