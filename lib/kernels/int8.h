@@ -52,7 +52,14 @@ typedef struct lenet_i8_conv {
     const int32_t *table;      /* NULL, or 256 outputs in [0, 255] indexed by the clamped value */
     const uint8_t *table8;     /* the same as bytes (when table is not NULL) */
     lenet_i8_pool pool;
+    /* What table prepared_by's prepare made of the layer once (NULL: nothing), so its conv need not on every call;
+     * other tables ignore it. */
+    const void *prepared;
+    const struct lenet_i8_kernels *prepared_by;
 } lenet_i8_conv;
+
+/* Bytes a table's prepare may write for one layer. */
+#define LENET_I8_PREPARED_SIZE 2048
 
 /* Output bytes per sample of a convolution: (oh, ow, oc), or (oh / 2, ow / 2, oc) when pooled. */
 size_t lenet__i8_conv_out_size(const lenet_i8_conv *cv);
@@ -63,6 +70,9 @@ typedef struct lenet_i8_kernels {
     void (*conv)(const lenet_i8_conv *cv, int n, const uint8_t *x, uint8_t *y);
     /* out[j] = clamp(round(x[j] / scale) + zero, 0, 255) over count floats, as lenet__i8_quantize_row_ref. */
     void (*quantize_row)(int count, const float *x, float scale, int zero, uint8_t *out);
+    /* NULL, or: writes what conv works out for a layer (its own layout of the weights) to out, LENET_I8_PREPARED_SIZE
+     * bytes aligned to 64; false when the table's conv needs nothing for the layer. */
+    bool (*prepare)(const lenet_i8_conv *cv, void *out);
 } lenet_i8_kernels;
 
 /* The table for this CPU, chosen once: the widest, or the one LENET_ISA names (generic, avx2, avxvnni, avx512vnni;

@@ -15,6 +15,8 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(LENET_NO_WIDE_VECTORS)
 #include <immintrin.h>
 
+extern const lenet_i8_kernels lenet__i8_kernels_avx512vnni;
+
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #pragma GCC optimize("O3")
@@ -272,11 +274,20 @@ static bool pixel_prepare(const lenet_i8_conv *cv, pixel_plan *pl)
     return true;
 }
 
+/* A layer's requantization in locals: stores through the byte pointers may alias anything in memory, and the
+ * compiler would load every field again after each. */
+typedef struct pixel_layer {
+    int32_t bias[PL_MAX_OC], multiplier[PL_MAX_OC], shift[PL_MAX_OC];
+    int zero, lo, hi;
+    lenet_i8_pool pool;
+    bool table;
+} pixel_layer;
+
 /* requantize + zero point for 16 values of channel o, as int8 (q, not u = q + 128) in 32-bit lanes, unclamped. */
-static inline __attribute__((always_inline)) __m512i pixel_requantize(const lenet_i8_conv *cv, __m512i acc, int o)
+static inline __attribute__((always_inline)) __m512i pixel_requantize(const pixel_layer *ly, __m512i acc, int o)
 {
-    const __m512i multiplier = _mm512_set1_epi32(cv->multiplier[o]), nudge = _mm512_set1_epi64(INT64_C(1) << 30);
-    const int shift = cv->shift[o];
+    const __m512i multiplier = _mm512_set1_epi32(ly->multiplier[o]), nudge = _mm512_set1_epi64(INT64_C(1) << 30);
+    const int shift = ly->shift[o];
     const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(acc, multiplier), nudge);
     const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc, 32), multiplier), nudge);
     const __m512i high = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 31), _mm512_slli_epi64(odd, 1));
@@ -286,31 +297,31 @@ static inline __attribute__((always_inline)) __m512i pixel_requantize(const lene
     const __m512i shifted = _mm512_sra_epi32(high, _mm_cvtsi32_si128(shift));
     const __m512i v = _mm512_mask_add_epi32(shifted, _mm512_cmpgt_epi32_mask(_mm512_and_si512(high, mask), threshold),
                                             shifted, _mm512_set1_epi32(1));
-    return _mm512_add_epi32(v, _mm512_set1_epi32(cv->out_zero - 128));
+    return _mm512_add_epi32(v, _mm512_set1_epi32(ly->zero - 128));
 }
 
 /* A pooled chunk: two rows of 16 pixels of channels o and o + 1 requantized, clamped (the narrowing saturates to
  * int8, which is the clamp to [0, 255] of u), looked up and pooled in bytes: channel o's 8 outputs in bytes 0-7,
  * channel o + 1's in bytes 16-23 (u). */
-static inline __attribute__((always_inline)) __m256i pixel_pool_pair(const lenet_i8_conv *cv,
+static inline __attribute__((always_inline)) __m256i pixel_pool_pair(const pixel_layer *ly,
                                                                      const lenet_i8_table *table, __m512i r0a,
                                                                      __m512i r1a, __m512i r0b, __m512i r1b, int o,
                                                                      int o_next)
 {
-    const __m128i b0 = _mm512_cvtsepi32_epi8(pixel_requantize(cv, r0a, o)),
-                  b1 = _mm512_cvtsepi32_epi8(pixel_requantize(cv, r1a, o)),
-                  b2 = _mm512_cvtsepi32_epi8(pixel_requantize(cv, r0b, o_next)),
-                  b3 = _mm512_cvtsepi32_epi8(pixel_requantize(cv, r1b, o_next));
+    const __m128i b0 = _mm512_cvtsepi32_epi8(pixel_requantize(ly, r0a, o)),
+                  b1 = _mm512_cvtsepi32_epi8(pixel_requantize(ly, r1a, o)),
+                  b2 = _mm512_cvtsepi32_epi8(pixel_requantize(ly, r0b, o_next)),
+                  b3 = _mm512_cvtsepi32_epi8(pixel_requantize(ly, r1b, o_next));
     __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(b0), b1, 1)),
                                    _mm256_inserti128_si256(_mm256_castsi128_si256(b2), b3, 1), 1);
-    if (cv->lo > 0 || cv->hi < 255)
-        q = _mm512_min_epi8(_mm512_max_epi8(q, _mm512_set1_epi8((char)(cv->lo - 128))), _mm512_set1_epi8((char)(cv->hi - 128)));
+    if (ly->lo > 0 || ly->hi < 255)
+        q = _mm512_min_epi8(_mm512_max_epi8(q, _mm512_set1_epi8((char)(ly->lo - 128))), _mm512_set1_epi8((char)(ly->hi - 128)));
     __m512i u = _mm512_xor_si512(q, _mm512_set1_epi8((char)0x80)); /* q + 128 */
-    if (cv->table)
+    if (ly->table)
         u = lenet__i8_lookup64(*table, u);
     /* the other row of the same channel, block for block */
     const __m512i swapped = _mm512_shuffle_i64x2(u, u, _MM_SHUFFLE(2, 3, 0, 1));
-    if (cv->pool == LENET_I8_POOL_MAX2) {
+    if (ly->pool == LENET_I8_POOL_MAX2) {
         const __m512i column = _mm512_max_epu8(u, swapped);
         return _mm512_cvtepi16_epi8(_mm512_max_epu8(column, _mm512_srli_epi16(column, 8)));
     }
@@ -325,10 +336,10 @@ static inline __attribute__((always_inline)) __m256i pixel_pool_pair(const lenet
 }
 
 /* requantize + zero point, clamp for 16 values of channel o. */
-static inline __attribute__((always_inline)) __m512i pixel_finish(const lenet_i8_conv *cv, __m512i acc, int o)
+static inline __attribute__((always_inline)) __m512i pixel_finish(const pixel_layer *ly, __m512i acc, int o)
 {
-    const __m512i multiplier = _mm512_set1_epi32(cv->multiplier[o]), nudge = _mm512_set1_epi64(INT64_C(1) << 30);
-    const int shift = cv->shift[o];
+    const __m512i multiplier = _mm512_set1_epi32(ly->multiplier[o]), nudge = _mm512_set1_epi64(INT64_C(1) << 30);
+    const int shift = ly->shift[o];
     const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(acc, multiplier), nudge);
     const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc, 32), multiplier), nudge);
     const __m512i high = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 31), _mm512_slli_epi64(odd, 1));
@@ -338,20 +349,21 @@ static inline __attribute__((always_inline)) __m512i pixel_finish(const lenet_i8
     const __m512i shifted = _mm512_sra_epi32(high, _mm_cvtsi32_si128(shift));
     __m512i v = _mm512_mask_add_epi32(shifted, _mm512_cmpgt_epi32_mask(_mm512_and_si512(high, mask), threshold),
                                       shifted, _mm512_set1_epi32(1));
-    v = _mm512_add_epi32(v, _mm512_set1_epi32(cv->out_zero));
-    return _mm512_max_epi32(_mm512_min_epi32(v, _mm512_set1_epi32(cv->hi)), _mm512_set1_epi32(cv->lo));
+    v = _mm512_add_epi32(v, _mm512_set1_epi32(ly->zero));
+    return _mm512_max_epi32(_mm512_min_epi32(v, _mm512_set1_epi32(ly->hi)), _mm512_set1_epi32(ly->lo));
 }
 
 /* OC channels (a constant, so the accumulators stay in registers), ROWS output rows (2: the rows of a pooling
  * window) of one 16-pixel chunk whose lane-0 windows start at in[r]: the outputs of each channel as 16 int32
  * lanes, or pooled into lanes 0-7. */
-static inline __attribute__((always_inline)) void pixel_chunk(const lenet_i8_conv *cv, const pixel_plan *pl, int OC,
-                                                              int ROWS, const uint8_t *const *in, __m512i *out)
+static inline __attribute__((always_inline)) void pixel_chunk(const pixel_layer *ly, const lenet_i8_table *table,
+                                                              const pixel_plan *pl, int OC, int ROWS,
+                                                              const uint8_t *const *in, __m512i *out)
 {
     __m512i acc[2][PL_MAX_OC];
     for (int r = 0; r < ROWS; r++)
         for (int o = 0; o < OC; o++)
-            acc[r][o] = _mm512_set1_epi32(cv->bias[o]);
+            acc[r][o] = _mm512_set1_epi32(ly->bias[o]);
     for (int g = 0; g < pl->groups; g++) {
         __m512i x[2];
         for (int r = 0; r < ROWS; r++) {
@@ -364,14 +376,11 @@ static inline __attribute__((always_inline)) void pixel_chunk(const lenet_i8_con
                 acc[r][o] = _mm512_dpbusd_epi32(acc[r][o], x[r], w);
         }
     }
-    lenet_i8_table table;
-    if (cv->table)
-        table = lenet__i8_table_load(cv->table8);
     if (ROWS == 2) { /* pooled: bytes all the way */
         __m256i pooled[PL_MAX_OC / 2];
         for (int o = 0; o < OC; o += 2) {
             const int next = o + 1 < OC ? o + 1 : o;
-            pooled[o / 2] = pixel_pool_pair(cv, &table, acc[0][o], acc[1][o], acc[0][next], acc[1][next], o, next);
+            pooled[o / 2] = pixel_pool_pair(ly, table, acc[0][o], acc[1][o], acc[0][next], acc[1][next], o, next);
         }
         __m512i src[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
         for (int k = 0; k < (OC + 1) / 2; k++)
@@ -383,13 +392,13 @@ static inline __attribute__((always_inline)) void pixel_chunk(const lenet_i8_con
     for (int o = 0; o < OC; o++) {
         __m512i q[2];
         for (int r = 0; r < ROWS; r++) {
-            q[r] = pixel_finish(cv, acc[r][o], o);
-            if (cv->table)
-                q[r] = lenet__i8_lookup16(table, q[r]);
+            q[r] = pixel_finish(ly, acc[r][o], o);
+            if (ly->table)
+                q[r] = lenet__i8_lookup16(*table, q[r]);
         }
         if (ROWS == 1) {
             out[o] = q[0];
-        } else if (cv->pool == LENET_I8_POOL_MAX2) {
+        } else if (ly->pool == LENET_I8_POOL_MAX2) {
             const __m512i column = _mm512_max_epi32(q[0], q[1]);
             out[o] = _mm512_permutexvar_epi32(even_lanes,
                                               _mm512_max_epi32(column, _mm512_alignr_epi32(column, column, 1)));
@@ -441,6 +450,15 @@ static inline __attribute__((always_inline)) void pixel_conv_oc(const lenet_i8_c
     const int out_h = pooled ? cv->oh / 2 : cv->oh, out_w = pooled ? cv->ow / 2 : cv->ow;
     const int per_chunk = pooled ? 8 : 16; /* output pixels of a 16-lane chunk */
     __m512i values[PL_MAX_OC];
+    pixel_layer ly = {.zero = cv->out_zero, .lo = cv->lo, .hi = cv->hi, .pool = cv->pool, .table = cv->table != NULL};
+    for (int o = 0; o < OC; o++) {
+        ly.bias[o] = cv->bias[o];
+        ly.multiplier[o] = cv->multiplier[o];
+        ly.shift[o] = cv->shift[o];
+    }
+    lenet_i8_table table;
+    if (cv->table)
+        table = lenet__i8_table_load(cv->table8);
     for (int i = 0; i < n; i++) {
         const uint8_t *xs = x + (size_t)i * in_size;
         uint8_t *ys = y + (size_t)i * out_size;
@@ -451,13 +469,13 @@ static inline __attribute__((always_inline)) void pixel_conv_oc(const lenet_i8_c
                 if (pooled) {
                     const uint8_t *at = xs + (size_t)(2 * py) * step_y + (size_t)(2 * p0) * step_x;
                     const uint8_t *in[2] = {at, at + step_y};
-                    pixel_chunk(cv, pl, OC, 2, in, values);
+                    pixel_chunk(&ly, &table, pl, OC, 2, in, values);
                     const int total = pixels * OC;
                     _mm512_mask_storeu_epi8(dst, total >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << total) - 1), values[0]);
                     continue;
                 } else {
                     const uint8_t *in[1] = {xs + (size_t)py * step_y + (size_t)p0 * step_x};
-                    pixel_chunk(cv, pl, OC, 1, in, values);
+                    pixel_chunk(&ly, &table, pl, OC, 1, in, values);
                 }
                 pixel_store(pl, OC, values, pixels, dst);
             }
@@ -479,11 +497,21 @@ static void pixel_conv(const lenet_i8_conv *cv, const pixel_plan *pl, int n, con
     }
 }
 
+_Static_assert(sizeof(pixel_plan) <= LENET_I8_PREPARED_SIZE, "a pixel plan fits the prepared data");
+
+static bool prepare_avx512vnni(const lenet_i8_conv *cv, void *out)
+{
+    return pixel_prepare(cv, out);
+}
+
 static void conv_avx512vnni(const lenet_i8_conv *cv, int n, const uint8_t *x, uint8_t *y)
 {
-    pixel_plan pl;
-    if (pixel_prepare(cv, &pl)) {
-        pixel_conv(cv, &pl, n, x, y);
+    pixel_plan local;
+    const pixel_plan *pl = cv->prepared_by == &lenet__i8_kernels_avx512vnni ? cv->prepared
+                           : pixel_prepare(cv, &local)                      ? &local
+                                                                            : NULL;
+    if (pl) {
+        pixel_conv(cv, pl, n, x, y);
         return;
     }
     if (cv->oc <= 8) { /* a ymm register holds them all */
@@ -536,5 +564,6 @@ const lenet_i8_kernels lenet__i8_kernels_avxvnni = {.isa = "avxvnni", .conv = co
 const lenet_i8_kernels lenet__i8_kernels_avxvnni_evex = {.isa = "avxvnni", .conv = conv_avxvnni_evex,
                                                         .quantize_row = quantize_row_avxvnni_evex};
 const lenet_i8_kernels lenet__i8_kernels_avx512vnni = {.isa = "avx512vnni", .conv = conv_avx512vnni,
-                                                      .quantize_row = quantize_row_avxvnni_evex};
+                                                      .quantize_row = quantize_row_avxvnni_evex,
+                                                      .prepare = prepare_avx512vnni};
 #endif

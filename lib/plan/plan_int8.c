@@ -135,6 +135,7 @@ typedef struct op {
     lenet_i8_conv cv;
     lenet_i8_subsample ss;
     int8_t *packed;
+    void *prepared;
     int32_t *kbias, *kmultiplier, *kshift, *kweight;
     int32_t table32[256];
     uint8_t table8[256];
@@ -169,6 +170,7 @@ static void plan_free(void *impl)
         lenet__free(o->multiplier);
         lenet__free(o->shift);
         lenet__free_aligned(o->packed);
+        lenet__free_aligned(o->prepared);
         lenet__free(o->kbias);
     }
     lenet__free(q->ops);
@@ -583,6 +585,14 @@ static lenet_status finish_conv(const lenet_model *net, int8_plan *q, op *o)
                 : role_of(net->layers[o->pool]) == ROLE_AVGPOOL ? LENET_I8_POOL_AVG2
                                                                       : LENET_I8_POOL_MAX2,
     };
+    /* The running table's own layout of the layer, once (another table forced later works it out per call). */
+    const lenet_i8_kernels *kernels = lenet__i8_kernels();
+    if (kernels->prepare) {
+        if (!(o->prepared = lenet__malloc_aligned(LENET_I8_PREPARED_SIZE)))
+            return lenet__oom("int8 weights");
+        o->cv.prepared = kernels->prepare(&o->cv, o->prepared) ? o->prepared : NULL;
+        o->cv.prepared_by = kernels;
+    }
     return LENET_OK;
 }
 
