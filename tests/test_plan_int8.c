@@ -407,7 +407,8 @@ START_TEST(test_requantization_is_tflites_fixed_point_multiply)
                 ck_assert_int_eq(lenet__i8_requantize(accs[a], multipliers[m], s),
                                  plain_requantize(accs[a], multipliers[m], s));
     for (int i = 0; i < 100000; i++) {
-        const int32_t acc = (int32_t)next_random() - (int32_t)next_random(),
+        /* The difference of two draws, wrapped in unsigned arithmetic: any int32 accumulator. */
+        const int32_t acc = (int32_t)((uint32_t)next_random() - (uint32_t)next_random()),
                       m = (int32_t)((1u << 30) + (next_random() & 0x3fffffff));
         const int s = random_in(0, 31);
         ck_assert_int_eq(lenet__i8_requantize(acc, m, s), plain_requantize(acc, m, s));
