@@ -154,9 +154,10 @@ int main(int argc, char **argv)
     double slowest = seconds;
     MPI_Reduce(&seconds, &slowest, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
     if (rank == 0)
-        printf("ranks=%d threads=%d width=%d batch=%d params=%zu examples_per_sec=%.0f step_ms=%.3f "
+        printf("ranks=%d threads=%d width=%d batch=%d params=%zu arena_bytes=%zu examples_per_sec=%.0f step_ms=%.3f "
                "grad_exchange_ms=%.3f loss=%.9g\n",
-               size, threads, width, batch, lenet_model_param_numel(m), (double)timed.examples / slowest,
+               size, threads, width, batch, lenet_model_param_numel(m), m->arena_numel * sizeof(float),
+               (double)timed.examples / slowest,
                1e3 * slowest / batches, exchange_ms, timed.loss);
 
     lenet_iter_free(it);

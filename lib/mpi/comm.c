@@ -22,6 +22,7 @@
  * Failures: agree is an Allreduce(MINLOC) of (key, rank) over the failing processes, then a broadcast of the
  * winner's status and message.  A failed MPI call is recorded; later exchanges are skipped and agree reports it. */
 #include <limits.h>
+#include <math.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,7 +42,7 @@ typedef struct mpi_backend {
     lenet_reducer reducer;  /* reducer.ctx points back here */
     MPI_Comm comm;          /* our duplicate of the caller's */
     int *counts, *displs;   /* size each: Allgatherv scratch */
-    /* The gradient exchange: the chain's running sums (scratch_floats floats) and requests (reserve); the slices'
+    /* The gradient exchange: the chain's running sums (scratch_floats floats, reserve) and requests; the slices'
      * datatypes per peer (MPI_DATATYPE_NULL where nothing goes), made for batches of types_chunks chunks of rows of
      * types_count floats; the way forced by LENET_MPI_EXCHANGE (0 for none, 1 chain, 2 slices). */
     float *scratch;
@@ -86,17 +87,43 @@ static bool fits_int(mpi_backend *b, size_t n, const char *what)
     return false;
 }
 
-/* The gradient chain's blocks: at least 256 KiB (each is a message, and each message a wait that a busy machine may
- * stretch: the d2l LeNet's 241 KiB go in one), at most MAX_BLOCKS of them to pipeline a large arena, whole 64-byte
- * lines. */
-#define BLOCK_FLOATS 65536
-#define MAX_BLOCKS 64
+/* Choosing the way, and the chain's blocks, by a cost in bytes that holds on any network: a message costs its bytes
+ * plus LATENCY_BYTES, its latency in bytes of bandwidth (alpha * beta: 25 us at 10 Gb/s, 2 us at 100 Gb/s and 1 us
+ * over shared memory all come to a few tens of KB); a message among many posted at once costs an eighth of that.
+ * Every process computes the same from the batch's chunks, the arena and the number of processes. */
+#define LATENCY_BYTES 32768.0
+#define MAX_BLOCKS 256
 
-static size_t block_floats(size_t count)
+/* The chain through `holders` processes with chunks and on to all `size`, in `blocks` blocks of an arena of `bytes`:
+ * the first block goes through holders + size - 2 hops before the last one arrives. */
+static double chain_cost(double bytes, int holders, int size, int blocks)
 {
-    size_t per = (count + MAX_BLOCKS - 1) / MAX_BLOCKS;
-    per = (per + 15) & ~(size_t)15;
-    return per > BLOCK_FLOATS ? per : BLOCK_FLOATS;
+    const double hops = holders + size - 2;
+    return (1.0 + hops / blocks) * bytes + (hops + blocks) * LATENCY_BYTES;
+}
+
+/* The chain's blocks: about sqrt(hops * bytes / latency), the best of chain_cost, at least 16 floats each. */
+static int chain_blocks(size_t count, int holders, int size)
+{
+    const double hops = holders + size - 2;
+    int blocks = (int)(sqrt(hops * (double)count * sizeof(float) / LATENCY_BYTES) + 0.5);
+    if (blocks > MAX_BLOCKS)
+        blocks = MAX_BLOCKS;
+    if ((size_t)blocks > count / 16)
+        blocks = (int)(count / 16);
+    return blocks < 1 ? 1 : blocks;
+}
+
+/* Slices: every process receives the other processes' rows of its slice (the most rows any process has, to stay
+ * the same on every process), then the Allgatherv of the slices. */
+static double slices_cost(double bytes, int chunks, int size)
+{
+    const int most = (chunks + size - 1) / size;
+    const double share = bytes / size, rows = (double)(chunks - most) * share;
+    int depth = 0;
+    while ((1 << depth) < size)
+        depth++;
+    return rows + (size - 1) * share + (2.0 * (size - 1) / 8 + depth) * LATENCY_BYTES;
 }
 
 static lenet_status reserve(void *ctx, size_t count)
@@ -104,20 +131,12 @@ static lenet_status reserve(void *ctx, size_t count)
     mpi_backend *b = ctx;
     if (count <= b->scratch_floats)
         return LENET_OK;
-    const size_t blocks = (count + block_floats(count) - 1) / block_floats(count);
-    const size_t requests_needed = 4 * blocks > 2 * (size_t)b->reducer.size ? 4 * blocks : 2 * (size_t)b->reducer.size;
     float *scratch = lenet__malloc_aligned(count * sizeof(float));
-    MPI_Request *requests = lenet__malloc(requests_needed * sizeof *requests);
-    if (!scratch || !requests) {
-        lenet__free_aligned(scratch);
-        lenet__free(requests);
+    if (!scratch)
         return lenet__oom("the gradient exchange's buffer");
-    }
     lenet__free_aligned(b->scratch);
-    lenet__free(b->requests);
     b->scratch = scratch;
     b->scratch_floats = count;
-    b->requests = requests;
     return LENET_OK;
 }
 
@@ -141,10 +160,9 @@ static void sum_by_chain(mpi_backend *b, float *partials, int chunks, size_t cou
 {
     const int size = b->reducer.size, me = b->reducer.rank;
     const int last = chunks < size ? chunks - 1 : size - 1; /* the last process with chunks */
-    const size_t per = block_floats(count);
+    size_t per = (count + (size_t)chain_blocks(count, last + 1, size) - 1) / (size_t)chain_blocks(count, last + 1, size);
+    per = (per + 15) & ~(size_t)15;
     const int blocks = (int)((count + per - 1) / per);
-    if (!fits_int(b, per, "a gradient block"))
-        return;
     int first, own, from, to;
     lenet__chunk_share(chunks, me, size, &first, &own);
     final_route(me, size, last, &from, &to);
@@ -315,8 +333,11 @@ static void sum_floats(void *ctx, float *partials, int chunks, size_t count, flo
         }
         return;
     }
-    const int size = b->reducer.size;
-    const bool chain = b->forced ? b->forced == 1 : size <= 4 && chunks >= 2 * size;
+    const int size = b->reducer.size, holders = chunks < size ? chunks : size;
+    const double bytes = (double)count * sizeof(float);
+    const bool chain = b->forced ? b->forced == 1
+                                 : chain_cost(bytes, holders, size, chain_blocks(count, holders, size)) <
+                                       slices_cost(bytes, chunks, size);
     if (chain)
         sum_by_chain(b, partials, chunks, count, out, threads);
     else
@@ -460,7 +481,8 @@ static mpi_backend *backend_create(MPI_Comm comm, int rank, int size)
     b->displs = lenet__calloc((size_t)size, sizeof *b->displs);
     b->send_types = lenet__malloc((size_t)size * sizeof *b->send_types);
     b->recv_types = lenet__malloc((size_t)size * sizeof *b->recv_types);
-    if (!b->counts || !b->displs || !b->send_types || !b->recv_types) {
+    b->requests = lenet__malloc((4 * MAX_BLOCKS + 2 * (size_t)size) * sizeof *b->requests);
+    if (!b->counts || !b->displs || !b->send_types || !b->recv_types || !b->requests) {
         destroy(b);
         return NULL;
     }
