@@ -497,6 +497,27 @@ static void pixel_conv(const lenet_i8_conv *cv, const pixel_plan *pl, int n, con
     }
 }
 
+/* lenet__i8_quantize_row_ref 16 at a time, the tail masked. */
+static void quantize_row_avx512vnni(int count, const float *x, float scale, int zero, uint8_t *out)
+{
+    const __m512 divisor = _mm512_set1_ps(scale), lo = _mm512_set1_ps(-512.0f), hi = _mm512_set1_ps(512.0f),
+                 half = _mm512_set1_ps(0.5f), minus_half = _mm512_set1_ps(-0.5f);
+    const __m512i zeros = _mm512_set1_epi32(zero), one = _mm512_set1_epi32(1);
+    for (int j = 0; j < count; j += 16) {
+        const __mmask16 valid = count - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (count - j)) - 1);
+        /* max_ps returns its second operand when the first is NaN: NaN becomes -512 as in the reference */
+        const __m512 v = _mm512_min_ps(
+            _mm512_max_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(valid, x + j), divisor), lo), hi);
+        const __m512i t = _mm512_cvttps_epi32(v);
+        const __m512 rest = _mm512_sub_ps(v, _mm512_cvtepi32_ps(t));
+        __m512i u = _mm512_mask_add_epi32(t, _mm512_cmp_ps_mask(rest, half, _CMP_GE_OQ), t, one);
+        u = _mm512_mask_sub_epi32(u, _mm512_cmp_ps_mask(rest, minus_half, _CMP_LE_OQ), u, one);
+        u = _mm512_max_epi32(_mm512_min_epi32(_mm512_add_epi32(u, zeros), _mm512_set1_epi32(255)),
+                             _mm512_setzero_si512());
+        _mm512_mask_cvtepi32_storeu_epi8(out + j, valid, u);
+    }
+}
+
 _Static_assert(sizeof(pixel_plan) <= LENET_I8_PREPARED_SIZE, "a pixel plan fits the prepared data");
 
 static bool prepare_avx512vnni(const lenet_i8_conv *cv, void *out)
@@ -564,6 +585,6 @@ const lenet_i8_kernels lenet__i8_kernels_avxvnni = {.isa = "avxvnni", .conv = co
 const lenet_i8_kernels lenet__i8_kernels_avxvnni_evex = {.isa = "avxvnni", .conv = conv_avxvnni_evex,
                                                         .quantize_row = quantize_row_avxvnni_evex};
 const lenet_i8_kernels lenet__i8_kernels_avx512vnni = {.isa = "avx512vnni", .conv = conv_avx512vnni,
-                                                      .quantize_row = quantize_row_avxvnni_evex,
+                                                      .quantize_row = quantize_row_avx512vnni,
                                                       .prepare = prepare_avx512vnni};
 #endif
