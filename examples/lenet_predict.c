@@ -11,6 +11,10 @@
  *
  *   lenet_predict d2l.safetensors --names fashion-mnist --labels t10k-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz
  *   lenet_predict d2l.safetensors --invert shirt.pgm boot.png
+ *
+ * With --int8 it classifies with an int8 plan (lenet/plan.h, docs/inference.md): the plan CHECKPOINT holds when it
+ * is a plan file (lenet_plan_save), or else the checkpoint's model quantized by lenet_plan_create_int8, calibrated on
+ * the first batch of images it classifies.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <ctype.h>
@@ -51,7 +55,15 @@ typedef struct options {
     char *names_buffer;  /* what names point into, when given on the command line */
     char **inputs;
     int n_inputs;
+    struct int8_run *int8; /* --int8: the plan, or NULL */
 } options;
+
+/* --int8: the plan and one workspace for it; the plan is made at the first batch when CHECKPOINT is no plan file. */
+typedef struct int8_run {
+    lenet_plan *plan;
+    void *work;
+    size_t size;
+} int8_run;
 
 /* A gray or RGB image as floats in [0, 1]. */
 typedef struct image {
@@ -72,6 +84,8 @@ static void usage(FILE *out)
             "  --invert        use 1 - pixel (dark ink on a light background, unlike MNIST)\n"
             "  --range BG FG   map pixel 0 to BG and 1 to FG (default 0 1; LeNet-5: -0.1 1.175)\n"
             "  --names LIST    class names, comma-separated, or fashion-mnist\n"
+            "  --int8          classify with an int8 plan: CHECKPOINT's if it is a plan file (lenet_plan_save),\n"
+            "                  else the model quantized and calibrated on the first batch of images\n"
             "  --version       print liblenet's version\n"
             "  --help          show this help\n",
 #ifdef LENET_HAVE_CAIRO
@@ -532,6 +546,41 @@ static void print_result(const options *o, const char *name, long index, const f
     printf("\n");
 }
 
+/* --int8: the classes and softmax probabilities of count samples by the plan (made from m, calibrated on x, at the
+ * first call when the checkpoint was no plan file), as lenet_model_classify gives them. */
+static lenet_status classify_int8(const lenet_model *m, int8_run *run, const lenet_tensor *x, int count, int classes,
+                                  int32_t *predicted, float *probs)
+{
+    if (!run->plan) {
+        if (!(run->plan = lenet_plan_create_int8(m, BATCH, x)))
+            return LENET_EINVAL; /* lenet_last_error() says why */
+        printf("int8 plan calibrated on %d images\n", count);
+    }
+    if (!run->work) {
+        run->size = lenet_plan_workspace_size(run->plan);
+        if (!(run->work = malloc(run->size)))
+            return LENET_ENOMEM;
+    }
+    lenet_tensor *y = lenet_tensor_create(2, (int[]){count, classes});
+    if (!y)
+        return LENET_ENOMEM;
+    lenet_status st = lenet_plan_run(run->plan, run->work, run->size, x, y);
+    for (int i = 0; st == LENET_OK && i < count; i++) {
+        const float *row = lenet_tensor_cdata(y) + (size_t)i * classes;
+        int best = 0;
+        for (int k = 1; k < classes; k++)
+            best = row[k] > row[best] ? k : best;
+        predicted[i] = best;
+        double sum = 0.0;
+        for (int k = 0; k < classes; k++)
+            sum += exp((double)row[k] - row[best]);
+        for (int k = 0; k < classes; k++)
+            probs[(size_t)i * classes + k] = (float)(exp((double)row[k] - row[best]) / sum);
+    }
+    lenet_tensor_free(y);
+    return st;
+}
+
 /* Classifies `count` samples already in x (count <= BATCH), printing and counting. */
 static int classify_batch(lenet_model *m, const options *o, lenet_tensor *x, int count, int classes, const char *name,
                           long first, const int32_t *labels, long *correct)
@@ -543,7 +592,8 @@ static int classify_batch(lenet_model *m, const options *o, lenet_tensor *x, int
         free(predicted);
         return fail("out of memory", NULL);
     }
-    lenet_status st = lenet_model_classify(m, x, predicted, probs);
+    lenet_status st = o->int8 ? classify_int8(m, o->int8, x, count, classes, predicted, probs)
+                              : lenet_model_classify(m, x, predicted, probs);
     if (st != LENET_OK) {
         free(probs);
         free(predicted);
@@ -667,6 +717,8 @@ static int classify_picture(lenet_model *m, const options *o, const char *path, 
 
 /* Parses the command line into o; returns 0 to go on, 1 to exit 0 (--help, --version), or 2 after printing one
  * line that says what is wrong. */
+static int8_run int8_state;
+
 static int parse_options(int argc, char **argv, options *o)
 {
     *o = (options){.top = 3, .show = 10, .background = 0.0f, .foreground = 1.0f};
@@ -696,6 +748,10 @@ static int parse_options(int argc, char **argv, options *o)
         if (strcmp(a, "--version") == 0) {
             printf(PROG " (liblenet %s)\n", lenet_version_string());
             return 1;
+        }
+        if (strcmp(a, "--int8") == 0) {
+            o->int8 = &int8_state;
+            continue;
         }
         if (strcmp(a, "--invert") == 0) {
             o->invert = true;
@@ -837,6 +893,16 @@ int main(int argc, char **argv)
     }
     printf("model %s: input %dx%dx%d, %d classes, %zu parameters\n", o.checkpoint, c, h, w, classes,
            lenet_model_param_numel(m));
+    if (o.int8) { /* a plan file runs as saved; any other checkpoint is quantized at the first batch */
+        if ((int8_state.plan = lenet_plan_load(o.checkpoint)) != NULL) {
+            printf("plan %s\n", o.checkpoint);
+        } else if (!strstr(tool_last_error(), "liblenet_plan")) {
+            fprintf(stderr, PROG ": cannot load the plan %s: %s\n", o.checkpoint, tool_last_error());
+            free(kinds);
+            rc = 1;
+            goto done;
+        }
+    }
     rc = 0;
     for (int i = 0; i < o.n_inputs && rc == 0; i++) {
         if (kinds[i] == KIND_IDX_IMAGES)
@@ -846,6 +912,8 @@ int main(int argc, char **argv)
     }
     free(kinds);
 done:
+    lenet_plan_free(int8_state.plan);
+    free(int8_state.work);
     lenet_model_free(m);
     free_options(&o);
     return rc;
