@@ -69,8 +69,15 @@ static inline int lenet__fused_row_stride(const lenet_conv_geom *g)
  * round_up(out, LENET_MAX_VECTOR_FLOATS)), for both families. */
 #define LENET_FUSED_PAD LENET_MAX_VECTOR_FLOATS
 
+/* The fewest samples of a lane group that any table runs on lane tensors (see lanes_min). */
+#define LENET_FUSED_LANES_MIN 12
+
 typedef struct lenet_fused_kernels {
     const char *isa; /* the name of the lenet__kernels() table it goes with */
+    /* Fewest samples of a group (up to LENET_LANES) for which one pass over a lane tensor costs less than that many
+     * one-sample passes: a lane group costs the same whatever its count (measured on the d2l LeNet, bench/README.md,
+     * at least LENET_FUSED_LANES_MIN). */
+    int lanes_min;
 
     /* ---- lanes: LENET_LANES samples, one per lane ---- */
 

@@ -3,9 +3,9 @@
  * so that every activation is written once, straight into the layout the next stage reads.
  *
  * Batches go through in lane groups: LENET_LANES samples transposed once into a lane tensor (one sample per lane),
- * every stage on lane tensors, transposed back once at the output.  A group of fewer than LANES_MIN samples (one
- * image, the tail of a batch) runs one sample at a time instead, with output columns, output channels or Linear
- * outputs across the lanes.
+ * every stage on lane tensors, transposed back once at the output.  A group of fewer samples than the kernel
+ * table's lanes_min (one image, the tail of a batch) runs one sample at a time instead, with output columns, output
+ * channels or Linear outputs across the lanes.
  *
  * Between two stages lies a boundary: the image the first writes and the second reads, laid out for the reader
  * (the zero border its convolution's padding wants, the row length its row kernel reads).  Each boundary has its
@@ -15,11 +15,6 @@
 
 #include "kernels/fused.h"
 #include "plan/internal.h"
-
-/* Fewest samples of a group for which one pass over a lane tensor beats running them one at a time (below it most
- * lanes would compute nothing).  Measured on the d2l LeNet: bench/README.md. */
-#define LANES_MIN 10
-_Static_assert(LANES_MIN >= 1 && LANES_MIN <= LENET_LANES, "a full group must take the lanes");
 
 typedef enum stage_kind {
     STAGE_CONV,   /* Conv2d, stride 1, then its activation and 2x2 pooling if any */
@@ -51,7 +46,7 @@ typedef struct fused_plan {
     int n_stages;
     stage *stages;
     boundary *bounds;           /* n_stages + 1: bounds[i] is read by stage i and written by stage i - 1 */
-    size_t lanes_floats;        /* the lane buffers, 0 when max_batch < LANES_MIN */
+    size_t lanes_floats;        /* the lane buffers, 0 when max_batch < LENET_FUSED_LANES_MIN */
     size_t sample_floats;       /* the per-sample buffers, after them */
     float *packed;              /* every stage's packed weights, one allocation */
 } fused_plan;
@@ -213,7 +208,7 @@ static bool lay_out(const lenet_model *net, fused_plan *fp, int max_batch)
     for (int i = 0; i <= n; i++) {
         boundary *b = &fp->bounds[i];
         size_t floats = 0;
-        if (max_batch >= LANES_MIN &&
+        if (max_batch >= LENET_FUSED_LANES_MIN &&
             (lenet__mul_overflows((size_t)b->c * (size_t)(b->h + 2 * b->pad), (size_t)(b->w + 2 * b->pad), &floats) ||
              lenet__mul_overflows(floats, LENET_LANES, &floats)))
             return false;
@@ -435,7 +430,7 @@ static void fused_run(const lenet_plan *p, int batch, const float *x, float *y, 
     bool lanes_ready = false, sample_ready = false;
     for (int i0 = 0; i0 < batch; i0 += LENET_LANES) {
         const int m = batch - i0 < LENET_LANES ? batch - i0 : LENET_LANES;
-        if (m >= LANES_MIN) {
+        if (m >= fk->lanes_min && fp->lanes_floats > 0) {
             if (!lanes_ready)
                 zero_borders(fp, true, work);
             lanes_ready = true;
