@@ -13,6 +13,7 @@
 #include "kernels/kernels.h"
 #include "lenet/lenet.h"
 #include "model/internal.h"
+#include "plan/internal.h"
 
 #define BATCH 128
 
@@ -261,44 +262,90 @@ static double plan_images_per_sec(const lenet_plan *plan, int threads, int batch
     return best;
 }
 
-/* Single-image latency of a plan on the calling thread. */
-static void plan_latency(const lenet_plan *plan, int calls, double *p50, double *p99)
+/* Single-image latency of a plan on the calling thread: wall-clock p50 and p99, and the p50 of the thread's CPU time,
+ * which other processes' load distorts much less. */
+static void plan_latency(const lenet_plan *plan, int calls, double *p50, double *p99, double *cpu_p50)
 {
     lenet_tensor *x = lenet_tensor_create(4, (int[]){1, 1, 28, 28});
     lenet_tensor *y = lenet_tensor_create(2, (int[]){1, 10});
     fill(x, 3);
     size_t size = lenet_plan_workspace_size(plan);
     void *work = malloc(size);
-    double *lat = malloc(sizeof *lat * (size_t)calls);
+    double *lat = malloc(sizeof *lat * (size_t)calls), *cpu = malloc(sizeof *cpu * (size_t)calls);
     for (int i = 0; i < calls + 50; i++) {
-        double t = now();
+        double t = now(), c = thread_cpu();
         if (lenet_plan_run(plan, work, size, x, y) != LENET_OK)
             die("plan_run");
-        if (i >= 50)
+        if (i >= 50) {
+            cpu[i - 50] = thread_cpu() - c;
             lat[i - 50] = now() - t;
+        }
     }
     qsort(lat, (size_t)calls, sizeof *lat, cmp_double);
+    qsort(cpu, (size_t)calls, sizeof *cpu, cmp_double);
     *p50 = lat[calls / 2] * 1e6;
     *p99 = lat[(size_t)(calls * 0.99)] * 1e6;
+    *cpu_p50 = cpu[calls / 2] * 1e6;
+    free(cpu);
     free(lat);
     free(work);
     lenet_tensor_free(x);
     lenet_tensor_free(y);
 }
 
+/* Images per CPU-second of the calling thread running the plan on batches of `batch`, best of 5. */
+static double plan_images_per_cpu_sec(const lenet_plan *plan, int batch)
+{
+    lenet_tensor *x = lenet_tensor_create(4, (int[]){batch, 1, 28, 28});
+    lenet_tensor *y = lenet_tensor_create(2, (int[]){batch, 10});
+    fill(x, 4);
+    size_t size = lenet_plan_workspace_size(plan);
+    void *work = malloc(size);
+    double best = 0.0;
+    for (int rep = 0; rep < 5; rep++) {
+        double c = thread_cpu();
+        for (int i = 0; i < 4; i++)
+            if (lenet_plan_run(plan, work, size, x, y) != LENET_OK)
+                die("plan_run");
+        double rate = 4.0 * batch / (thread_cpu() - c);
+        best = rate > best ? rate : best;
+    }
+    free(work);
+    lenet_tensor_free(x);
+    lenet_tensor_free(y);
+    return best;
+}
+
 typedef struct plan_figures {
-    double p50, p99, batch_rate;
+    const char *backend;
+    double p50, p99, cpu_p50, batch_rate, cpu_rate;
 } plan_figures;
 
-static plan_figures measure_plan(int threads)
+static plan_figures measure_plan_backend(const lenet_plan *plan, int threads)
+{
+    plan_figures f = {.backend = plan->backend->name};
+    plan_latency(plan, 2000, &f.p50, &f.p99, &f.cpu_p50);
+    f.batch_rate = plan_images_per_sec(plan, threads, 1000);
+    f.cpu_rate = plan_images_per_cpu_sec(plan, 1000);
+    return f;
+}
+
+/* The d2l LeNet's plan (max_batch 1000) on the backend lenet_plan_create chose for it, and the same plan on the
+ * layers backend, measured in the same run so that their ratio holds on a loaded machine. */
+static plan_figures measure_plan(int threads, plan_figures *layers)
 {
     lenet_model *m = d2l_model();
     lenet_plan *plan = lenet_plan_create(m, 1000);
     if (!plan)
         die("plan_create");
-    plan_figures f;
-    plan_latency(plan, 2000, &f.p50, &f.p99);
-    f.batch_rate = plan_images_per_sec(plan, threads, 1000);
+    plan_figures f = measure_plan_backend(plan, threads);
+    const lenet_plan_backend *chosen = plan->backend;
+    void *impl = plan->impl;
+    plan->backend = &lenet__plan_layers;
+    plan->impl = NULL;
+    *layers = measure_plan_backend(plan, threads);
+    plan->backend = chosen;
+    plan->impl = impl;
     lenet_plan_free(plan);
     lenet_model_free(m);
     return f;
@@ -459,7 +506,7 @@ int main(int argc, char **argv)
     double infer = infer_images_per_sec(threads);
     double p50, p99;
     latency(1000, &p50, &p99);
-    plan_figures plan = measure_plan(threads);
+    plan_figures plan_layers, plan = measure_plan(threads, &plan_layers);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
 
@@ -481,9 +528,17 @@ int main(int argc, char **argv)
         printf("%-34s %14.1f %14s\n", "latency batch 1, p50 us", p50, "n/a");
         printf("%-34s %14.1f %14s\n", "latency batch 1, p99 us", p99, "n/a");
     }
-    printf("%-34s %14.1f\n", "plan latency batch 1, p50 us", plan.p50);
-    printf("%-34s %14.1f\n", "plan latency batch 1, p99 us", plan.p99);
-    printf("%-34s %14.0f\n", "plan images/sec (batch 1000, N ws)", plan.batch_rate);
+    printf("\n%-34s %14s %14s %8s\n", "d2l LeNet plan, max_batch 1000", plan.backend, plan_layers.backend, "ratio");
+    printf("%-34s %14.1f %14.1f %7.2fx\n", "plan latency batch 1, p50 us", plan.p50, plan_layers.p50,
+           plan_layers.p50 / plan.p50);
+    printf("%-34s %14.1f %14.1f %7.2fx\n", "plan latency batch 1, p99 us", plan.p99, plan_layers.p99,
+           plan_layers.p99 / plan.p99);
+    printf("%-34s %14.2f %14.2f %7.2fx\n", "plan latency batch 1, CPU p50 us", plan.cpu_p50, plan_layers.cpu_p50,
+           plan_layers.cpu_p50 / plan.cpu_p50);
+    printf("%-34s %14.0f %14.0f %7.2fx\n", "plan images/sec (batch 1000, N ws)", plan.batch_rate,
+           plan_layers.batch_rate, plan.batch_rate / plan_layers.batch_rate);
+    printf("%-34s %14.0f %14.0f %7.2fx\n", "plan images/CPU-sec, 1 thread", plan.cpu_rate, plan_layers.cpu_rate,
+           plan.cpu_rate / plan_layers.cpu_rate);
     printf("%-34s %14.2f\n", "thread scaling (N / 1 thread)", trainN / train1);
     printf("%-34s %14ld\n", "peak RSS of this benchmark, KB", ru.ru_maxrss);
     printf("(N = %d threads; PyTorch %s)\n", threads, torch.found ? "measured in this run" : "not installed");
@@ -495,10 +550,15 @@ int main(int argc, char **argv)
                 "  \"infer_images_per_sec\": %.1f,\n  \"latency_p50_us\": %.2f,\n  \"latency_p99_us\": %.2f,\n"
                 "  \"plan_latency_p50_us\": %.2f,\n  \"plan_latency_p99_us\": %.2f,\n"
                 "  \"plan_images_per_sec\": %.1f,\n"
+                "  \"plan_backend\": \"%s\",\n  \"plan_cpu_latency_p50_us\": %.2f,\n"
+                "  \"plan_images_per_cpu_sec\": %.1f,\n"
+                "  \"plan_layers_latency_p50_us\": %.2f,\n  \"plan_layers_cpu_latency_p50_us\": %.2f,\n"
+                "  \"plan_layers_images_per_sec\": %.1f,\n  \"plan_layers_images_per_cpu_sec\": %.1f,\n"
                 "  \"peak_rss_kb\": %ld,\n  \"pytorch\": {\"train_examples_per_sec\": %.1f, \"infer_images_per_sec\": "
                 "%.1f, \"latency_p50_us\": %.2f, \"latency_p99_us\": %.2f},\n",
                 cpu, lenet__kernels()->isa, threads, train1, cpu_rate, trainN, infer, p50, p99, plan.p50, plan.p99,
-                plan.batch_rate, ru.ru_maxrss, torch.train,
+                plan.batch_rate, plan.backend, plan.cpu_p50, plan.cpu_rate, plan_layers.p50, plan_layers.cpu_p50,
+                plan_layers.batch_rate, plan_layers.cpu_rate, ru.ru_maxrss, torch.train,
                 torch.infer, torch.p50, torch.p99);
     layer_split(stdout, json);
     if (json) {
