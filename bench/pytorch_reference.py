@@ -53,22 +53,9 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     net = d2l_lenet()
-    opt = torch.optim.SGD(net.parameters(), lr=0.9)
-    loss_fn = nn.CrossEntropyLoss()
     x = torch.rand(128, 1, 28, 28)
     y = torch.randint(0, 10, (128,))
-
-    def train(batches):
-        for _ in range(batches):
-            opt.zero_grad()
-            loss_fn(net(x), y).backward()
-            opt.step()
-
-    train(5)
-    t = time.perf_counter()
-    train(args.batches)
-    train_seconds = time.perf_counter() - t
-    print(f"train_examples_per_sec {args.batches * 128 / train_seconds:.1f}")
+    print(f"train_examples_per_sec {train_rate(net, x, y, args.batches, 0.9):.1f}")
     bn = bn_lenet()
     bn.train()
     print(f"bn_train_examples_per_sec {train_rate(bn, x, y, args.batches, 0.1):.1f}")
