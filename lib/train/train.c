@@ -529,7 +529,7 @@ static lenet_status run_batch_shared(lenet_model *m, lenet_optimizer *o, const l
     const lenet_tensor *logits = &m->output;
     if (prepared)
         st = batch_loss(crit, logits, labels, loss, o ? s->dlogits : NULL);
-    if (st == LENET_ENUMERIC) {
+    if (prepared && st == LENET_ENUMERIC) {
         st = report_forward_fault(m, batch, who, seen, &key);
     } else if (prepared) {
         if (st == LENET_OK)
