@@ -225,7 +225,8 @@ static lenet_model *fused_wide(void)
                  lenet_conv2d(33, 3, 1, 1), lenet_relu(), lenet_maxpool2d(2, 2), lenet_sigmoid());
 }
 
-/* The smallest: one convolution and its activation, and one ending on Flatten. */
+/* The smallest: one convolution and its activation; and pooling straight after a convolution, with the activation
+ * after the pooling, ending on Flatten. */
 static lenet_model *fused_conv_only(void)
 {
     return MODEL(1, 6, 6, lenet_conv2d(2, 3, 1, 1), lenet_sigmoid());
@@ -233,7 +234,7 @@ static lenet_model *fused_conv_only(void)
 
 static lenet_model *fused_flatten_last(void)
 {
-    return MODEL(2, 7, 7, lenet_conv2d(3, 3, 1, 0), lenet_sigmoid(), lenet_maxpool2d(2, 2), lenet_flatten());
+    return MODEL(2, 7, 7, lenet_conv2d(3, 3, 1, 0), lenet_maxpool2d(2, 2), lenet_sigmoid(), lenet_flatten());
 }
 
 static const network FUSED_NETWORKS[] = {
