@@ -158,7 +158,10 @@ static void result_free(run_result *r)
 }
 
 /* Trains `epochs` epochs (evaluating after each) from a fresh model, on `threads` threads, over MPI_COMM_WORLD when
- * `shared`, and saves a checkpoint to `checkpoint` unless it is NULL. */
+ * `shared`, and saves a checkpoint to `checkpoint` unless it is NULL.  With a criterion the loop gathers the whole
+ * batch's outputs on every process; without, each process computes its own samples' cross-entropy. */
+static const lenet_criterion *criterion;
+
 static void train_run(model_kind kind, int batch, int threads, bool shared, const char *checkpoint, run_result *out)
 {
     ck_assert_lenet_ok(lenet_threads_set(threads));
@@ -171,8 +174,8 @@ static void train_run(model_kind kind, int batch, int threads, bool shared, cons
     ck_assert_ptr_nonnull(train);
     ck_assert_ptr_nonnull(test);
     for (int e = 0; e < EPOCHS; e++) {
-        ck_assert_lenet_ok(lenet_train_epoch(m, o, train, NULL, NULL, &out->train[e]));
-        ck_assert_lenet_ok(lenet_evaluate(m, test, &out->eval[e]));
+        ck_assert_lenet_ok(lenet_train_epoch_with(m, o, train, criterion, NULL, NULL, &out->train[e]));
+        ck_assert_lenet_ok(lenet_evaluate_with(m, test, criterion, &out->eval[e]));
     }
     if (checkpoint)
         ck_assert_lenet_ok(lenet_checkpoint_save(m, o, train, "epoch 2", checkpoint));
@@ -244,6 +247,18 @@ START_TEST(test_the_d2l_lenet_trains_bit_identically_for_batches_of_one_to_eight
     check_bit_identity(D2L, 40, 2);   /* 3 chunks, the last of 8 samples; the last batch of 20 */
     check_bit_identity(D2L, 100, 1);  /* 7 chunks, the last of 4 */
     check_bit_identity(D2L, 128, 1);  /* 8 chunks; the last batch of 44 */
+}
+END_TEST
+
+START_TEST(test_training_with_a_criterion_gathers_the_outputs_and_stays_bit_identical)
+{
+    lenet_criterion *c = lenet_criterion_cross_entropy();
+    ck_assert_ptr_nonnull(c);
+    criterion = c;
+    check_bit_identity(D2L, 40, 1);
+    check_bit_identity(BATCHNORM, 64, 1);
+    criterion = NULL;
+    lenet_criterion_free(c);
 }
 END_TEST
 
@@ -597,6 +612,7 @@ int main(int argc, char **argv)
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, test_the_d2l_lenet_trains_bit_identically_for_batches_of_one_to_eight_chunks);
     tcase_add_test(tc, test_a_batchnorm_and_dropout_model_trains_bit_identically);
+    tcase_add_test(tc, test_training_with_a_criterion_gathers_the_outputs_and_stays_bit_identical);
     tcase_add_test(tc, test_every_rank_resumes_from_rank_0s_checkpoint_as_one_process_would);
     tcase_add_test(tc, test_a_bad_checkpoint_on_one_rank_fails_every_rank_with_its_message_and_changes_nothing);
     tcase_add_test(tc, test_a_non_finite_forward_on_one_rank_fails_every_rank_naming_the_layer_and_keeps_the_parameters);

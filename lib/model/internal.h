@@ -27,8 +27,12 @@
  * agree: every process passes its status; all return the same one: LENET_OK when none is an error, otherwise the
  *     error of the failing process with the smallest `key` (then the lowest rank), with that process's message.
  * broadcast: `bytes` bytes of `buf` from process `root` to every process.
- * reserve: makes sure sum_floats can sum rows of `count` floats without allocating; called while a batch is
- *     prepared, before the processes agree on how that went (a failed exchange could not be agreed on).
+ * agree_samples: agree as agree does, and in the same exchange gather `samples`: `batch` samples of `per_sample`
+ *     (at most 2) doubles, this process having filled the samples of its own chunks; on LENET_OK every process holds
+ *     all of them.
+ * reserve: makes sure sum_floats can sum rows of `count` floats, and agree_samples gather `batch` samples, without
+ *     allocating; called while a batch is prepared, before the processes agree on how that went (a failed exchange
+ *     could not be agreed on).
  * destroy: frees the backend (collective, like every function here); called when the model lets it go.
  * A backend whose communication failed records it, skips every later exchange and reports the failure from the
  * next agree, so a training loop that agrees once per step returns it. */
@@ -39,7 +43,9 @@ typedef struct lenet_reducer {
     void (*gather_samples)(void *ctx, float *data, int batch, size_t per_sample);
     lenet_status (*agree)(void *ctx, lenet_status st, unsigned key);
     void (*broadcast)(void *ctx, void *buf, size_t bytes, int root);
-    lenet_status (*reserve)(void *ctx, size_t count);
+    lenet_status (*agree_samples)(void *ctx, lenet_status st, unsigned key, double *samples, int batch,
+                                  int per_sample);
+    lenet_status (*reserve)(void *ctx, size_t count, int batch);
     void (*destroy)(void *ctx);
     void *ctx;
 } lenet_reducer;

@@ -47,6 +47,8 @@ typedef struct mpi_backend {
      * types_count floats; the way forced by LENET_MPI_EXCHANGE (0 for none, 1 chain, 2 slices). */
     float *scratch;
     size_t scratch_floats;
+    double *records;        /* agree_samples: every process's status, key and samples (records_doubles) */
+    size_t records_doubles;
     MPI_Request *requests;
     MPI_Datatype *send_types, *recv_types;
     int types_chunks;
@@ -126,17 +128,32 @@ static double slices_cost(double bytes, int chunks, int size)
     return rows + (size - 1) * share + (2.0 * (size - 1) / 8 + depth) * LATENCY_BYTES;
 }
 
-static lenet_status reserve(void *ctx, size_t count)
+/* Doubles agree_samples gathers for a batch of `batch`: 2 per process (status, key) and up to 2 per sample. */
+static size_t records_for(int size, int batch)
+{
+    return 2 * (size_t)size + 2 * (size_t)batch;
+}
+
+static lenet_status reserve(void *ctx, size_t count, int batch)
 {
     mpi_backend *b = ctx;
-    if (count <= b->scratch_floats)
-        return LENET_OK;
-    float *scratch = lenet__malloc_aligned(count * sizeof(float));
-    if (!scratch)
-        return lenet__oom("the gradient exchange's buffer");
-    lenet__free_aligned(b->scratch);
-    b->scratch = scratch;
-    b->scratch_floats = count;
+    if (count > b->scratch_floats) {
+        float *scratch = lenet__malloc_aligned(count * sizeof(float));
+        if (!scratch)
+            return lenet__oom("the gradient exchange's buffer");
+        lenet__free_aligned(b->scratch);
+        b->scratch = scratch;
+        b->scratch_floats = count;
+    }
+    const size_t records = records_for(b->reducer.size, batch);
+    if (records > b->records_doubles) {
+        double *buffer = lenet__malloc(records * sizeof *buffer);
+        if (!buffer)
+            return lenet__oom("the agreement's buffer");
+        lenet__free(b->records);
+        b->records = buffer;
+        b->records_doubles = records;
+    }
     return LENET_OK;
 }
 
@@ -443,6 +460,59 @@ static lenet_status agree(void *ctx, lenet_status st, unsigned key)
     return agree_on(b->comm, b->reducer.rank, b->reducer.size, b, st, key);
 }
 
+/* One Allgatherv of every process's record: its status and key, then its samples. */
+static lenet_status agree_samples(void *ctx, lenet_status st, unsigned key, double *samples, int batch,
+                                  int per_sample)
+{
+    mpi_backend *b = ctx;
+    if (b->broken != LENET_OK)
+        return lenet__fail(b->broken, "%s", b->broken_message);
+    const int size = b->reducer.size, me = b->reducer.rank, chunks = lenet__chunk_count(batch);
+    if (per_sample < 0 || per_sample > 2 || records_for(size, batch) > b->records_doubles)
+        return lenet__fail(LENET_ESTATE, "MPI: the agreement was not reserved for %d samples", batch);
+    int at = 0, winner = -1;
+    for (int p = 0; p < size; p++) {
+        int first, rows;
+        lenet__chunk_share(chunks, p, size, &first, &rows);
+        const int begin = first * LENET_CHUNK < batch ? first * LENET_CHUNK : batch;
+        const int end = (first + rows) * LENET_CHUNK < batch ? (first + rows) * LENET_CHUNK : batch;
+        b->displs[p] = at;
+        b->counts[p] = 2 + (end - begin) * per_sample;
+        if (p == me) {
+            b->records[at] = (double)st;
+            b->records[at + 1] = st < 0 ? (double)(key < INT_MAX ? key : INT_MAX - 1) : (double)INT_MAX;
+            memcpy(b->records + at + 2, samples + (size_t)begin * per_sample,
+                   (size_t)(end - begin) * per_sample * sizeof *samples);
+        }
+        at += b->counts[p];
+    }
+    if (failed(b, MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, b->records, b->counts, b->displs, MPI_DOUBLE,
+                                 b->comm), "MPI_Allgatherv (agreeing on a step)"))
+        return lenet__fail(b->broken, "%s", b->broken_message);
+    /* The failing process with the smallest key, then the lowest rank. */
+    for (int p = 0; p < size; p++)
+        if (b->records[b->displs[p]] < 0 &&
+            (winner < 0 || b->records[b->displs[p] + 1] < b->records[b->displs[winner] + 1]))
+            winner = p;
+    if (winner >= 0) {
+        verdict v = {.status = (int)b->records[b->displs[winner]]};
+        if (winner == me)
+            snprintf(v.message, sizeof v.message, "%s", lenet_last_error());
+        if (failed(b, MPI_Bcast(&v, (int)sizeof v, MPI_BYTE, winner, b->comm), "MPI_Bcast (sharing an error)"))
+            return lenet__fail(b->broken, "%s", b->broken_message);
+        v.message[sizeof v.message - 1] = '\0';
+        return lenet__fail((lenet_status)v.status, "rank %d of %d: %s", winner, size, v.message);
+    }
+    for (int p = 0, begin = 0; p < size; p++) {
+        const int n = (b->counts[p] - 2) / (per_sample ? per_sample : 1);
+        if (per_sample)
+            memcpy(samples + (size_t)begin * per_sample, b->records + b->displs[p] + 2,
+                   (size_t)n * per_sample * sizeof *samples);
+        begin += per_sample ? n : 0;
+    }
+    return st;
+}
+
 static void destroy(void *ctx)
 {
     mpi_backend *b = ctx;
@@ -459,6 +529,7 @@ static void destroy(void *ctx)
     lenet__free(b->counts);
     lenet__free(b->displs);
     lenet__free_aligned(b->scratch);
+    lenet__free(b->records);
     lenet__free(b->requests);
     lenet__free(b->send_types);
     lenet__free(b->recv_types);
@@ -474,7 +545,8 @@ static mpi_backend *backend_create(MPI_Comm comm, int rank, int size)
     b->comm = MPI_COMM_NULL;
     b->reducer = (lenet_reducer){
         .rank = rank, .size = size, .sum_floats = sum_floats, .sum_doubles = sum_doubles,
-        .gather_samples = gather_samples, .agree = agree, .broadcast = broadcast, .reserve = reserve,
+        .gather_samples = gather_samples, .agree = agree, .broadcast = broadcast, .agree_samples = agree_samples,
+        .reserve = reserve,
         .destroy = destroy, .ctx = b,
     };
     b->counts = lenet__calloc((size_t)size, sizeof *b->counts);

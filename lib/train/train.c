@@ -25,6 +25,7 @@
 #include "lenet/loss.h"
 #include "lenet/train.h"
 #include "data/internal.h"
+#include "loss/internal.h"
 #include "model/internal.h"
 #include "optim/internal.h"
 
@@ -198,6 +199,9 @@ typedef struct pass_scratch {
     int classes_cap;
     float *saved;     /* the parameters before the current optimizer step */
     optim_snapshot saved_state;
+    /* Data-parallel passes with the cross-entropy: this process's samples' loss terms, then every sample's loss term
+     * and hit (1 when its class is right) as pairs, for classes_cap samples. */
+    double *terms, *samples;
 } pass_scratch;
 
 static void scratch_free(pass_scratch *s)
@@ -206,10 +210,13 @@ static void scratch_free(pass_scratch *s)
     lenet__free(s->classes);
     lenet__free_aligned(s->saved);
     optim_snapshot_free(&s->saved_state);
+    lenet__free(s->terms);
+    lenet__free(s->samples);
 }
 
-/* Grows the scratch for a batch of `batch` outputs of `classes`. */
-static lenet_status scratch_reserve(pass_scratch *s, const lenet_model *m, bool training, int batch, int classes)
+/* Grows the scratch for a batch of `batch` outputs of `classes` (`shared`: of a data-parallel pass). */
+static lenet_status scratch_reserve(pass_scratch *s, const lenet_model *m, bool training, bool shared, int batch,
+                                    int classes)
 {
     if (training && (!s->dlogits || s->dlogits->shape[0] != batch)) {
         lenet_tensor_free(s->dlogits);
@@ -220,9 +227,15 @@ static lenet_status scratch_reserve(pass_scratch *s, const lenet_model *m, bool 
         return lenet__oom("parameter snapshot");
     if (batch > s->classes_cap) {
         lenet__free(s->classes);
+        lenet__free(s->terms);
+        lenet__free(s->samples);
+        s->terms = s->samples = NULL;
         s->classes_cap = 0;
         if (!(s->classes = lenet__malloc((size_t)batch * sizeof *s->classes)))
             return lenet__oom("predicted classes");
+        if (shared && (!(s->terms = lenet__malloc((size_t)batch * sizeof *s->terms)) ||
+                       !(s->samples = lenet__malloc(2 * (size_t)batch * sizeof *s->samples))))
+            return lenet__oom("loss terms");
         s->classes_cap = batch;
     }
     return LENET_OK;
@@ -294,7 +307,7 @@ static lenet_status run_batch(lenet_model *m, lenet_optimizer *o, const lenet_cr
     const lenet_tensor *logits = &m->output;
     if (logits->ndim != 2)
         return lenet__fail(LENET_ESHAPE, "%s: the model's output must be (N, classes) logits", who);
-    st = scratch_reserve(s, m, o != NULL, batch, logits->shape[1]);
+    st = scratch_reserve(s, m, o != NULL, false, batch, logits->shape[1]);
     if (st != LENET_OK)
         return st;
     st = batch_loss(crit, logits, labels, loss, o ? s->dlogits : NULL);
@@ -437,12 +450,44 @@ static lenet_status compare_fingerprints(const uint64_t *mine, const uint64_t *r
     return LENET_OK;
 }
 
-/* The training half of a data-parallel batch.  The backward is collective, so every process runs it, also one whose
- * loss failed (`st`, `key`); the processes then agree, and a step taken where another process failed is undone. */
-static lenet_status train_step_shared(lenet_model *m, lenet_optimizer *o, pass_scratch *s, const char *who,
-                                      size_t seen, lenet_status st, unsigned key)
+/* The end of a data-parallel step: the processes agree on its outcome (this process `stepped` or not) and, when each
+ * computed the cross-entropy of its own samples (`local_loss`), gather every sample's loss term and hit in the same
+ * exchange, to give the batch's loss and accuracy as one process computes them.  A step taken where another
+ * process failed, or whose loss turns out beyond float range, is undone. */
+static lenet_status agree_step(lenet_model *m, lenet_optimizer *o, pass_scratch *s, bool local_loss, int batch,
+                               lenet_status st, unsigned key, bool stepped, const char *who, size_t seen, float *loss,
+                               size_t *correct)
 {
     const lenet_reducer *r = m->reducer;
+    if (!local_loss) {
+        st = r->agree(r->ctx, st, key);
+    } else if ((st = r->agree_samples(r->ctx, st, key, s->samples, batch, 2)) == LENET_OK) {
+        double total = 0.0;
+        size_t hits = 0;
+        for (int i = 0; i < batch; i++) {
+            total += s->samples[2 * (size_t)i];
+            hits += s->samples[2 * (size_t)i + 1] != 0.0;
+        }
+        const double mean = total / batch;
+        if (isfinite((float)mean)) {
+            *loss = (float)mean;
+            *correct += hits;
+        } else {
+            st = lenet__fail(LENET_ENUMERIC, "%s after %zu examples: the loss is not finite although every layer's "
+                             "output is; the parameters are unchanged", who, seen);
+        }
+    }
+    if (st != LENET_OK && stepped)
+        rollback(m, o, s);
+    return st;
+}
+
+/* The training half of a data-parallel batch.  The backward is collective, so every process runs it, also one whose
+ * loss failed (`st`, `key`); it then takes no step, and the processes agree. */
+static lenet_status train_step_shared(lenet_model *m, lenet_optimizer *o, pass_scratch *s, bool local_loss,
+                                      int batch, const char *who, size_t seen, lenet_status st, unsigned key,
+                                      float *loss, size_t *correct)
+{
     lenet_model_zero_grad(m);
     lenet__model_backward_raw(m, s->dlogits->data);
     bool stepped = false;
@@ -454,10 +499,7 @@ static lenet_status train_step_shared(lenet_model *m, lenet_optimizer *o, pass_s
         stepped = st == LENET_OK;
         key = KEY_STEP;
     }
-    lenet_status agreed = r->agree(r->ctx, st, key);
-    if (agreed != LENET_OK && stepped)
-        rollback(m, o, s);
-    return agreed;
+    return agree_step(m, o, s, local_loss, batch, st, key, stepped, who, seen, loss, correct);
 }
 
 /* Whether the processes must agree before the forward of a batch of `batch`: at a pass's first batch (which also
@@ -492,7 +534,7 @@ static lenet_status run_batch_shared(lenet_model *m, lenet_optimizer *o, const l
     if (st == LENET_OK)
         st = lenet__model_reserve(m, batch);
     if (st == LENET_OK && r->reserve)
-        st = r->reserve(r->ctx, m->arena_numel);
+        st = r->reserve(r->ctx, m->arena_numel, m->batch_cap);
     if (st == LENET_OK) {
         const lenet_layer *last = m->layers[m->n_layers - 1];
         if (last->out.ndim != 1)
@@ -500,7 +542,7 @@ static lenet_status run_batch_shared(lenet_model *m, lenet_optimizer *o, const l
         classes = (int)last->out_size;
     }
     if (st == LENET_OK)
-        st = scratch_reserve(s, m, o != NULL, batch, classes);
+        st = scratch_reserve(s, m, o != NULL, true, batch, classes);
     if (first) {
         uint64_t mine[FP_COUNT] = {0}, root[FP_COUNT];
         if (st == LENET_OK)
@@ -523,25 +565,36 @@ static lenet_status run_batch_shared(lenet_model *m, lenet_optimizer *o, const l
                (size_t)(end - begin) * sample * sizeof(float));
     }
     lenet__model_forward_raw(m, batch);
-    r->gather_samples(r->ctx, m->acts[m->n_layers], batch, (size_t)classes);
-    /* Every process now holds the whole batch's outputs: the loss, its gradient and the accuracy are computed as one
-     * process computes them (the backward reads only this process's rows of the gradient). */
     const lenet_tensor *logits = &m->output;
-    if (prepared)
-        st = batch_loss(crit, logits, labels, loss, o ? s->dlogits : NULL);
+    /* The cross-entropy (no criterion): each process computes its own samples' loss terms, gradient rows and hits,
+     * and the step's agreement gathers them.  A criterion gets the whole batch's outputs, gathered, and every
+     * process computes the loss, its gradient and the accuracy of the whole batch, as one process does.  Either way
+     * the backward reads only this process's rows of the gradient. */
+    const bool local_loss = crit == NULL;
+    if (local_loss && prepared) {
+        int begin, end;
+        lenet__model_own_samples(m, batch, &begin, &end);
+        st = lenet__cross_entropy_rows(logits, labels, begin, end, batch, s->terms, o ? s->dlogits : NULL);
+        for (int i = begin; st == LENET_OK && i < end; i++) {
+            s->samples[2 * (size_t)i] = s->terms[i - begin];
+            s->samples[2 * (size_t)i + 1] = lenet__argmax(logits->data + (size_t)i * classes, classes) == labels[i];
+        }
+    } else if (!local_loss) {
+        r->gather_samples(r->ctx, m->acts[m->n_layers], batch, (size_t)classes);
+        if (prepared)
+            st = batch_loss(crit, logits, labels, loss, o ? s->dlogits : NULL);
+        if (prepared && st == LENET_OK)
+            st = count_correct(crit, logits, labels, s->classes, correct);
+    }
     if (prepared && st == LENET_ENUMERIC) {
         st = report_forward_fault(m, batch, who, seen, &key);
-    } else if (prepared) {
-        if (st == LENET_OK)
-            st = count_correct(crit, logits, labels, s->classes, correct);
-        if (st != LENET_OK) {
-            lenet__error_prefix("%s after %zu examples: ", who, seen);
-            key = KEY_LOSS;
-        }
+    } else if (prepared && st != LENET_OK) {
+        lenet__error_prefix("%s after %zu examples: ", who, seen);
+        key = KEY_LOSS;
     }
     if (!o)
-        return r->agree(r->ctx, st, key);
-    return train_step_shared(m, o, s, who, seen, st, key);
+        return agree_step(m, o, s, local_loss, batch, st, key, false, who, seen, loss, correct);
+    return train_step_shared(m, o, s, local_loss, batch, who, seen, st, key, loss, correct);
 }
 
 /* One pass over `it`, in training mode with `o`, in evaluation mode without; the model's mode is restored. */
