@@ -57,7 +57,7 @@ def library_choice(arena, chunks, size):
 
 def step_time(net, network, size, batch):
     """Seconds per step on each process, split into its parts."""
-    arena, per_sample, classes = NETS[net]
+    arena, per_sample, _ = NETS[net]
     alpha, overhead, beta = NETWORKS[network]
     chunks = -(-batch // CHUNK)
     most = -(-chunks // size)
@@ -65,11 +65,11 @@ def step_time(net, network, size, batch):
     # Every process: the optimizer's step, the parameter snapshot and two finiteness scans over the arena, plus the
     # rows it sums (its own chunks' rows in the chain, every row of its slice with slices).
     local = (4 + most) * arena / MEMORY_BW
-    parts = {"compute": compute, "local": local, "outputs": 0.0, "agree": 0.0, "gradients": 0.0}
+    parts = {"compute": compute, "local": local, "agree": 0.0, "gradients": 0.0}
     way = ("in-process", 0)
     if size > 1:
-        parts["outputs"] = log2_ceil(size) * alpha + batch * classes * 4 * (size - 1) / size / beta
-        parts["agree"] = 2 * log2_ceil(size) * alpha
+        # The agreement that ends a step gathers each sample's loss term and hit (16 bytes) with the statuses.
+        parts["agree"] = log2_ceil(size) * alpha + 16 * batch * (size - 1) / size / beta
         way = library_choice(arena, chunks, size)
         if way[0] == "chain":
             holders = min(chunks, size)
@@ -122,7 +122,7 @@ def main():
             print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
             for size, batch, way, parts, total, rate, efficiency in table(net, network, args.per_process,
                                                                           (1, 8, 64, 512)):
-                exchange = parts["outputs"] + parts["agree"] + parts["gradients"]
+                exchange = parts["agree"] + parts["gradients"]
                 name = way[0] + (f" ({way[1]} blocks)" if way[0] == "chain" else "")
                 print(f"| {size} | {batch} | {name} | {parts['compute'] * 1e3:.2f} | {exchange * 1e3:.2f} | "
                       f"{total * 1e3:.2f} | {rate:,.0f} | {efficiency:.0%} |")

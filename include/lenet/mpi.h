@@ -8,9 +8,9 @@
  *
  * Every process holds the whole model, and iterates the same global batches (the same data set, batch size and
  * seed); each batch is cut into liblenet's fixed chunks of 16 samples and process r of N runs a contiguous block of
- * them.  Gradient sums and BatchNorm batch statistics are exchanged and added in global chunk order, and the outputs
- * of the whole batch are gathered so that every process computes the loss of the whole batch: N processes with T
- * threads each give bit for bit the weights, losses, metrics and checkpoints of one process with one thread.
+ * them.  Gradient sums and BatchNorm batch statistics are exchanged and added in global chunk order, and the samples'
+ * loss terms are gathered and added in sample order: N processes with T threads each give bit for bit the weights,
+ * losses, metrics and checkpoints of one process with one thread.
  */
 #ifndef LENET_MPI_H
 #define LENET_MPI_H
@@ -40,8 +40,8 @@ extern "C" {
  *   (same layers, seed, optimizer settings, data set size, batch size, shuffling and iterator seed).  The first batch
  *   of each pass checks that they are (parameters, buffers, optimizer state, iterator state, batch size) and
  *   otherwise fails on every process with LENET_ESTATE naming what differs.  The metrics are the whole batch's on
- *   every process.  After a pass, lenet_model_activation() holds this process's samples only, and the model's
- *   output; the gradients are the whole batch's.
+ *   every process.  After a pass, lenet_model_activation() holds this process's samples only (all of the output's
+ *   with a criterion); the gradients are the whole batch's.
  * - lenet_model_save() and lenet_checkpoint_save() write the file on rank 0 only (crash-safely, as always); every
  *   process returns rank 0's status.  lenet_model_load_weights() and lenet_checkpoint_load() read on every process,
  *   each from the path it passes, and change nothing on any process unless every process succeeded.

@@ -18,9 +18,11 @@
  *   LENET_MPI_EXCHANGE=chain or slices (rank 0's value) forces one, for measurements.
  * - BatchNorm statistics (sum_doubles): a few doubles per channel and chunk, gathered in place and summed in chunk
  *   order by every process.
- * - The batch's outputs (gather_samples): gathered in place, so every process computes the whole batch's loss.
- * Failures: agree is an Allreduce(MINLOC) of (key, rank) over the failing processes, then a broadcast of the
- * winner's status and message.  A failed MPI call is recorded; later exchanges are skipped and agree reports it. */
+ * - The samples' loss terms and hits (agree_samples), with each process's status in the same Allgatherv, added in
+ *   sample order by every process; or, for a criterion, the batch's outputs (gather_samples), gathered in place.
+ * Failures: agree is an Allreduce(MINLOC) of (key, rank) over the failing processes (agree_samples finds the same in
+ * its records), then a broadcast of the winner's status and message.  A failed MPI call is recorded; later exchanges
+ * are skipped and agree reports it. */
 #include <limits.h>
 #include <math.h>
 #include <mpi.h>

@@ -10,10 +10,12 @@
  *
  * Data-parallel passes (a communicator from lenet_model_set_comm, lib/mpi): every process iterates the same global
  * batches and runs its own block of each batch's chunks; the engine's reducer sums gradients and statistics over all
- * chunks in chunk order, and the outputs of the whole batch are gathered, so that every process computes the loss,
- * the accuracy and the step of the whole batch exactly as one process does.  The processes agree on a status twice
- * per step (before the forward, after the step), so a failure on one makes all of them return its message; the first
- * batch of a pass also checks that they hold the same model, optimizer and iterator. */
+ * chunks in chunk order.  With the cross-entropy each process computes its own samples' loss terms and gradient
+ * rows, and the agreement that ends each step gathers the terms, so every process reports the whole batch's loss and
+ * accuracy exactly as one process does (a criterion gets the whole batch's outputs, gathered).  A failure on one
+ * process makes all of them return its message and undo the step; the processes also agree before the forward when
+ * preparing a batch may fail on one of them, and the first batch of a pass checks that they hold the same model,
+ * optimizer and iterator. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdint.h>
