@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/fused.h"
 #include "kernels/kernels.h"
 #include "layers/layer.h"
 #include "plan/internal.h"
@@ -321,6 +322,61 @@ START_TEST(test_fused_plans_give_predicts_outputs_on_every_kernel_table_the_cpu_
 }
 END_TEST
 
+/* Distance of a from b in units of b's last place; 0 when both are the same value (NaN included). */
+static double ulps(float a, float b)
+{
+    if ((isnan(a) && isnan(b)) || a == b)
+        return 0.0;
+    const float m = fabsf(b);
+    return fabs((double)a - (double)b) / ((double)nextafterf(m, INFINITY) - (double)m);
+}
+
+/* The fused kernels' activations (their map kernel on a lane tensor) against the layers': sigmoid within 6 ulp of the
+ * layers' vector sigmoid, tanh within 4 of tanhf (5 and 3 measured), ReLU exact; infinities, NaN and -0 as the layers
+ * treat them. */
+START_TEST(test_fused_activations_are_within_a_few_ulp_of_the_layers)
+{
+    enum { N = 1 << 16, LANES = 16 };
+    static const char *const tables[] = {"generic", "avx2", "avx512"};
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y), *want = malloc(N * sizeof *want);
+    for (int i = 0; i < N; i++)
+        x[i] = -100.0f + 200.0f * (float)i / N;
+    const float special[] = {INFINITY, -INFINITY, NAN, -0.0f, 0.0f, 1e-30f, -1e-30f, 88.5f, -88.5f, 1e30f, -1e30f};
+    memcpy(x, special, sizeof special);
+    for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++) {
+        if (!lenet__kernels_force(tables[t]))
+            continue;
+        const lenet_fused_kernels *fk = lenet__fused_kernels();
+        ck_assert_str_eq(fk->isa, tables[t]);
+        for (lenet_act act = LENET_ACT_SIGMOID; act <= LENET_ACT_TANH; act++) {
+            const lenet_conv_geom g = {.c = N / LANES, .h = 1, .w = 1, .k = 1, .s = 1, .oh = 1, .ow = 1};
+            const lenet_epilogue e = {.act = act};
+            const lenet_view to = {.data = y, .plane = LANES, .row = LANES};
+            fk->map(&g, &e, LANES, x, LANES, LANES, &to);
+            if (act == LENET_ACT_SIGMOID)
+                lenet__sigmoid_forward(N, x, want);
+            else if (act == LENET_ACT_RELU)
+                lenet__relu_forward(N, x, want);
+            else
+                lenet__tanh_forward(N, x, want);
+            double worst = 0.0;
+            for (int i = 0; i < N; i++) {
+                ck_assert_msg(signbit(y[i]) == signbit(want[i]) || isnan(want[i]), "%s act %d at %g: %g, want %g",
+                              tables[t], (int)act, (double)x[i], (double)y[i], (double)want[i]);
+                worst = fmax(worst, ulps(y[i], want[i]));
+            }
+            printf("%-7s activation %d: worst %.1f ulp from the layers'\n", tables[t], (int)act, worst);
+            ck_assert_msg(worst <= (act == LENET_ACT_SIGMOID ? 6.0 : act == LENET_ACT_TANH ? 4.0 : 0.0),
+                          "%s act %d: %.1f ulp from the layers'", tables[t], (int)act, worst);
+        }
+    }
+    ck_assert(lenet__kernels_force(NULL));
+    free(x);
+    free(y);
+    free(want);
+}
+END_TEST
+
 START_TEST(test_plans_take_the_fused_backend_only_for_the_layer_kinds_it_runs)
 {
     for (size_t i = 0; i < sizeof NETWORKS / sizeof NETWORKS[0]; i++) {
@@ -510,6 +566,7 @@ int main(void)
     tcase_add_test(tc, test_fused_plans_give_predicts_outputs_from_a_workspace_of_nans);
     tcase_add_test(tc, test_fused_plans_give_predicts_outputs_on_every_kernel_table_the_cpu_has);
     tcase_add_test(tc, test_plans_take_the_fused_backend_only_for_the_layer_kinds_it_runs);
+    tcase_add_test(tc, test_fused_activations_are_within_a_few_ulp_of_the_layers);
     suite_add_tcase(s, tc);
     return lenet_test_run(s);
 }

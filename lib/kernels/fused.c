@@ -37,6 +37,7 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(LENET_NO_WIDE_VECTORS)
 #define HAVE_WIDE 1
 #define LENET_FUSED_X86 1
+#define LENET_FUSED_FMA 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #pragma GCC optimize("O3", "fp-contract=fast")
