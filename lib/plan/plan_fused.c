@@ -51,7 +51,10 @@ typedef struct fused_plan {
     float *packed;              /* every stage's packed weights, one allocation */
 } fused_plan;
 
-/* ---- which networks: the layer kinds the fused kernels run ---- */
+/* ---- which networks: the layer kinds the fused kernels run ----
+ * Recognized by their names, which STYLE.md would have be a slot of lenet_layer_ops instead (each kind saying "a
+ * convolution of these sizes", "an activation", "a pooling"); lib/layers was not this backend's to change, so the
+ * names stay in this one place. */
 
 static bool is_kind(const lenet_layer *l, const char *name)
 {
