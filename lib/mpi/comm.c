@@ -179,7 +179,8 @@ static void sum_by_chain(mpi_backend *b, float *partials, int chunks, size_t cou
 {
     const int size = b->reducer.size, me = b->reducer.rank;
     const int last = chunks < size ? chunks - 1 : size - 1; /* the last process with chunks */
-    size_t per = (count + (size_t)chain_blocks(count, last + 1, size) - 1) / (size_t)chain_blocks(count, last + 1, size);
+    const size_t wanted = (size_t)chain_blocks(count, last + 1, size);
+    size_t per = (count + wanted - 1) / wanted;
     per = (per + 15) & ~(size_t)15;
     const int blocks = (int)((count + per - 1) / per);
     int first, own, from, to;
