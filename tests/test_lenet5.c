@@ -268,6 +268,21 @@ START_TEST(test_rbf_outputs_squared_distances_to_fixed_bitmaps)
             differ += centers[d * 84 + k] != centers[3 * 84 + k];
         ck_assert_float_eq_tol(lenet_tensor_cdata(y)[d], 4.0f * differ, 1e-4);
     }
+    /* The outputs are penalties: classify picks the smallest (3, the bitmap shown), and its probabilities are the
+     * softmax of the negated penalties, largest for 3. */
+    int32_t cls = -1;
+    float probs[10];
+    ck_assert_lenet_ok(lenet_model_classify(m, x, &cls, probs));
+    ck_assert_int_eq(cls, 3);
+    double sum = 0.0, norm = 0.0;
+    for (int d = 0; d < 10; d++)
+        norm += exp(-(double)lenet_tensor_cdata(y)[d]);
+    for (int d = 0; d < 10; d++) {
+        sum += probs[d];
+        ck_assert_float_eq_tol(probs[d], exp(-(double)lenet_tensor_cdata(y)[d]) / norm, 1e-6);
+        ck_assert(d == 3 || probs[d] < probs[3]);
+    }
+    ck_assert_double_eq_tol(sum, 1.0, 1e-5);
     /* An optimizer never moves the centres. */
     lenet_optimizer *o = lenet_sgd_create(m, 0.5f, 0.0f, 0.0f);
     lenet_tensor *dy = random_tensor(2, (int[]){1, 10}, 4, -1, 1);

@@ -207,7 +207,9 @@ LENET_API lenet_status lenet_model_predict(const lenet_model *m, const lenet_ten
 
 /**
  * Classifies a batch: for each sample the index of the largest output in @p classes (may be NULL) and the
- * softmax of the outputs in @p probs (N * outputs floats, may be NULL).  Thread-safe as lenet_model_predict().
+ * softmax of the outputs in @p probs (N * outputs floats, may be NULL).  A model whose last layer gives penalties
+ * rather than scores (LeNet-5's EuclideanRBF, see lenet/lenet5.h) is classified by the smallest output, and @p probs
+ * is then the softmax of the negated outputs.  Thread-safe as lenet_model_predict().
  * @return as lenet_model_predict().
  */
 LENET_API lenet_status lenet_model_classify(const lenet_model *m, const lenet_tensor *x, int32_t *classes,

@@ -56,6 +56,16 @@ static inline int lenet__argmax(const float *row, int k)
     return best;
 }
 
+/* The index of the first smallest of k values: the class a row of penalties (LeNet-5's RBF outputs) predicts. */
+static inline int lenet__argmin(const float *row, int k)
+{
+    int best = 0;
+    for (int j = 1; j < k; j++)
+        if (row[j] < row[best])
+            best = j;
+    return best;
+}
+
 /* y[i] += b[i / inner % outer]-style bias add: each of `rows` rows of `cols` gets bias[row % nbias]. */
 void lenet__add_bias_rows(size_t rows, size_t cols, const float *bias, size_t nbias, float *y);
 /* db[r % nbias] += sum of row r of dy (rows x cols). */

@@ -124,6 +124,11 @@ typedef struct lenet_layer_ops {
     bool eval_identity;
     int (*eval_affine)(const lenet_layer *l, float *scale, float *shift);
     bool (*fold_affine)(lenet_layer *l, const float *scale, const float *shift, int channels);
+
+    /* Outputs are penalties, not scores: the smallest wins (LeNet-5's RBF distances).  lenet_model_classify then
+     * picks the smallest and gives the softmax of the negated outputs, so a model ending in such a layer classifies
+     * as its criterion does. */
+    bool penalties;
 } lenet_layer_ops;
 
 struct lenet_layer {

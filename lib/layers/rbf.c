@@ -169,6 +169,7 @@ static size_t rbf_connections(const lenet_layer *l)
 
 static const lenet_layer_ops rbf_ops = {
     .name = "EuclideanRBF",
+    .penalties = true,
     .infer_shape = rbf_infer_shape,
     .setup = rbf_setup,
     .init = rbf_init,

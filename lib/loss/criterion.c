@@ -103,15 +103,6 @@ lenet_status lenet_criterion_loss(const lenet_criterion *c, const lenet_tensor *
     return LENET_OK;
 }
 
-static int32_t argmin(const float *row, int k)
-{
-    int32_t best = 0;
-    for (int j = 1; j < k; j++)
-        if (row[j] < row[best])
-            best = j;
-    return best;
-}
-
 lenet_status lenet_criterion_classify(const lenet_criterion *c, const lenet_tensor *y, int32_t *classes)
 {
     if (!c || !y || !classes)
@@ -123,7 +114,7 @@ lenet_status lenet_criterion_classify(const lenet_criterion *c, const lenet_tens
     const int n = y->shape[0], k = y->shape[1];
     for (int i = 0; i < n; i++) {
         const float *row = y->data + (size_t)i * k;
-        int32_t best = c->kind == KIND_RBF ? argmin(row, k)
+        int32_t best = c->kind == KIND_RBF ? lenet__argmin(row, k)
                        : c->kind == KIND_CUSTOM && c->classify ? c->classify(c->user, row, k)
                                                                : lenet__argmax(row, k);
         if (best < 0 || best >= k)

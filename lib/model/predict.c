@@ -112,17 +112,19 @@ lenet_status lenet_model_classify(const lenet_model *m, const lenet_tensor *x, i
     if (!y)
         return LENET_ENOMEM;
     st = lenet_model_predict(m, x, y);
+    /* Scores: the class is the largest and probs their softmax; penalties: the smallest, and the softmax of -y. */
+    const double sign = last->ops->penalties ? -1.0 : 1.0;
     for (int i = 0; st == LENET_OK && i < n; i++) {
         const float *row = y->data + (size_t)i * k;
-        const int best = lenet__argmax(row, k);
+        const int best = last->ops->penalties ? lenet__argmin(row, k) : lenet__argmax(row, k);
         if (classes)
             classes[i] = best;
         if (probs) {
             double sum = 0.0;
             for (int j = 0; j < k; j++)
-                sum += exp((double)row[j] - row[best]);
+                sum += exp(sign * ((double)row[j] - row[best]));
             for (int j = 0; j < k; j++)
-                probs[(size_t)i * k + j] = (float)(exp((double)row[j] - row[best]) / sum);
+                probs[(size_t)i * k + j] = (float)(exp(sign * ((double)row[j] - row[best])) / sum);
         }
     }
     lenet_tensor_free(y);
