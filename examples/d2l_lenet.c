@@ -19,6 +19,7 @@
 #endif
 
 #include "cli.h"
+#include "tool.h"
 #ifdef LENET_HAVE_CAIRO
 #include "plot.h"
 #endif
@@ -778,7 +779,12 @@ static int d2l_main(int argc, char **argv)
     size_t trained = 0;
     printf("training on cpu\n");
     fflush(stdout);
-    for (int epoch = first_epoch; epoch <= o.epochs; epoch++) {
+    /* Ctrl-C finishes the epoch under way (a second one quits at once), then saves and writes what was asked.
+     * Several MPI processes keep the default action: one that stopped alone would leave the others waiting. */
+    if (mpi_size == 1)
+        tool_catch_interrupt();
+    int last_epoch = first_epoch - 1;
+    for (int epoch = first_epoch; epoch <= o.epochs && !tool_interrupted(); epoch++) {
         size_t examples = lenet_dataset_size(train);
         r.epoch = epoch;
         r.batches = (examples + (size_t)o.batch_size - 1) / (size_t)o.batch_size;
@@ -810,6 +816,15 @@ static int d2l_main(int argc, char **argv)
             }
             free(note);
         }
+        last_epoch = epoch;
+    }
+    if (tool_interrupted()) {
+        fprintf(stderr, PROG ": interrupted after epoch %d of %d\n", last_epoch, o.epochs);
+        if (o.save && last_epoch >= first_epoch)
+            fprintf(stderr, "%s holds epoch %d: continue with --resume %s and the same options\n", o.save,
+                    last_epoch, o.save);
+        else if (!o.save)
+            fprintf(stderr, "nothing was saved to resume from: run with --save FILE to be able to continue\n");
     }
     printf("loss %.3f, train acc %.3f, test acc %.3f\n", fit.loss, fit.accuracy, eval.accuracy);
     printf("%.1f examples/sec on cpu (", train_seconds > 0 ? (double)trained / train_seconds : 0.0);
@@ -824,7 +839,7 @@ static int d2l_main(int argc, char **argv)
         if (fclose(f) != 0)
             goto csv_fail;
     }
-    status = 0;
+    status = tool_interrupted() ? TOOL_EXIT_INTERRUPTED : 0;
 #ifdef LENET_HAVE_CAIRO
     if (o.plot) {
         if (write_plot(o.plot, &c, &o) != 0)
