@@ -1,7 +1,7 @@
 /* LeNet-5 exactly as LeCun, Bottou, Bengio and Haffner published it in 1998 ("Gradient-Based Learning Applied
  * to Document Recognition"), trained on MNIST with stochastic diagonal Levenberg-Marquardt (SDLM).
  *
- *   lenet5_mnist [--data DIR] [--passes N] [--optimizer sdlm|sgd] [--distort] [--seed S] [--quiet] ...
+ *   lenet5_mnist [--data DIR] [--passes N] [--optimizer sdlm|sgd] [--distortions] [--seed S] [--quiet] ...
  *                [--csv FILE] [--plot FILE] [--save FILE] [--resume FILE]
  *
  * Prints the network (60,000 trainable parameters, 340,908 connections), then the train and test error after
@@ -12,8 +12,8 @@
  *
  * --save writes a training checkpoint after every pass, and when Ctrl-C stops a pass; --resume continues it
  * bit-identically: the checkpoint holds the weights, SDLM's Hessian estimate, the step size and the order of the
- * patterns, and its note the run's settings, the position in the pass, the distortion generator and the
- * curves so far. */
+ * patterns (and so the distortions drawn for them), and its note the run's settings, the position in the pass
+ * and the curves so far. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <getopt.h>
@@ -88,7 +88,9 @@ static void usage(FILE *out)
             "  --init lecun|xavier|pytorch  initialisation (default xavier; lecun is the paper's +-2.4 / fan-in)\n"
             "  --limit N             train on only the first N patterns of each pass (for quick tries)\n"
             "  --train-eval N        measure the train error on the first N training patterns (default all)\n"
-            "  --distort             random affine distortions of the training patterns (paper section III.C)\n"
+            "  --distortions         random planar affine distortions of the training patterns, new ones every\n"
+            "                        pass (paper section III.C): scale 0.85 to 1.15, shear up to 11.3 degrees,\n"
+            "                        translation up to 2 pixels (--distort is the same)\n"
             "  --seed S              initialisation, order and distortion seed (default 0)\n"
             "  --csv FILE            write pass, step size, loss and error rates, one row a pass\n"
             "  --plot FILE           draw the train and test error against the pass into FILE.png or FILE.svg\n"
@@ -144,6 +146,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"init", required_argument, NULL, INIT},
         {"limit", required_argument, NULL, LIMIT},
         {"train-eval", required_argument, NULL, TRAIN_EVAL},
+        {"distortions", no_argument, NULL, DISTORT},
         {"distort", no_argument, NULL, DISTORT},
         {"seed", required_argument, NULL, SEED},
         {"csv", required_argument, NULL, CSV},
@@ -317,44 +320,18 @@ static lenet_status build_lenet5(lenet_model *m)
     return st;
 }
 
-/* ---- random affine distortions (section III.C: "planar affine transformations ... translation, scaling,
- * squeezing, shearing") of one h x w image, bilinear, outside the image reads the background ---- */
-
-static uint64_t splitmix(uint64_t *s)
+/* Section III.C's distortions: "planar affine transformations (translation, scaling, squeezing, shearing)",
+ * drawn anew for every pattern of every pass by the iterator (the Hessian's sampler sees the plain patterns).
+ * Translation up to 2 pixels, scale 0.85 to 1.15 and a horizontal shear of tan(11.3 degrees) = 0.2; the library's
+ * scaling is the same along both axes, so squeezing is not modelled. */
+static lenet_status set_distortions(lenet_iter *train_it)
 {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static double uniform(uint64_t *s, double lo, double hi)
-{
-    return lo + (hi - lo) * (double)(splitmix(s) >> 11) * 0x1.0p-53;
-}
-
-static void distort(const float *in, float *out, int h, int w, float background, uint64_t *rng)
-{
-    /* Output pixel p maps to input A (p - c) + c + t: A = scale/squeeze * shear. */
-    double sx = uniform(rng, 0.85, 1.15), sy = uniform(rng, 0.85, 1.15), shear = uniform(rng, -0.2, 0.2);
-    double tx = uniform(rng, -2.0, 2.0), ty = uniform(rng, -2.0, 2.0);
-    double a = 1.0 / sx, b = shear / sx, c = 0.0, d = 1.0 / sy;
-    double cx = (w - 1) / 2.0, cy = (h - 1) / 2.0;
-    for (int r = 0; r < h; r++) {
-        for (int q = 0; q < w; q++) {
-            double dx = q - cx, dy = r - cy;
-            double x = a * dx + b * dy + cx - tx, y = c * dx + d * dy + cy - ty;
-            int x0 = (int)floor(x), y0 = (int)floor(y);
-            double fx = x - x0, fy = y - y0, v = 0.0;
-            for (int k = 0; k < 4; k++) {
-                int xi = x0 + (k & 1), yi = y0 + (k >> 1);
-                double wt = ((k & 1) ? fx : 1.0 - fx) * ((k >> 1) ? fy : 1.0 - fy);
-                float p = (xi >= 0 && xi < w && yi >= 0 && yi < h) ? in[yi * w + xi] : background;
-                v += wt * p;
-            }
-            out[r * w + q] = (float)v;
-        }
-    }
+    lenet_augment *aug = lenet_augment_create();
+    lenet_status st = aug ? lenet_augment_add_affine(aug, 0.0f, 0.15f, 11.3f, 2.0f) : LENET_ENOMEM;
+    if (st == LENET_OK)
+        st = lenet_iter_set_augment(train_it, aug);
+    lenet_augment_free(aug);
+    return st;
 }
 
 /* Index of the smallest penalty: the RBF unit the input is closest to. */
@@ -426,7 +403,8 @@ typedef struct run_state {
     double loss_sum;       /* their summed loss */
     size_t wrong;          /* and how many of them were misclassified as they were trained */
     int estimates;         /* Hessian estimates drawn so far (SDLM: one at the start of each pass) */
-    uint64_t rng;          /* the distortion generator */
+    uint64_t rng;          /* unused: notes keep the field, which held the distortions' generator before the
+                            * library drew them */
     pass_result *results;  /* passes done: results[0 .. pass - 2] */
     double *point_x, *point_error; /* the running train error at the fifths of each pass */
     size_t points;
@@ -561,7 +539,7 @@ static void record_points(run_state *s, size_t total, size_t before)
 static lenet_status train_pass(pass_context *c, run_state *s)
 {
     const settings *r = c->run;
-    lenet_tensor *dy = NULL, *hy = NULL, *distorted = NULL;
+    lenet_tensor *dy = NULL, *hy = NULL;
     lenet_status st = LENET_OK;
     const bool running = !r->sgd && r->running > 0;
     if (s->seen == 0 && lenet_iter_position(c->it) >= lenet_iter_total(c->it))
@@ -578,26 +556,7 @@ static lenet_status train_pass(pass_context *c, run_state *s)
         }
         if (st != LENET_OK)
             break;
-        const lenet_tensor *x = images;
-        if (r->distort) {
-            int ndim = lenet_tensor_ndim(images), shape[4];
-            for (int a = 0; a < ndim; a++)
-                shape[a] = lenet_tensor_dim(images, a);
-            if (!distorted || lenet_tensor_dim(distorted, 0) != count) {
-                lenet_tensor_free(distorted);
-                distorted = lenet_tensor_create(ndim, shape);
-                if (!distorted) {
-                    st = LENET_ENOMEM;
-                    break;
-                }
-            }
-            int h = shape[2], w = shape[3];
-            for (int i = 0; i < count; i++)
-                distort(lenet_tensor_cdata(images) + (size_t)i * h * w, lenet_tensor_data(distorted) + (size_t)i * h * w,
-                        h, w, -0.1f, &s->rng);
-            x = distorted;
-        }
-        st = lenet_model_forward(c->m, x, &y);
+        st = lenet_model_forward(c->m, images, &y);
         if (st != LENET_OK)
             break;
         if (!dy || lenet_tensor_dim(dy, 0) != count) {
@@ -646,7 +605,6 @@ static lenet_status train_pass(pass_context *c, run_state *s)
     }
     lenet_tensor_free(dy);
     lenet_tensor_free(hy);
-    lenet_tensor_free(distorted);
     return st;
 }
 
@@ -797,7 +755,7 @@ static char *resume_settings(options *o, lenet_model *m)
                     : strcmp(name, "running") == 0         ? asked->running == saved.running
                     : strcmp(name, "init") == 0            ? asked->init == saved.init
                     : strcmp(name, "limit") == 0           ? asked->limit == saved.limit
-                    : strcmp(name, "distort") == 0         ? asked->distort == saved.distort
+                    : strcmp(name, "distort") == 0 || strcmp(name, "distortions") == 0 ? asked->distort == saved.distort
                     : strcmp(name, "seed") == 0            ? asked->seed == saved.seed
                                                            : false;
         if (!same)
@@ -863,6 +821,8 @@ int main(int argc, char **argv)
     train_it = lenet_iter_create(train, r->batch, true, r->seed + 1);
     hessian_it = lenet_iter_create(train, 100, true, r->seed + 2);
     if (!opt || !train_it || !hessian_it)
+        goto fail;
+    if (r->distort && (st = set_distortions(train_it)) != LENET_OK)
         goto fail;
     if (o.resume) {
         /* The weights, the optimizer's state (SDLM's Hessian estimate, the step size) and the order of the
