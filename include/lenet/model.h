@@ -117,8 +117,8 @@ LENET_API lenet_status lenet_model_init(lenet_model *m, lenet_init scheme, uint6
 
 /**
  * Prints each layer's output shape for an input of (batch, channels, height, width), exactly as a PyTorch
- * loop `for layer in net: X = layer(X); print(layer.__class__.__name__, 'output shape: \t', X.shape)`:
- * "Conv2d output shape: \t torch.Size([1, 6, 28, 28])".  Builds the model from that input if it is not built;
+ * loop `for layer in net: X = layer(X); print(layer.__class__.__name__, 'output shape: \\t', X.shape)`:
+ * "Conv2d output shape: \\t torch.Size([1, 6, 28, 28])".  Builds the model from that input if it is not built;
  * a built model may be summarised for any input size its layers accept.  Nothing is printed on error.
  * @return LENET_OK; LENET_EINVAL; LENET_ESHAPE naming the layer that does not fit; LENET_EIO if writing fails.
  */
