@@ -338,11 +338,22 @@ static plan_figures measure_plan_backend(const lenet_plan *plan, int threads)
     return f;
 }
 
-/* The d2l LeNet's plan (max_batch 1000) on the backend lenet_plan_create chose for it, and the same plan on the
- * layers backend, measured in the same run so that their ratio holds on a loaded machine. */
-static plan_figures measure_plan(int threads, plan_figures *layers)
+/* The d2l LeNet's plan (max_batch 1000) on the backend lenet_plan_create chose for it, the same plan on the layers
+ * backend, and its int8 plan (calibrated on 256 inputs of the benchmark's pattern: the speed does not depend on the
+ * ranges), measured in the same run so that their ratios hold on a loaded machine. */
+static plan_figures measure_plan(int threads, plan_figures *layers, plan_figures *int8)
 {
     lenet_model *m = d2l_model();
+    lenet_tensor *calibration = lenet_tensor_create(4, (int[]){256, 1, 28, 28});
+    if (!calibration)
+        die("calibration");
+    fill(calibration, 11);
+    lenet_plan *quantized = lenet_plan_create_int8(m, 1000, calibration);
+    if (!quantized)
+        die("plan_create_int8");
+    *int8 = measure_plan_backend(quantized, threads);
+    lenet_plan_free(quantized);
+    lenet_tensor_free(calibration);
     lenet_plan *plan = lenet_plan_create(m, 1000);
     if (!plan)
         die("plan_create");
@@ -514,7 +525,7 @@ int main(int argc, char **argv)
     double infer = infer_images_per_sec(threads);
     double p50, p99;
     latency(1000, &p50, &p99);
-    plan_figures plan_layers, plan = measure_plan(threads, &plan_layers);
+    plan_figures plan_layers, plan_int8, plan = measure_plan(threads, &plan_layers, &plan_int8);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
 
@@ -536,17 +547,22 @@ int main(int argc, char **argv)
         printf("%-34s %14.1f %14s\n", "latency batch 1, p50 us", p50, "n/a");
         printf("%-34s %14.1f %14s\n", "latency batch 1, p99 us", p99, "n/a");
     }
-    printf("\n%-34s %14s %14s %8s\n", "d2l LeNet plan, max_batch 1000", plan.backend, plan_layers.backend, "ratio");
-    printf("%-34s %14.1f %14.1f %7.2fx\n", "plan latency batch 1, p50 us", plan.p50, plan_layers.p50,
-           plan_layers.p50 / plan.p50);
-    printf("%-34s %14.1f %14.1f %7.2fx\n", "plan latency batch 1, p99 us", plan.p99, plan_layers.p99,
-           plan_layers.p99 / plan.p99);
-    printf("%-34s %14.2f %14.2f %7.2fx\n", "plan latency batch 1, CPU p50 us", plan.cpu_p50, plan_layers.cpu_p50,
-           plan_layers.cpu_p50 / plan.cpu_p50);
-    printf("%-34s %14.0f %14.0f %7.2fx\n", "plan images/sec (batch 1000, N ws)", plan.batch_rate,
-           plan_layers.batch_rate, plan.batch_rate / plan_layers.batch_rate);
-    printf("%-34s %14.0f %14.0f %7.2fx\n", "plan images/CPU-sec, 1 thread", plan.cpu_rate, plan_layers.cpu_rate,
-           plan.cpu_rate / plan_layers.cpu_rate);
+    /* Ratios are speed-ups: of the chosen float backend over the layers backend, and of int8 over that float plan. */
+    printf("\n%-34s %9s %9s %9s %8s %8s\n", "d2l LeNet plan, max_batch 1000", plan.backend, plan_layers.backend,
+           "int8", "vs lay.", "int8 vs");
+    printf("%-34s %9.1f %9.1f %9.1f %7.2fx %7.2fx\n", "plan latency batch 1, p50 us", plan.p50, plan_layers.p50,
+           plan_int8.p50, plan_layers.p50 / plan.p50, plan.p50 / plan_int8.p50);
+    printf("%-34s %9.1f %9.1f %9.1f %7.2fx %7.2fx\n", "plan latency batch 1, p99 us", plan.p99, plan_layers.p99,
+           plan_int8.p99, plan_layers.p99 / plan.p99, plan.p99 / plan_int8.p99);
+    printf("%-34s %9.2f %9.2f %9.2f %7.2fx %7.2fx\n", "plan latency batch 1, CPU p50 us", plan.cpu_p50,
+           plan_layers.cpu_p50, plan_int8.cpu_p50, plan_layers.cpu_p50 / plan.cpu_p50,
+           plan.cpu_p50 / plan_int8.cpu_p50);
+    printf("%-34s %9.0f %9.0f %9.0f %7.2fx %7.2fx\n", "plan images/sec (batch 1000, N ws)", plan.batch_rate,
+           plan_layers.batch_rate, plan_int8.batch_rate, plan.batch_rate / plan_layers.batch_rate,
+           plan_int8.batch_rate / plan.batch_rate);
+    printf("%-34s %9.0f %9.0f %9.0f %7.2fx %7.2fx\n", "plan images/CPU-sec, 1 thread", plan.cpu_rate,
+           plan_layers.cpu_rate, plan_int8.cpu_rate, plan.cpu_rate / plan_layers.cpu_rate,
+           plan_int8.cpu_rate / plan.cpu_rate);
     printf("%-34s %14.2f\n", "thread scaling (N / 1 thread)", trainN / train1);
     printf("%-34s %14ld\n", "peak RSS of this benchmark, KB", ru.ru_maxrss);
     printf("(N = %d threads; PyTorch %s)\n", threads, torch.found ? "measured in this run" : "not installed");
@@ -572,6 +588,10 @@ int main(int argc, char **argv)
     if (json) {
         fprintf(json, "  \"bn_train_examples_per_sec\": %.1f,\n  \"pytorch_bn_train_examples_per_sec\": %.1f,\n",
                 bn_trainN, torch.bn_train);
+        fprintf(json,
+                "  \"plan_int8_latency_p50_us\": %.2f,\n  \"plan_int8_cpu_latency_p50_us\": %.2f,\n"
+                "  \"plan_int8_images_per_sec\": %.1f,\n  \"plan_int8_images_per_cpu_sec\": %.1f,\n",
+                plan_int8.p50, plan_int8.cpu_p50, plan_int8.batch_rate, plan_int8.cpu_rate);
         fprintf(json, "  \"ratio_train\": %.3f\n}\n", torch.found ? trainN / torch.train : 0.0);
         fclose(json);
     }
