@@ -119,6 +119,17 @@ typedef struct lenet_kernels {
      * weight matrix.  Plain loops over the columns of C, so unlike OpenBLAS's small-matrix kernels it never
      * allocates; tested against lenet__sgemm. */
     void (*gemm_nn)(int m, int n, int k, const float *a, int lda, const float *b, int ldb, float *c, int ldc);
+    /* BatchNorm's passes over one channel's count values at x[k * stride], sums in double, in partial sums of a
+     * fixed layout (the same result for any thread count):
+     * norm_moments: *sum += sum x, *squares += sum x^2;
+     * norm_affine: y = (x - centre) * scale + shift (y at the same positions);
+     * norm_backward: *sum += sum dy, *dot += sum dy (x - mean), and unless dx is NULL
+     *   dx = gain * (dy - dmean - (x - mean) * invstd * dxhat_mean). */
+    void (*norm_moments)(size_t count, size_t stride, const float *x, double *sum, double *squares);
+    void (*norm_affine)(size_t count, size_t stride, const float *x, float centre, float scale, float shift,
+                        float *y);
+    void (*norm_backward)(size_t count, size_t stride, const float *x, const float *dy, double mean, double invstd,
+                          double dmean, double dxhat_mean, float gain, float *dx, double *sum, double *dot);
 } lenet_kernels;
 
 /* The table for this CPU (the widest supported, or LENET_ISA's), chosen once; thread-safe. */

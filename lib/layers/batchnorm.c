@@ -16,6 +16,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels/kernels.h"
 #include "layers/layer.h"
 
 typedef struct batchnorm {
@@ -105,20 +106,32 @@ static void batch_moments(const batchnorm *b, const double *stats, int batch, in
     *var = v > 0.0 ? v : 0.0;
 }
 
+/* Channel c's values in a pass over n samples (n, C, plane), as runs for the kernels: `times` runs of `count`
+ * values `stride` apart, the first at `first`, each `step` after the one before.  BatchNorm2d: one run per sample
+ * (its plane); BatchNorm1d: a single run across the samples, one value per sample. */
+typedef struct channel_runs {
+    size_t first, count, stride, step;
+    int times;
+} channel_runs;
+
+static channel_runs runs_of(const batchnorm *b, int n, int c)
+{
+    if (b->plane == 1)
+        return (channel_runs){.first = (size_t)c, .count = (size_t)n, .stride = (size_t)b->channels, .times = 1};
+    return (channel_runs){.first = (size_t)c * b->plane, .count = b->plane, .stride = 1,
+                          .step = (size_t)b->channels * b->plane, .times = n};
+}
+
 static void batchnorm_forward_stats(const lenet_layer *l, const lenet_pass *p, double *partial)
 {
     const batchnorm *b = (const batchnorm *)l;
-    for (int i = 0; i < p->n; i++)
-        for (int c = 0; c < b->channels; c++) {
-            const float *x = p->x + ((size_t)i * b->channels + c) * b->plane;
-            double sum = 0.0, squares = 0.0;
-            for (size_t k = 0; k < b->plane; k++) {
-                sum += x[k];
-                squares += (double)x[k] * x[k];
-            }
-            partial[STATS_PER_CHANNEL * c] += sum;
-            partial[STATS_PER_CHANNEL * c + 1] += squares;
-        }
+    const lenet_kernels *kern = lenet__kernels();
+    for (int c = 0; c < b->channels; c++) {
+        const channel_runs r = runs_of(b, p->n, c);
+        for (int t = 0; t < r.times; t++)
+            kern->norm_moments(r.count, r.stride, p->x + r.first + (size_t)t * r.step,
+                               &partial[STATS_PER_CHANNEL * c], &partial[STATS_PER_CHANNEL * c + 1]);
+    }
 }
 
 static void normaliser(const lenet_layer *l, const lenet_pass *p, int c, double *mean, double *invstd);
@@ -127,14 +140,15 @@ static void normaliser(const lenet_layer *l, const lenet_pass *p, int c, double 
 static void batchnorm_forward(const lenet_layer *l, const lenet_pass *p, float *y)
 {
     const batchnorm *b = (const batchnorm *)l;
+    const lenet_kernels *kern = lenet__kernels();
     for (int c = 0; c < b->channels; c++) {
         double mean, invstd;
         normaliser(l, p, c, &mean, &invstd);
         const float centre = (float)mean, scale = (float)(l->param[0][c] * invstd), shift = l->param[1][c];
-        for (int i = 0; i < p->n; i++) {
-            const size_t at = ((size_t)i * b->channels + c) * b->plane;
-            for (size_t k = 0; k < b->plane; k++)
-                y[at + k] = (p->x[at + k] - centre) * scale + shift;
+        const channel_runs r = runs_of(b, p->n, c);
+        for (int t = 0; t < r.times; t++) {
+            const size_t at = r.first + (size_t)t * r.step;
+            kern->norm_affine(r.count, r.stride, p->x + at, centre, scale, shift, y + at);
         }
     }
 }
@@ -166,22 +180,30 @@ static void normaliser(const lenet_layer *l, const lenet_pass *p, int c, double 
     *invstd = 1.0 / sqrt(var + b->eps);
 }
 
+/* Channel c's sum dy and sum dy xhat over the pass, and dx when wanted (the statistics as `backward` has them). */
+static void channel_backward(const lenet_layer *l, const lenet_pass *p, int c, double dmean, double dxhat_mean,
+                             float *dx, double *sum, double *dot)
+{
+    const batchnorm *b = (const batchnorm *)l;
+    const lenet_kernels *kern = lenet__kernels();
+    double mean, invstd, centred_dot = 0.0;
+    normaliser(l, p, c, &mean, &invstd);
+    const float gain = (float)(l->param[0][c] * invstd);
+    const channel_runs r = runs_of(b, p->n, c);
+    for (int t = 0; t < r.times; t++) {
+        const size_t at = r.first + (size_t)t * r.step;
+        kern->norm_backward(r.count, r.stride, p->x + at, p->dy + at, mean, invstd, dmean, dxhat_mean, gain,
+                            dx ? dx + at : NULL, sum, &centred_dot);
+    }
+    *dot += centred_dot * invstd; /* sum dy xhat = invstd sum dy (x - mean) */
+}
+
 static void batchnorm_backward_stats(const lenet_layer *l, const lenet_pass *p, double *partial)
 {
     const batchnorm *b = (const batchnorm *)l;
-    for (int c = 0; c < b->channels; c++) {
-        double mean, invstd, sum = 0.0, dot = 0.0;
-        normaliser(l, p, c, &mean, &invstd);
-        for (int i = 0; i < p->n; i++) {
-            const size_t at = ((size_t)i * b->channels + c) * b->plane;
-            for (size_t k = 0; k < b->plane; k++) {
-                sum += p->dy[at + k];
-                dot += (double)p->dy[at + k] * ((p->x[at + k] - mean) * invstd);
-            }
-        }
-        partial[STATS_PER_CHANNEL * c] += sum;
-        partial[STATS_PER_CHANNEL * c + 1] += dot;
-    }
+    for (int c = 0; c < b->channels; c++)
+        channel_backward(l, p, c, 0.0, 0.0, NULL, &partial[STATS_PER_CHANNEL * c],
+                         &partial[STATS_PER_CHANNEL * c + 1]);
 }
 
 /* dweight += sum dy xhat, dbias += sum dy over the chunk; dx as in the file comment (training) or
@@ -190,26 +212,13 @@ static void batchnorm_backward(const lenet_layer *l, const lenet_pass *p)
 {
     const batchnorm *b = (const batchnorm *)l;
     for (int c = 0; c < b->channels; c++) {
-        double mean, invstd, sum = 0.0, dot = 0.0;
-        normaliser(l, p, c, &mean, &invstd);
-        double dmean = 0.0, dxhat_mean = 0.0;
+        double dmean = 0.0, dxhat_mean = 0.0, sum = 0.0, dot = 0.0;
         if (p->training) {
             const double n = count(b, p->batch);
             dmean = p->grad_stats[STATS_PER_CHANNEL * c] / n;
             dxhat_mean = p->grad_stats[STATS_PER_CHANNEL * c + 1] / n;
         }
-        const float gain = (float)(l->param[0][c] * invstd);
-        for (int i = 0; i < p->n; i++) {
-            const size_t at = ((size_t)i * b->channels + c) * b->plane;
-            for (size_t k = 0; k < b->plane; k++) {
-                const double xhat = (p->x[at + k] - mean) * invstd;
-                const float dy = p->dy[at + k];
-                sum += dy;
-                dot += (double)dy * xhat;
-                if (p->dx)
-                    p->dx[at + k] = gain * (float)(dy - dmean - xhat * dxhat_mean);
-            }
-        }
+        channel_backward(l, p, c, dmean, dxhat_mean, p->dx, &sum, &dot);
         p->grads[0][c] += (float)dot;
         p->grads[1][c] += (float)sum;
     }
