@@ -80,8 +80,10 @@ static inline __attribute__((always_inline)) __m512i lenet__i8_lookup64(lenet_i8
 
 /* ---- 16 channels a zmm register ---- */
 
+#define ZMAX8 2 /* vectors per block of 8 rows (two pooling windows): 16 accumulators */
 #define ZMAX4 4 /* vectors per block of 4 rows: 16 accumulators */
 #define ZMAX1 8
+#define ZROWS 8 /* the most rows a block takes */
 
 static inline int32_t load32(const uint8_t *p)
 {
@@ -129,14 +131,14 @@ static inline void zstore(uint8_t *dst, __m512i v, int count)
 static inline __attribute__((always_inline)) void zblock(const lenet_i8_conv *cv, int R, int V,
                                                          const uint8_t *const *in, uint8_t *const *out, int v0)
 {
-    __m512i acc[4][ZMAX1];
+    __m512i acc[ZROWS][ZMAX1];
     for (int r = 0; r < R; r++)
         for (int v = 0; v < V; v++)
             acc[r][v] = _mm512_setzero_si512();
     const size_t row = (size_t)cv->w * cv->c, step = (size_t)cv->ocp * 4;
     const int8_t *wp = cv->weight + (size_t)v0 * 64;
     for (int ky = 0; ky < cv->k; ky++) {
-        const uint8_t *p[4];
+        const uint8_t *p[ZROWS];
         for (int r = 0; r < R; r++)
             p[r] = in[r] + ky * row;
         for (int g = 0; g < cv->groups; g++, wp += step) {
@@ -155,14 +157,15 @@ static inline __attribute__((always_inline)) void zblock(const lenet_i8_conv *cv
         table = lenet__i8_table_load(cv->table8);
     for (int v = 0; v < V; v++) {
         const int o = 16 * (v0 + v), count = cv->oc - o < 16 ? cv->oc - o : 16;
-        __m512i q[4];
+        __m512i q[ZROWS];
         for (int r = 0; r < R; r++) {
             q[r] = zfinish(cv, acc[r][v], o);
             if (cv->table)
                 q[r] = lenet__i8_lookup16(table, q[r]);
         }
-        if (R == 4 && cv->pool != LENET_I8_POOL_NONE) {
-            zstore(out[0] + o, zpool4(cv->pool, q[0], q[1], q[2], q[3]), count);
+        if (R % 4 == 0 && cv->pool != LENET_I8_POOL_NONE) { /* rows 4w..4w+3: pooling window w */
+            for (int r = 0; r < R; r += 4)
+                zstore(out[r] + o, zpool4(cv->pool, q[r], q[r + 1], q[r + 2], q[r + 3]), count);
         } else {
             for (int r = 0; r < R; r++)
                 zstore(out[r] + o, q[r], count);
@@ -179,6 +182,19 @@ static void zrows4(const lenet_i8_conv *cv, const uint8_t *const *in, uint8_t *c
         case 2: zblock(cv, 4, 2, in, out, v0); break;
         case 3: zblock(cv, 4, 3, in, out, v0); break;
         case 4: zblock(cv, 4, 4, in, out, v0); break;
+        }
+    }
+}
+
+/* Two pooling windows at once: with 16 channels (one vector) four rows keep only four multiply-add chains in flight,
+ * too few to fill VPDPBUSD's pipelines; eight keep eight. */
+static void zrows8(const lenet_i8_conv *cv, const uint8_t *const *in, uint8_t *const *out)
+{
+    const int vectors = (cv->oc + 15) / 16;
+    for (int v0 = 0; v0 < vectors; v0 += ZMAX8) {
+        switch (vectors - v0 < ZMAX8 ? vectors - v0 : ZMAX8) {
+        case 1: zblock(cv, 8, 1, in, out, v0); break;
+        case 2: zblock(cv, 8, 2, in, out, v0); break;
         }
     }
 }
@@ -539,21 +555,35 @@ static void conv_avx512vnni(const lenet_i8_conv *cv, int n, const uint8_t *x, ui
         conv_avxvnni_evex(cv, n, x, y);
         return;
     }
-    const size_t in_size = (size_t)cv->h * cv->w * cv->c, pixel = (size_t)cv->c, out_size = lenet__i8_conv_out_size(cv);
+    const size_t in_size = (size_t)cv->h * cv->w * cv->c, pixel = (size_t)cv->c;
     const size_t step_y = (size_t)cv->s * cv->w * pixel, step_x = (size_t)cv->s * pixel;
     if (cv->pool != LENET_I8_POOL_NONE) {
+        /* The windows of the whole batch in output order, two at a time (a row of 5 windows pairs across rows). */
         const int ph = cv->oh / 2, pw = cv->ow / 2;
-        for (int i = 0; i < n; i++) {
-            uint8_t *dst = y + (size_t)i * out_size;
-            for (int py = 0; py < ph; py++) {
-                for (int px = 0; px < pw; px++, dst += cv->oc) {
-                    const uint8_t *at = x + (size_t)i * in_size + (size_t)(2 * py) * step_y + (size_t)(2 * px) * step_x;
-                    const uint8_t *in[4] = {at, at + step_x, at + step_y, at + step_y + step_x};
-                    uint8_t *out[4] = {dst, dst, dst, dst};
-                    zrows4(cv, in, out);
+        const size_t windows = (size_t)n * ph * pw;
+        const uint8_t *in[8];
+        uint8_t *out[8];
+        int i = 0, py = 0, px = 0;
+        for (size_t wi = 0; wi < windows; wi++) {
+            const size_t t = 4 * (wi % 2);
+            const uint8_t *at = x + (size_t)i * in_size + (size_t)(2 * py) * step_y + (size_t)(2 * px) * step_x;
+            in[t] = at;
+            in[t + 1] = at + step_x;
+            in[t + 2] = at + step_y;
+            in[t + 3] = at + step_y + step_x;
+            out[t] = out[t + 1] = out[t + 2] = out[t + 3] = y + wi * (size_t)cv->oc;
+            if (++px == pw) {
+                px = 0;
+                if (++py == ph) {
+                    py = 0;
+                    i++;
                 }
             }
+            if (t == 4)
+                zrows8(cv, in, out);
         }
+        if (windows % 2)
+            zrows4(cv, in, out);
         return;
     }
     const size_t rows = (size_t)n * cv->oh * cv->ow;
