@@ -84,6 +84,19 @@ bool lenet__i8_kernels_force(const char *isa);
 /* The names of the tables this CPU and build can run, narrowest first; returns how many (at most max). */
 size_t lenet__i8_kernels_available(const char **names, size_t max);
 
+/* Steps (i, y, x) to the next of a batch's h x w positions in order (x fastest, then y, then the sample i): the
+ * kernels walk a batch's output pixels or pooling windows as one sequence, so groups of them span rows and samples. */
+static inline void lenet__i8_next_position(int *i, int *y, int *x, int h, int w)
+{
+    if (++*x == w) {
+        *x = 0;
+        if (++*y == h) {
+            *y = 0;
+            ++*i;
+        }
+    }
+}
+
 /* ---- TFLite's fixed-point arithmetic (int8.c) ---- */
 
 /* QuantizeMultiplier: m (>= 0) = multiplier * 2^(shift - 31) with multiplier 0 or in [2^30, 2^31); multipliers

@@ -572,13 +572,7 @@ static void conv_avx512vnni(const lenet_i8_conv *cv, int n, const uint8_t *x, ui
             in[t + 2] = at + step_y;
             in[t + 3] = at + step_y + step_x;
             out[t] = out[t + 1] = out[t + 2] = out[t + 3] = y + wi * (size_t)cv->oc;
-            if (++px == pw) {
-                px = 0;
-                if (++py == ph) {
-                    py = 0;
-                    i++;
-                }
-            }
+            lenet__i8_next_position(&i, &py, &px, ph, pw);
             if (t == 4)
                 zrows8(cv, in, out);
         }
@@ -594,13 +588,7 @@ static void conv_avx512vnni(const lenet_i8_conv *cv, int n, const uint8_t *x, ui
         const size_t t = r % 4;
         in[t] = x + (size_t)i * in_size + (size_t)oy * step_y + (size_t)ox * step_x;
         out[t] = y + r * (size_t)cv->oc;
-        if (++ox == cv->ow) {
-            ox = 0;
-            if (++oy == cv->oh) {
-                oy = 0;
-                i++;
-            }
-        }
+        lenet__i8_next_position(&i, &oy, &ox, cv->oh, cv->ow);
         if (t == 3)
             zrows4(cv, in, out);
     }

@@ -243,13 +243,7 @@ static void FN(conv)(const lenet_i8_conv *cv, int n, const uint8_t *x, uint8_t *
         const size_t t = r % 4;
         in[t] = x + (size_t)i * in_size + (size_t)oy * step_y + (size_t)ox * step_x;
         out[t] = y + r * (size_t)cv->oc;
-        if (++ox == cv->ow) {
-            ox = 0;
-            if (++oy == cv->oh) {
-                oy = 0;
-                i++;
-            }
-        }
+        lenet__i8_next_position(&i, &oy, &ox, cv->oh, cv->ow);
         if (t == 3)
             FN(rows4)(cv, in, out);
     }
