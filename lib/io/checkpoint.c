@@ -125,6 +125,16 @@ static lenet_status check_liblenet_file(const lenet_st_file *f)
 
 /* ---- saving ---- */
 
+lenet_status lenet__ckpt_add_header(lenet_st_writer *w, const lenet_model *m)
+{
+    char version[16];
+    snprintf(version, sizeof version, "%d", LENET_CKPT_FORMAT_VERSION);
+    lenet__st_add_meta(w, "format", "pt");
+    lenet__st_add_meta(w, "liblenet_format", version);
+    lenet__st_add_meta(w, "liblenet_version", LENET_VERSION_STRING);
+    return lenet__ckpt_add_json_meta(w, "architecture", lenet__ckpt_arch_json(m));
+}
+
 static lenet_status save(const lenet_model *m, const lenet_optimizer *o, const lenet_iter *it, const char *note,
                          const char *path, const char *who)
 {
@@ -143,12 +153,7 @@ static lenet_status save(const lenet_model *m, const lenet_optimizer *o, const l
     lenet_status st = lenet__st_writer_init(&w);
     if (st != LENET_OK)
         return st;
-    char version[16];
-    snprintf(version, sizeof version, "%d", LENET_CKPT_FORMAT_VERSION);
-    lenet__st_add_meta(&w, "format", "pt");
-    lenet__st_add_meta(&w, "liblenet_format", version);
-    lenet__st_add_meta(&w, "liblenet_version", LENET_VERSION_STRING);
-    st = lenet__ckpt_add_json_meta(&w, "architecture", lenet__ckpt_arch_json(m));
+    st = lenet__ckpt_add_header(&w, m);
     if (st == LENET_OK)
         st = lenet__ckpt_write_model(&w, m);
     if (st == LENET_OK && o)

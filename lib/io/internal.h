@@ -142,6 +142,9 @@ lenet_status lenet__ckpt_meta_json(const lenet_st_file *f, const char *key, stru
 bool lenet__ckpt_add_exact(struct cJSON *to, const char *key, double v);
 /* Adds metadata `key` holding `json` (printed by cJSON, freed here; NULL means it could not be printed). */
 lenet_status lenet__ckpt_add_json_meta(lenet_st_writer *w, const char *key, char *json);
+/* What every model file starts with: the format metadata ("format": "pt", the liblenet format and version) and
+ * m's architecture.  A writer that fails stays failed (see lenet__st_writer_init). */
+lenet_status lenet__ckpt_add_header(lenet_st_writer *w, const lenet_model *m);
 /* True for the names of a model's tensors, which start with a digit ("0.weight", "1.running_mean"), unlike
  * training state ("optimizer.", "iterator."). */
 bool lenet__ckpt_is_model_tensor(const char *name);

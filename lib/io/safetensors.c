@@ -726,23 +726,39 @@ static lenet_status add_entry(lenet_st_writer *w, const char *name, lenet_st_dty
     return LENET_OK;
 }
 
-lenet_status lenet__st_add_f32(lenet_st_writer *w, const char *name, int ndim, const int *shape, const float *values)
+/* Room for a tensor of `shape` with elements of `width` bytes at the end of the data: its element count, its
+ * dimensions as the header writes them and where it begins; NULL (the writer failed) for a failed writer, an
+ * impossible shape or no memory. */
+static unsigned char *reserve_tensor(lenet_st_writer *w, const char *name, int ndim, const int *shape, size_t width,
+                                     double *dims, size_t *numel, size_t *begin)
 {
     if (w->failed)
-        return w->status;
-    double dims[LENET_ST_MAX_DIMS];
-    size_t numel = 1, bytes;
+        return NULL;
+    size_t bytes;
     bool overflow = ndim < 0 || ndim > LENET_ST_MAX_DIMS;
+    *numel = 1;
     for (int i = 0; i < ndim && !overflow; i++) {
         dims[i] = shape[i];
-        overflow = shape[i] < 0 || lenet__mul_overflows(numel, (size_t)shape[i], &numel);
+        overflow = shape[i] < 0 || lenet__mul_overflows(*numel, (size_t)shape[i], numel);
     }
-    if (overflow || lenet__mul_overflows(numel, 4, &bytes))
-        return writer_fail(w, lenet__fail(LENET_EINVAL, "tensor \"%s\" has an impossible shape", name));
-    size_t begin = w->data_size;
+    if (overflow || lenet__mul_overflows(*numel, width, &bytes)) {
+        writer_fail(w, lenet__fail(LENET_EINVAL, "tensor \"%s\" has an impossible shape", name));
+        return NULL;
+    }
+    *begin = w->data_size;
     unsigned char *p = reserve(w, bytes);
     if (!p)
-        return writer_fail(w, lenet__oom("safetensors data"));
+        writer_fail(w, lenet__oom("safetensors data"));
+    return p;
+}
+
+lenet_status lenet__st_add_f32(lenet_st_writer *w, const char *name, int ndim, const int *shape, const float *values)
+{
+    double dims[LENET_ST_MAX_DIMS];
+    size_t numel, begin;
+    unsigned char *p = reserve_tensor(w, name, ndim, shape, 4, dims, &numel, &begin);
+    if (!p)
+        return w->status;
     for (size_t i = 0; i < numel; i++) {
         uint32_t bits;
         memcpy(&bits, &values[i], sizeof bits);
@@ -753,21 +769,11 @@ lenet_status lenet__st_add_f32(lenet_st_writer *w, const char *name, int ndim, c
 
 lenet_status lenet__st_add_i64(lenet_st_writer *w, const char *name, int ndim, const int *shape, const int64_t *values)
 {
-    if (w->failed)
-        return w->status;
     double dims[LENET_ST_MAX_DIMS];
-    size_t numel = 1, bytes;
-    bool overflow = ndim < 0 || ndim > LENET_ST_MAX_DIMS;
-    for (int i = 0; i < ndim && !overflow; i++) {
-        dims[i] = shape[i];
-        overflow = shape[i] < 0 || lenet__mul_overflows(numel, (size_t)shape[i], &numel);
-    }
-    if (overflow || lenet__mul_overflows(numel, 8, &bytes))
-        return writer_fail(w, lenet__fail(LENET_EINVAL, "tensor \"%s\" has an impossible shape", name));
-    size_t begin = w->data_size;
-    unsigned char *p = reserve(w, bytes);
+    size_t numel, begin;
+    unsigned char *p = reserve_tensor(w, name, ndim, shape, 8, dims, &numel, &begin);
     if (!p)
-        return writer_fail(w, lenet__oom("safetensors data"));
+        return w->status;
     for (size_t i = 0; i < numel; i++)
         store_le(p + 8 * i, (uint64_t)values[i], 8); /* two's complement, as int64_t is */
     return add_entry(w, name, LENET_ST_I64, ndim, dims, begin);

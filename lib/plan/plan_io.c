@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include "io/internal.h"
-#include "lenet/version.h"
 #include "plan/internal.h"
 
 /* Version of the "liblenet_plan" metadata and of what the backends add; readers refuse newer ones. */
@@ -38,12 +37,7 @@ lenet_status lenet_plan_save(const lenet_plan *p, const char *path)
     lenet_status st = lenet__st_writer_init(&w);
     if (st != LENET_OK)
         return st;
-    char version[16];
-    snprintf(version, sizeof version, "%d", LENET_CKPT_FORMAT_VERSION);
-    lenet__st_add_meta(&w, "format", "pt");
-    lenet__st_add_meta(&w, "liblenet_format", version);
-    lenet__st_add_meta(&w, "liblenet_version", LENET_VERSION_STRING);
-    st = lenet__ckpt_add_json_meta(&w, "architecture", lenet__ckpt_arch_json(p->net));
+    st = lenet__ckpt_add_header(&w, p->net);
     if (st == LENET_OK)
         st = lenet__ckpt_add_json_meta(&w, "liblenet_plan", plan_json(p));
     if (st == LENET_OK)
