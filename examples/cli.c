@@ -80,9 +80,12 @@ lenet_dataset *cli_open_idx(const char *prog, const char *dir, const char *prefi
         const char *why = lenet_last_error();
         /* The library's message names the file; name both if it ever does not. */
         if (strstr(why, images) || strstr(why, labels))
-            fprintf(stderr, "%s: %s; install it with: %s\n", prog, why, install_hint);
+            fprintf(stderr, "%s: %s", prog, why);
         else
-            fprintf(stderr, "%s: %s, %s: %s; install it with: %s\n", prog, images, labels, why, install_hint);
+            fprintf(stderr, "%s: %s, %s: %s", prog, images, labels, why);
+        if (install_hint)
+            fprintf(stderr, "; install it with: %s", install_hint);
+        fputc('\n', stderr);
     }
 done:
     free(images);

@@ -19,7 +19,8 @@ int cli_parse_u64(const char *prog, const char *opt, const char *arg, uint64_t *
 
 /* Opens `dir`/`prefix`-images-idx3-ubyte.gz and the matching labels (the raw file when the .gz one does not
  * exist), prefix "train" or "t10k".  On failure prints ONE line to stderr: the program, the library's message
- * (which names the file and what is wrong), then "install it with: `install_hint`", and returns NULL. */
+ * (which names the file and what is wrong), then "install it with: `install_hint`" unless install_hint is NULL
+ * (a directory the user named: installing the default data set would not help), and returns NULL. */
 lenet_dataset *cli_open_idx(const char *prog, const char *dir, const char *prefix, const char *install_hint);
 
 /* Progress of the training passes on a stream (stderr): a redrawn bar with epoch, batch i/n, running loss

@@ -62,7 +62,7 @@ enum optimizer { OPTIMIZER_SGD, OPTIMIZER_ADAM, OPTIMIZER_ADAMW };
 typedef struct options {
     int epochs, batch_size, threads;
     float lr, momentum, weight_decay, dropout;
-    bool lr_given, momentum_given, weight_decay_given, optimizer_given, cosine, schedule_given, summary, quiet;
+    bool data_given, seed_given, lr_given, momentum_given, weight_decay_given, optimizer_given, cosine, schedule_given, summary, quiet;
     uint64_t seed;
     enum variant variant;
     enum optimizer optimizer;
@@ -183,7 +183,10 @@ static int parse_options(int argc, char **argv, options *o)
             }
             break;
         case BATCH: bad = cli_parse_int(PROG, "--batch-size", optarg, 1, 1 << 20, &o->batch_size); break;
-        case SEED: bad = cli_parse_u64(PROG, "--seed", optarg, &o->seed); break;
+        case SEED:
+            bad = cli_parse_u64(PROG, "--seed", optarg, &o->seed);
+            o->seed_given = true;
+            break;
         case THREADS: bad = cli_parse_int(PROG, "--threads", optarg, 1, 1024, &o->threads); break;
         case DATASET:
             if (strcmp(optarg, "fashion") == 0)
@@ -195,7 +198,10 @@ static int parse_options(int argc, char **argv, options *o)
                 bad = -1;
             }
             break;
-        case DATA: o->data = optarg; break;
+        case DATA:
+            o->data = optarg;
+            o->data_given = true;
+            break;
         case VARIANT:
             if (strcmp(optarg, "d2l") == 0)
                 o->variant = VARIANT_D2L;
@@ -813,13 +819,13 @@ static int d2l_main(int argc, char **argv)
         goto done;
     if (o.activations && make_directory(o.activations) != 0)
         goto done;
-    const char *hint = o.dataset == DATASET_MNIST ? MNIST_HINT : INSTALL_HINT;
+    const char *hint = o.data_given ? NULL : o.dataset == DATASET_MNIST ? MNIST_HINT : INSTALL_HINT;
     if (!(train = cli_open_idx(PROG, o.data, "train", hint)) || !(test = cli_open_idx(PROG, o.data, "t10k", hint)))
         goto done;
     if (lenet_dataset_height(train) != 28 || lenet_dataset_width(train) != 28 || lenet_dataset_height(test) != 28 ||
         lenet_dataset_width(test) != 28) {
-        fprintf(stderr, PROG ": %s: the images are not 28x28, so this is not %s; install it with: %s\n", o.data,
-                dataset_name(o.dataset), hint);
+        fprintf(stderr, PROG ": %s: the images are not 28x28, so this is not %s%s%s\n", o.data,
+                dataset_name(o.dataset), hint ? "; install it with: " : "", hint ? hint : "");
         goto done;
     }
     /* The best variant starts from PyTorch's default weights (Kaiming-uniform), made for ReLU; BatchNorm makes the
@@ -847,6 +853,11 @@ static int d2l_main(int argc, char **argv)
     if (o.resume) {
         /* The checkpoint restores the weights, the learning rate, and the shuffling generator, so the run
          * continues bit-identically; its note holds the epochs done and the curves so far. */
+        if (o.lr_given || o.seed_given) {
+            const char *what = o.lr_given && o.seed_given ? "--lr and --seed are" : o.lr_given ? "--lr is" : "--seed is";
+            fprintf(stderr, PROG ": warning: %s ignored: --resume continues the run saved in %s with its own\n", what,
+                    o.resume);
+        }
         size_t note_size = 64 + (size_t)MAX_EPOCHS * POINTS_PER_EPOCH * NOTE_LINE;
         char *note = malloc(note_size);
         int done_epochs = 0, parsed_note = -1;
@@ -959,14 +970,20 @@ static int d2l_main(int argc, char **argv)
         csv = NULL;
         if (fclose(f) != 0)
             goto csv_fail;
+        tool_announce(o.quiet, o.csv, NULL);
+    }
+    if (o.save && last_epoch >= first_epoch) {
+        char what[64];
+        snprintf(what, sizeof what, "checkpoint after epoch %d", last_epoch);
+        tool_announce(o.quiet, o.save, what);
     }
     status = tool_interrupted() ? TOOL_EXIT_INTERRUPTED : 0;
 #ifdef LENET_HAVE_CAIRO
     if (o.plot) {
         if (write_plot(o.plot, &c, &o) != 0)
             status = 1;
-        else if (!o.quiet)
-            fprintf(stderr, "wrote %s\n", o.plot);
+        else
+            tool_announce(o.quiet, o.plot, NULL);
     }
     if (o.activations && write_activations(o.activations, test, net, &o) != 0)
         status = 1;
