@@ -351,21 +351,10 @@ static inline __attribute__((always_inline)) __m256i pixel_pool_pair(const pixel
     return _mm512_cvtepi16_epi8(_mm512_add_epi16(average, _mm512_set1_epi16(128)));
 }
 
-/* requantize + zero point, clamp for 16 values of channel o. */
+/* requantize + zero point, clamp for 16 values of channel o (u = q + 128). */
 static inline __attribute__((always_inline)) __m512i pixel_finish(const pixel_layer *ly, __m512i acc, int o)
 {
-    const __m512i multiplier = _mm512_set1_epi32(ly->multiplier[o]), nudge = _mm512_set1_epi64(INT64_C(1) << 30);
-    const int shift = ly->shift[o];
-    const __m512i even = _mm512_add_epi64(_mm512_mul_epi32(acc, multiplier), nudge);
-    const __m512i odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc, 32), multiplier), nudge);
-    const __m512i high = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 31), _mm512_slli_epi64(odd, 1));
-    const __m512i mask = _mm512_set1_epi32((int32_t)((INT64_C(1) << shift) - 1));
-    const __m512i threshold = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(((INT64_C(1) << shift) - 1) >> 1)),
-                                               _mm512_srli_epi32(high, 31));
-    const __m512i shifted = _mm512_sra_epi32(high, _mm_cvtsi32_si128(shift));
-    __m512i v = _mm512_mask_add_epi32(shifted, _mm512_cmpgt_epi32_mask(_mm512_and_si512(high, mask), threshold),
-                                      shifted, _mm512_set1_epi32(1));
-    v = _mm512_add_epi32(v, _mm512_set1_epi32(ly->zero));
+    const __m512i v = _mm512_add_epi32(pixel_requantize(ly, acc, o), _mm512_set1_epi32(128));
     return _mm512_max_epi32(_mm512_min_epi32(v, _mm512_set1_epi32(ly->hi)), _mm512_set1_epi32(ly->lo));
 }
 
