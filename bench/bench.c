@@ -76,42 +76,6 @@ static double process_cpu(void)
 
 static double cpu_rate; /* examples per CPU-second of the last 1-thread run: immune to other processes' load */
 
-static double train_examples_per_sec(int threads, int batches)
-{
-    lenet_threads_set(threads);
-    lenet_model *m = d2l_model();
-    lenet_optimizer *o = lenet_sgd_create(m, 0.9f, 0.0f, 0.0f);
-    lenet_tensor *x = lenet_tensor_create(4, (int[]){BATCH, 1, 28, 28});
-    lenet_tensor *dy = lenet_tensor_create(2, (int[]){BATCH, 10});
-    int32_t labels[BATCH];
-    for (int i = 0; i < BATCH; i++)
-        labels[i] = i % 10;
-    fill(x, 1);
-    double best = 0.0;
-    for (int rep = 0; rep < 3; rep++) {
-        double t = now(), c = process_cpu();
-        for (int b = 0; b < batches; b++) {
-            const lenet_tensor *y;
-            float loss;
-            if (lenet_model_forward(m, x, &y) != LENET_OK || lenet_cross_entropy(y, labels, &loss, dy) != LENET_OK)
-                die("train step");
-            lenet_model_zero_grad(m);
-            lenet_model_backward(m, dy);
-            lenet_optimizer_step(o);
-        }
-        double rate = batches * BATCH / (now() - t);
-        best = rate > best ? rate : best;
-        double per_cpu = batches * BATCH / (process_cpu() - c);
-        if (threads == 1 && per_cpu > cpu_rate)
-            cpu_rate = per_cpu;
-    }
-    lenet_tensor_free(x);
-    lenet_tensor_free(dy);
-    lenet_optimizer_free(o);
-    lenet_model_free(m);
-    return best;
-}
-
 /* d2l's BatchNorm LeNet: BatchNorm after every convolution and hidden Linear, whole-batch statistics in training. */
 static lenet_model *bn_model(void)
 {
@@ -129,38 +93,52 @@ static lenet_model *bn_model(void)
     return m;
 }
 
-/* Training examples/sec of the BatchNorm LeNet (SGD lr 0.1, batches of 128), best of 3. */
-static double bn_train_examples_per_sec(int threads, int batches)
+/* Training examples/sec of model m (SGD at lr, plain, in-memory batches of 128 of a fixed pattern), best of 3; the
+ * best examples per CPU-second into *per_cpu unless it is NULL.  Frees m. */
+static double train_rate(lenet_model *m, float lr, unsigned pattern, int threads, int batches, double *per_cpu)
 {
     lenet_threads_set(threads);
-    lenet_model *m = bn_model();
-    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.0f, 0.0f);
+    lenet_optimizer *o = lenet_sgd_create(m, lr, 0.0f, 0.0f);
     lenet_tensor *x = lenet_tensor_create(4, (int[]){BATCH, 1, 28, 28});
     lenet_tensor *dy = lenet_tensor_create(2, (int[]){BATCH, 10});
     int32_t labels[BATCH];
     for (int i = 0; i < BATCH; i++)
         labels[i] = i % 10;
-    fill(x, 5);
+    fill(x, pattern);
     double best = 0.0;
     for (int rep = 0; rep < 3; rep++) {
-        double t = now();
+        double t = now(), c = process_cpu();
         for (int b = 0; b < batches; b++) {
             const lenet_tensor *y;
             float loss;
             if (lenet_model_forward(m, x, &y) != LENET_OK || lenet_cross_entropy(y, labels, &loss, dy) != LENET_OK)
-                die("bn train step");
+                die("train step");
             lenet_model_zero_grad(m);
             lenet_model_backward(m, dy);
             lenet_optimizer_step(o);
         }
         double rate = batches * BATCH / (now() - t);
         best = rate > best ? rate : best;
+        const double cpu = batches * BATCH / (process_cpu() - c);
+        if (per_cpu && cpu > *per_cpu)
+            *per_cpu = cpu;
     }
     lenet_tensor_free(x);
     lenet_tensor_free(dy);
     lenet_optimizer_free(o);
     lenet_model_free(m);
     return best;
+}
+
+static double train_examples_per_sec(int threads, int batches)
+{
+    return train_rate(d2l_model(), 0.9f, 1, threads, batches, threads == 1 ? &cpu_rate : NULL);
+}
+
+/* The BatchNorm LeNet at lr 0.1, as d2l trains it. */
+static double bn_train_examples_per_sec(int threads, int batches)
+{
+    return train_rate(bn_model(), 0.1f, 5, threads, batches, NULL);
 }
 
 static double infer_images_per_sec(int threads)
