@@ -48,6 +48,19 @@ int cli_parse_u64(const char *prog, const char *opt, const char *arg, uint64_t *
     return 0;
 }
 
+int cli_parse_choice(const char *prog, const char *opt, const char *arg, const char *const *names, int count, int *out)
+{
+    for (int i = 0; i < count; i++)
+        if (strcmp(arg, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    fprintf(stderr, "%s: %s: '%s' is not ", prog, opt, arg);
+    for (int i = 0; i < count; i++)
+        fprintf(stderr, "%s%s", names[i], i + 2 < count ? ", " : i + 1 < count ? " or " : "\n");
+    return -1;
+}
+
 /* dir/name.gz if it exists or the raw dir/name does not; else dir/name.  Returns a malloc'ed path or NULL. */
 static char *idx_path(const char *dir, const char *name)
 {

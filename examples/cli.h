@@ -16,6 +16,8 @@
 int cli_parse_int(const char *prog, const char *opt, const char *arg, long min, long max, int *out);
 int cli_parse_float(const char *prog, const char *opt, const char *arg, double min, double max, float *out);
 int cli_parse_u64(const char *prog, const char *opt, const char *arg, uint64_t *out);
+/* One of `count` names: *out = its index, or "prog: --opt: 'x' is not a, b or c" to stderr and -1. */
+int cli_parse_choice(const char *prog, const char *opt, const char *arg, const char *const *names, int count, int *out);
 
 /* Opens `dir`/`prefix`-images-idx3-ubyte.gz and the matching labels (the raw file when the .gz one does not
  * exist), prefix "train" or "t10k".  On failure prints ONE line to stderr: the program, the library's message

@@ -143,7 +143,7 @@ static int parse_options(int argc, char **argv, options *o)
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        int bad = 0;
+        int bad = 0, choice = 0;
         switch (c) {
         case EPOCHS: bad = cli_parse_int(PROG, "--epochs", optarg, 1, MAX_EPOCHS, &o->epochs); break;
         case LR:
@@ -156,16 +156,9 @@ static int parse_options(int argc, char **argv, options *o)
             break;
         case OPTIMIZER:
             o->optimizer_given = true;
-            if (strcmp(optarg, "sgd") == 0)
-                o->optimizer = OPTIMIZER_SGD;
-            else if (strcmp(optarg, "adam") == 0)
-                o->optimizer = OPTIMIZER_ADAM;
-            else if (strcmp(optarg, "adamw") == 0)
-                o->optimizer = OPTIMIZER_ADAMW;
-            else {
-                fprintf(stderr, PROG ": --optimizer: '%s' is not sgd, adam or adamw\n", optarg);
-                bad = -1;
-            }
+            if (!(bad = cli_parse_choice(PROG, "--optimizer", optarg, (const char *const[]){"sgd", "adam", "adamw"},
+                                         3, &choice)))
+                o->optimizer = (enum optimizer)choice;
             break;
         case WEIGHT_DECAY:
             bad = cli_parse_float(PROG, "--weight-decay", optarg, 0.0, 1.0, &o->weight_decay);
@@ -173,14 +166,9 @@ static int parse_options(int argc, char **argv, options *o)
             break;
         case SCHEDULE:
             o->schedule_given = true;
-            if (strcmp(optarg, "constant") == 0) {
-                o->cosine = false;
-            } else if (strcmp(optarg, "cosine") == 0) {
-                o->cosine = true;
-            } else {
-                fprintf(stderr, PROG ": --schedule: '%s' is neither constant nor cosine\n", optarg);
-                bad = 1;
-            }
+            if (!(bad = cli_parse_choice(PROG, "--schedule", optarg, (const char *const[]){"constant", "cosine"}, 2,
+                                         &choice)))
+                o->cosine = choice == 1;
             break;
         case BATCH: bad = cli_parse_int(PROG, "--batch-size", optarg, 1, 1 << 20, &o->batch_size); break;
         case SEED:
@@ -189,32 +177,18 @@ static int parse_options(int argc, char **argv, options *o)
             break;
         case THREADS: bad = cli_parse_int(PROG, "--threads", optarg, 1, 1024, &o->threads); break;
         case DATASET:
-            if (strcmp(optarg, "fashion") == 0)
-                o->dataset = DATASET_FASHION;
-            else if (strcmp(optarg, "mnist") == 0)
-                o->dataset = DATASET_MNIST;
-            else {
-                fprintf(stderr, PROG ": --dataset: '%s' is neither fashion nor mnist\n", optarg);
-                bad = -1;
-            }
+            if (!(bad = cli_parse_choice(PROG, "--dataset", optarg, (const char *const[]){"fashion", "mnist"}, 2,
+                                         &choice)))
+                o->dataset = (enum dataset)choice;
             break;
         case DATA:
             o->data = optarg;
             o->data_given = true;
             break;
         case VARIANT:
-            if (strcmp(optarg, "d2l") == 0)
-                o->variant = VARIANT_D2L;
-            else if (strcmp(optarg, "modern") == 0)
-                o->variant = VARIANT_MODERN;
-            else if (strcmp(optarg, "bn") == 0)
-                o->variant = VARIANT_BN;
-            else if (strcmp(optarg, "best") == 0)
-                o->variant = VARIANT_BEST;
-            else {
-                fprintf(stderr, PROG ": --variant: '%s' is not d2l, modern, bn or best\n", optarg);
-                bad = -1;
-            }
+            if (!(bad = cli_parse_choice(PROG, "--variant", optarg,
+                                         (const char *const[]){"d2l", "modern", "bn", "best"}, 4, &choice)))
+                o->variant = (enum variant)choice;
             break;
         case DROPOUT:
             bad = cli_parse_float(PROG, "--dropout", optarg, 0.0, 0.99, &o->dropout);
