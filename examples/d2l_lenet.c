@@ -284,6 +284,17 @@ static const char *dataset_name(enum dataset d)
     return d == DATASET_MNIST ? "MNIST" : "Fashion-MNIST";
 }
 
+/* m built for 1x28x28 images, or NULL (m freed) when a layer or the build failed: lenet_model_add takes every layer,
+ * also the NULL of a failed constructor, and a failed add is sticky, so the build returns the first failure. */
+static lenet_model *built(lenet_model *m)
+{
+    if (lenet_model_build(m, 1, 28, 28) != LENET_OK) {
+        lenet_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
 /* The best variant, 87,754 parameters:
  *   Conv2d(16, k3, p1) BatchNorm2d ReLU MaxPool2d(2, 2)                               16@14x14
  *   Conv2d(32, k3, p1) BatchNorm2d ReLU Conv2d(64, k3, p1) BatchNorm2d ReLU MaxPool2d(2, 2)   64@7x7
@@ -310,11 +321,7 @@ static lenet_model *build_best(float dropout)
     if (dropout > 0)
         lenet_model_add(m, lenet_dropout(dropout));
     lenet_model_add(m, lenet_linear(10));
-    if (lenet_model_build(m, 1, 28, 28) != LENET_OK) {
-        lenet_model_free(m);
-        return NULL;
-    }
-    return m;
+    return built(m);
 }
 
 /* The network of variant v as d2l's nn.Sequential, built for 1x28x28 images:
@@ -335,8 +342,6 @@ static lenet_model *build_network(enum variant v, float dropout)
     lenet_model *m = lenet_model_create();
     if (!m)
         return NULL;
-    /* lenet_model_add takes every layer, also the NULL of a failed constructor, and a failed add is sticky:
-     * lenet_model_build returns the first failure. */
     static const int channels[] = {6, 16}, hidden[] = {120, 84};
     for (int k = 0; k < 2; k++) {
         lenet_model_add(m, lenet_conv2d(channels[k], 5, 1, k == 0 && !bn ? 2 : 0));
@@ -355,11 +360,7 @@ static lenet_model *build_network(enum variant v, float dropout)
             lenet_model_add(m, lenet_dropout(dropout));
     }
     lenet_model_add(m, lenet_linear(10));
-    if (lenet_model_build(m, 1, 28, 28) != LENET_OK) {
-        lenet_model_free(m);
-        return NULL;
-    }
-    return m;
+    return built(m);
 }
 
 /* Training curves: the running train loss and accuracy at the fifths of each epoch and the test accuracy at

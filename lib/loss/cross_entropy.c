@@ -6,29 +6,33 @@
 #include "lenet/loss.h"
 #include "loss/internal.h"
 
-/* loss_i = log(sum_j e^(z_j - max)) - (z_label - max): stable for any magnitude, in double.  The row's logits are
- * finite (checked by the caller). */
-static double row_term(const float *z, int k, int32_t label)
+/* sum_j e^(z_j - max) in double, and the row's max, which makes every term at most 1 for any magnitude.  The row's
+ * logits are finite (checked by the caller). */
+static double row_exp_sum(const float *z, int k, float *zmax)
 {
-    float zmax = z[0];
-    for (int j = 0; j < k; j++)
-        zmax = z[j] > zmax ? z[j] : zmax;
+    float top = z[0];
+    for (int j = 1; j < k; j++)
+        top = z[j] > top ? z[j] : top;
     double sum = 0.0;
     for (int j = 0; j < k; j++)
-        sum += exp((double)z[j] - zmax);
-    double lse = log(sum);
+        sum += exp((double)z[j] - top);
+    *zmax = top;
+    return sum;
+}
+
+/* loss_i = log(sum_j e^(z_j - max)) - (z_label - max) */
+static double row_term(const float *z, int k, int32_t label)
+{
+    float zmax;
+    const double lse = log(row_exp_sum(z, k, &zmax));
     return lse - ((double)z[label] - zmax);
 }
 
 /* d loss / d z_ij = (softmax_ij - [j == label_i]) / n */
 static void row_gradient(const float *z, int k, int32_t label, int n, float *g)
 {
-    float zmax = z[0];
-    for (int j = 1; j < k; j++)
-        zmax = z[j] > zmax ? z[j] : zmax;
-    double sum = 0.0;
-    for (int j = 0; j < k; j++)
-        sum += exp((double)z[j] - zmax);
+    float zmax;
+    const double sum = row_exp_sum(z, k, &zmax);
     for (int j = 0; j < k; j++)
         g[j] = (float)((exp((double)z[j] - zmax) / sum - (j == label)) / n);
 }
