@@ -565,22 +565,8 @@ static lenet_status classify_int8(const lenet_model *m, int8_run *run, const len
     if (!y)
         return LENET_ENOMEM;
     lenet_status st = lenet_plan_run(run->plan, run->work, run->size, x, y);
-    /* The plan gives raw outputs: apply lenet_model_classify's rule, under which LeNet-5's RBF outputs are
-     * penalties (the smallest wins, probabilities are the softmax of their negation). */
-    const lenet_layer *last = lenet_model_layer(m, lenet_model_layer_count(m) - 1);
-    const double sign = last && strcmp(lenet_layer_name(last), "EuclideanRBF") == 0 ? -1.0 : 1.0;
-    for (int i = 0; st == LENET_OK && i < count; i++) {
-        const float *row = lenet_tensor_cdata(y) + (size_t)i * classes;
-        int best = 0;
-        for (int k = 1; k < classes; k++)
-            best = sign * row[k] > sign * row[best] ? k : best;
-        predicted[i] = best;
-        double sum = 0.0;
-        for (int k = 0; k < classes; k++)
-            sum += exp(sign * ((double)row[k] - row[best]));
-        for (int k = 0; k < classes; k++)
-            probs[(size_t)i * classes + k] = (float)(exp(sign * ((double)row[k] - row[best])) / sum);
-    }
+    if (st == LENET_OK)
+        st = lenet_plan_classify(run->plan, y, predicted, probs);
     lenet_tensor_free(y);
     return st;
 }

@@ -12,6 +12,7 @@
 
 #include <math.h>
 #include <mpi.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -581,6 +582,60 @@ START_TEST(test_set_comm_is_collective_refuses_a_null_model_everywhere_and_detac
 }
 END_TEST
 
+/* The last rank raises its stop flag after its second batch, as its own Ctrl-C handler would. */
+static volatile sig_atomic_t stop_flag;
+
+static void stop_on_last_rank(void *user, size_t done, size_t total, const lenet_metrics *so_far)
+{
+    (void)user, (void)total, (void)so_far;
+    if (rank == size - 1 && done == 80)
+        stop_flag = 1;
+}
+
+START_TEST(test_a_stop_on_one_rank_stops_every_rank_at_the_same_batch)
+{
+    lenet_model *m = make_model(D2L);
+    ck_assert_lenet_ok(lenet_model_set_comm(m, MPI_COMM_WORLD));
+    lenet_optimizer *o = make_optimizer(D2L, m);
+    lenet_iter *it = lenet_iter_create(train_set, 40, true, 42);
+    ck_assert_ptr_nonnull(it);
+
+    /* A flag on one rank only is refused at the first batch, not left waiting. */
+    stop_flag = 0;
+    ck_assert_lenet_ok(lenet_model_set_stop_flag(m, rank == 0 ? &stop_flag : NULL));
+    lenet_status st = lenet_train_epoch(m, o, it, NULL, NULL, NULL);
+    ck_assert_everywhere(st == LENET_ESTATE && strstr(lenet_last_error(), "stop flag") != NULL,
+                         "a stop flag on one rank only was not refused naming it");
+    lenet_iter_free(it);
+    it = lenet_iter_create(train_set, 40, true, 42);
+    ck_assert_ptr_nonnull(it);
+
+    ck_assert_lenet_ok(lenet_model_set_stop_flag(m, &stop_flag));
+    lenet_metrics mt = {0};
+    st = lenet_train_epoch(m, o, it, stop_on_last_rank, NULL, &mt);
+    ck_assert_everywhere(st == LENET_STOPPED, "not every rank stopped");
+    ck_assert_everywhere(lenet_iter_position(it) == 80 && mt.examples == 80 && lenet_optimizer_step_count(o) == 2,
+                         "a rank stopped at another batch");
+    size_t n;
+    float *params = copy_tensors(m, false, &n), *first = malloc(n * sizeof *first);
+    ck_assert_ptr_nonnull(first);
+    memcpy(first, params, n * sizeof *first);
+    MPI_Bcast(first, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD);
+    ck_assert_everywhere(memcmp(first, params, n * sizeof *params) == 0, "the ranks' parameters differ");
+    free(first);
+    free(params);
+
+    /* Lowered everywhere: the pass ends. */
+    stop_flag = 0;
+    st = lenet_train_epoch(m, o, it, NULL, NULL, &mt);
+    ck_assert_everywhere(st == LENET_OK && mt.examples == TRAIN - 80 && lenet_optimizer_epoch_count(o) == 1,
+                         "the stopped pass did not continue to its end");
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+}
+END_TEST
+
 static void setup(void)
 {
     idx_dir_create();
@@ -620,6 +675,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_ranks_with_other_batch_sizes_or_weights_are_refused_at_the_first_step);
     tcase_add_test(tc, test_every_rank_sees_the_same_global_batches_and_runs_a_contiguous_share_of_their_chunks);
     tcase_add_test(tc, test_set_comm_is_collective_refuses_a_null_model_everywhere_and_detaches);
+    tcase_add_test(tc, test_a_stop_on_one_rank_stops_every_rank_at_the_same_batch);
     suite_add_tcase(s, tc);
     int status = lenet_test_run(s);
     /* Every rank must pass: a failure on one fails the run. */

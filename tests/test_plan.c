@@ -434,6 +434,53 @@ START_TEST(test_a_plan_outlives_its_model_and_folds_batchnorm_away)
 }
 END_TEST
 
+START_TEST(test_plan_classify_applies_the_models_rule_to_scores_and_to_penalties)
+{
+    /* On predict's own outputs, lenet_plan_classify gives exactly what lenet_model_classify gives: the largest of
+     * the d2l LeNet's scores, the smallest of LeNet-5's RBF penalties. */
+    for (size_t k = 0; k < sizeof NETWORKS / sizeof NETWORKS[0]; k++) {
+        const network *net = &NETWORKS[k];
+        if (strcmp(net->name, "d2l") != 0 && strcmp(net->name, "lenet5") != 0)
+            continue;
+        lenet_model *m = net->make();
+        lenet_plan *p = lenet_plan_create(m, 8);
+        ck_assert_msg(p != NULL, "%s: %s", net->name, lenet_last_error());
+        enum { N = 6 };
+        lenet_tensor *x = lenet_tensor_create(4, (int[]){N, net->c, net->h, net->w});
+        lenet_test_fill(x, 300, -1.0f, 2.0f);
+        const int outputs = (int)lenet_model_output_size(m);
+        lenet_tensor *y = lenet_tensor_create(2, (int[]){N, outputs});
+        ck_assert_lenet_ok(lenet_model_predict(m, x, y));
+        int32_t want[N], got[N];
+        float want_probs[N * 10], got_probs[N * 10];
+        ck_assert_int_eq(outputs, 10);
+        ck_assert_lenet_ok(lenet_model_classify(m, x, want, want_probs));
+        ck_assert_lenet_ok(lenet_plan_classify(p, y, got, got_probs));
+        for (int i = 0; i < N; i++) {
+            const float *row = lenet_tensor_cdata(y) + (size_t)i * outputs;
+            int extreme = 0;
+            for (int j = 1; j < outputs; j++)
+                if (strcmp(net->name, "lenet5") == 0 ? row[j] < row[extreme] : row[j] > row[extreme])
+                    extreme = j;
+            ck_assert_int_eq(got[i], want[i]);
+            ck_assert_int_eq(got[i], extreme);
+        }
+        ck_assert_mem_eq(got_probs, want_probs, sizeof got_probs);
+        ck_assert_lenet_ok(lenet_plan_classify(p, y, NULL, NULL));
+
+        ck_assert_int_eq(lenet_plan_classify(NULL, y, got, NULL), LENET_EINVAL);
+        ck_assert_int_eq(lenet_plan_classify(p, NULL, got, NULL), LENET_EINVAL);
+        lenet_tensor *wrong = lenet_tensor_create(2, (int[]){N, outputs + 1});
+        ck_assert_int_eq(lenet_plan_classify(p, wrong, got, NULL), LENET_ESHAPE);
+        lenet_tensor_free(wrong);
+        lenet_tensor_free(x);
+        lenet_tensor_free(y);
+        lenet_plan_free(p);
+        lenet_model_free(m);
+    }
+}
+END_TEST
+
 START_TEST(test_plan_errors_are_statuses_and_write_nothing)
 {
     lenet_model *m = lenet_test_d2l_model();
@@ -561,6 +608,7 @@ int main(void)
     tcase_add_test(tc, test_a_plan_runs_a_batch_of_1000);
     tcase_add_test(tc, test_a_plan_outlives_its_model_and_folds_batchnorm_away);
     tcase_add_test(tc, test_plan_errors_are_statuses_and_write_nothing);
+    tcase_add_test(tc, test_plan_classify_applies_the_models_rule_to_scores_and_to_penalties);
     tcase_add_test(tc, test_a_layer_kind_outside_the_library_is_unsupported_by_name);
     tcase_add_test(tc, test_many_threads_run_one_plan_at_once_with_a_workspace_each);
     tcase_add_test(tc, test_fused_plans_give_predicts_outputs_from_a_workspace_of_nans);

@@ -1,6 +1,7 @@
 /* The training loop and evaluation, on a small separable data set written as IDX files by the test:
  * 8x8 images whose left half is bright (class 0) or whose right half is bright (class 1). */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -824,6 +825,140 @@ START_TEST(test_a_model_built_for_another_input_size_is_eshape)
 }
 END_TEST
 
+/* A stop flag that the progress callback raises after call `at` (0: never), as a signal handler would. */
+typedef struct stopper {
+    volatile sig_atomic_t flag;
+    int calls, at;
+} stopper;
+
+static void stop_at(void *user, size_t done, size_t total, const lenet_metrics *so_far)
+{
+    (void)done, (void)total, (void)so_far;
+    stopper *s = user;
+    if (++s->calls == s->at)
+        s->flag = 1;
+}
+
+/* An SGD with momentum and a per-epoch step schedule, so that a pass counted twice or not at all shows. */
+static lenet_optimizer *stepped_sgd(lenet_model *m)
+{
+    lenet_optimizer *o = lenet_sgd_create(m, 0.1f, 0.5f, 1e-3f);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_lenet_ok(lenet_optimizer_set_schedule(o, lenet_schedule_step(1, 0.5f), LENET_SCHEDULE_PER_EPOCH));
+    return o;
+}
+
+START_TEST(test_a_stopped_pass_continues_where_it_stopped_bit_identically)
+{
+    /* 40 examples in batches of 8: stopped after the second batch, the pass resumes, from the same objects and
+     * from a checkpoint saved at the stop, to exactly the parameters of two uninterrupted passes. */
+    lenet_dataset *d = halves("set", 40, 31, NULL);
+    lenet_model *ref = tiny_model(SIDE, 2, 32);
+    lenet_optimizer *oref = stepped_sgd(ref);
+    lenet_iter *iref = lenet_iter_create(d, 8, true, 33);
+    ck_assert_ptr_nonnull(iref);
+    for (int epoch = 0; epoch < 2; epoch++)
+        ck_assert_lenet_ok(lenet_train_epoch(ref, oref, iref, NULL, NULL, NULL));
+    float *expected = snapshot(ref);
+
+    lenet_model *m = tiny_model(SIDE, 2, 32);
+    lenet_optimizer *o = stepped_sgd(m);
+    lenet_iter *it = lenet_iter_create(d, 8, true, 33);
+    ck_assert_ptr_nonnull(it);
+    stopper stop = {.at = 2};
+    ck_assert_lenet_ok(lenet_model_set_stop_flag(m, &stop.flag));
+    lenet_metrics mt = {0};
+    ck_assert_int_eq(lenet_train_epoch(m, o, it, stop_at, &stop, &mt), LENET_STOPPED);
+    ck_assert_int_eq(stop.calls, 2);
+    ck_assert_uint_eq(mt.examples, 16);
+    ck_assert(mt.loss > 0 && mt.accuracy >= 0 && mt.accuracy <= 1);
+    ck_assert_uint_eq(lenet_iter_position(it), 16);
+    ck_assert_uint_eq(lenet_optimizer_epoch_count(o), 0);
+    ck_assert_str_eq(lenet_status_str(LENET_STOPPED), "stopped on request");
+
+    const char *path = idx_write("stopped.safetensors", "", 0); /* the path: the save replaces the file */
+    ck_assert_lenet_ok(lenet_checkpoint_save(m, o, it, "stopped", path));
+
+    /* The same objects, flag lowered: the rest of the pass, then a whole one. */
+    stop.flag = 0;
+    stop.at = 0;
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, &mt));
+    ck_assert_uint_eq(mt.examples, 24);
+    ck_assert_uint_eq(lenet_optimizer_epoch_count(o), 1);
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, &mt));
+    ck_assert_uint_eq(mt.examples, 40);
+    assert_params_equal(m, expected, "continued on the same objects");
+
+    /* New objects loaded from the checkpoint of the stop. */
+    lenet_model *r = tiny_model(SIDE, 2, 99);
+    lenet_optimizer *orr = stepped_sgd(r);
+    lenet_iter *ir = lenet_iter_create(d, 8, true, 33);
+    ck_assert_ptr_nonnull(ir);
+    char note[16];
+    ck_assert_lenet_ok(lenet_checkpoint_load(r, orr, ir, path, note, sizeof note));
+    ck_assert_uint_eq(lenet_iter_position(ir), 16);
+    for (int epoch = 0; epoch < 2; epoch++)
+        ck_assert_lenet_ok(lenet_train_epoch(r, orr, ir, NULL, NULL, NULL));
+    assert_params_equal(r, expected, "resumed from the checkpoint of the stop");
+
+    free(expected);
+    lenet_iter_free(ir);
+    lenet_optimizer_free(orr);
+    lenet_model_free(r);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_iter_free(iref);
+    lenet_optimizer_free(oref);
+    lenet_model_free(ref);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_a_stop_flag_ends_only_passes_with_batches_left_and_evaluation_ignores_it)
+{
+    lenet_dataset *d = halves("set", 40, 34, NULL);
+    lenet_model *m = tiny_model(SIDE, 2, 35);
+    lenet_optimizer *o = stepped_sgd(m);
+    lenet_iter *it = lenet_iter_create(d, 8, true, 36);
+    ck_assert_ptr_nonnull(it);
+    stopper stop = {.at = 5};
+    ck_assert_int_eq(lenet_model_set_stop_flag(NULL, &stop.flag), LENET_EINVAL);
+    ck_assert_lenet_ok(lenet_model_set_stop_flag(m, &stop.flag));
+
+    /* Raised during the last batch: the pass is whole. */
+    lenet_metrics mt = {0};
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, stop_at, &stop, &mt));
+    ck_assert_uint_eq(mt.examples, 40);
+    ck_assert_uint_eq(lenet_optimizer_epoch_count(o), 1);
+
+    /* Already raised: one batch, then the stop; the library never lowers the flag. */
+    ck_assert_int_eq(lenet_train_epoch(m, o, it, NULL, NULL, &mt), LENET_STOPPED);
+    ck_assert_uint_eq(mt.examples, 8);
+    ck_assert_int_eq(stop.flag, 1);
+    ck_assert_int_eq(lenet_train_epoch_with(m, o, it, NULL, NULL, NULL, &mt), LENET_STOPPED);
+    ck_assert_uint_eq(lenet_iter_position(it), 16);
+
+    /* Evaluation reads no flag. */
+    lenet_iter *test = lenet_iter_create(d, 8, false, 0);
+    ck_assert_ptr_nonnull(test);
+    ck_assert_lenet_ok(lenet_evaluate(m, test, &mt));
+    ck_assert_uint_eq(mt.examples, 40);
+
+    /* Removed: the pass runs to its end. */
+    ck_assert_lenet_ok(lenet_model_set_stop_flag(m, NULL));
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, &mt));
+    ck_assert_uint_eq(mt.examples, 24);
+    ck_assert_uint_eq(lenet_optimizer_epoch_count(o), 2);
+
+    lenet_iter_free(test);
+    lenet_iter_free(it);
+    lenet_optimizer_free(o);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("train");
@@ -834,6 +969,8 @@ int main(void)
     tcase_add_test(tc, test_evaluate_matches_a_manual_pass_and_leaves_the_parameters);
     tcase_add_test(tc, test_consecutive_epochs_match_a_manual_loop_that_resets_the_iterator);
     tcase_add_test(tc, test_an_epoch_runs_from_the_iterator_position_to_its_end);
+    tcase_add_test(tc, test_a_stopped_pass_continues_where_it_stopped_bit_identically);
+    tcase_add_test(tc, test_a_stop_flag_ends_only_passes_with_batches_left_and_evaluation_ignores_it);
     tcase_add_test(tc, test_a_diverging_loss_is_enumeric_and_keeps_the_last_finite_parameters);
     tcase_add_test(tc, test_a_step_that_overflows_the_parameters_is_rolled_back);
     tcase_add_test(tc, test_labels_outside_the_model_classes_are_einval);

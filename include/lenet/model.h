@@ -8,6 +8,7 @@
 #ifndef LENET_MODEL_H
 #define LENET_MODEL_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -95,6 +96,24 @@ LENET_API lenet_status lenet_model_set_training(lenet_model *m, bool training);
 
 /** Returns true when the model is in training mode (false for NULL). */
 LENET_API bool lenet_model_is_training(const lenet_model *m);
+
+/**
+ * Lets a training pass stop between two batches, for Ctrl-C or a time limit.  While @p flag is installed,
+ * lenet_train_epoch() and lenet_train_epoch_with() read `*flag` after each batch's step (and its progress call);
+ * when it is non-zero and the pass has batches left, they return LENET_STOPPED: the batch under way was finished
+ * and stepped, the iterator stands at the next batch (so lenet_checkpoint_save() then resumes mid-pass, and the
+ * next lenet_train_epoch() call continues the pass where it stopped), the metrics are those of the batches this
+ * call trained, and the pass does not count as an epoch for per-epoch schedules.  A pass whose last batch is done
+ * returns LENET_OK as usual.  A pass trains at least one batch whatever the flag says; evaluation reads no flag.
+ *
+ * The flag is the caller's (borrowed; it must outlive its installation) and the library never writes it: a signal
+ * handler may set it, since reading a `volatile sig_atomic_t` is all the library does with it, and the caller
+ * clears it.  Install or remove it between passes, not from a progress callback.  With a communicator (lenet_model_set_comm()) every process must install a flag; after each batch the
+ * processes then agree, and all of them stop at the same batch when any one's flag is set.
+ * @param flag the flag to read, or NULL to remove it.
+ * @return LENET_OK; LENET_EINVAL for a NULL model.
+ */
+LENET_API lenet_status lenet_model_set_stop_flag(lenet_model *m, const volatile sig_atomic_t *flag);
 
 /** Returns true once lenet_model_build() (or the first forward or summary) has succeeded. */
 LENET_API bool lenet_model_is_built(const lenet_model *m);

@@ -98,6 +98,16 @@ LENET_API lenet_status lenet_plan_save(const lenet_plan *p, const char *path);
  */
 LENET_API lenet_plan *lenet_plan_load(const char *path);
 
+/**
+ * Classifies the outputs @p y of lenet_plan_run() (N rows, borrowed) as lenet_model_classify() classifies the
+ * model's: for each row the class in @p classes (N entries, may be NULL) and the softmax in @p probs (N * outputs
+ * floats, may be NULL), by the largest output, or the smallest when the network's last layer gives penalties
+ * (LeNet-5's EuclideanRBF), whose softmax is then that of the negated outputs.  Allocates nothing; thread-safe.
+ * @return LENET_OK; LENET_EINVAL for NULL; LENET_ESHAPE if @p y is not of the plan's output shape.
+ */
+LENET_API lenet_status lenet_plan_classify(const lenet_plan *p, const lenet_tensor *y, int32_t *classes,
+                                           float *probs);
+
 /** Frees the plan.  Harmless on NULL. */
 LENET_API void lenet_plan_free(lenet_plan *p);
 

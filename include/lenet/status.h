@@ -18,6 +18,7 @@ extern "C" {
 typedef enum lenet_status {
     LENET_OK = 0,               /**< Success. */
     LENET_DONE = 1,             /**< An iterator has no more batches: not an error. */
+    LENET_STOPPED = 2,          /**< A training pass stopped early on request (lenet_model_set_stop_flag()). */
     LENET_EINVAL = -1,          /**< An argument is invalid (NULL handle, non-positive size, label out of range). */
     LENET_ENOMEM = -2,          /**< An allocation failed; nothing leaked and the objects are unchanged. */
     LENET_EIO = -3,             /**< A file could not be opened, read or written. */

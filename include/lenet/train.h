@@ -42,7 +42,9 @@ typedef void (*lenet_progress_fn)(void *user, size_t done, size_t total, const l
  * @param progress may be NULL; @param out may be NULL.
  * @return LENET_OK; LENET_EINVAL; LENET_ESHAPE if the batches do not fit the model; LENET_ENUMERIC if the loss,
  *         a gradient or an updated parameter becomes NaN or infinite (the parameters and the optimizer's state,
- *         momentum or Hessian estimate included, are left as they were before that step).
+ *         momentum or Hessian estimate included, are left as they were before that step); LENET_STOPPED (not an
+ *         error) when the model's stop flag ended the pass early (lenet_model_set_stop_flag()): @p out then holds
+ *         the metrics of the batches trained, and calling again continues the pass.
  */
 LENET_API lenet_status lenet_train_epoch(lenet_model *m, lenet_optimizer *o, lenet_iter *train,
                                          lenet_progress_fn progress, void *user, lenet_metrics *out);

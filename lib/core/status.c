@@ -16,6 +16,7 @@ const char *lenet_status_str(lenet_status s)
     switch (s) {
     case LENET_OK: return "ok";
     case LENET_DONE: return "done";
+    case LENET_STOPPED: return "stopped on request";
     case LENET_EINVAL: return "invalid argument";
     case LENET_ENOMEM: return "out of memory";
     case LENET_EIO: return "input/output error";

@@ -30,6 +30,7 @@
  * agree_samples: agree as agree does, and in the same exchange gather `samples`: `batch` samples of `per_sample`
  *     (at most 2) doubles, this process having filled the samples of its own chunks; on LENET_OK every process holds
  *     all of them.
+ * any: every process passes whether it asks for something (a stop); all get whether any process did.
  * reserve: makes sure sum_floats can sum rows of `count` floats, and agree_samples gather `batch` samples, without
  *     allocating; called while a batch is prepared, before the processes agree on how that went (a failed exchange
  *     could not be agreed on).
@@ -46,6 +47,7 @@ typedef struct lenet_reducer {
     lenet_status (*agree_samples)(void *ctx, lenet_status st, unsigned key, double *samples, int batch,
                                   int per_sample);
     lenet_status (*reserve)(void *ctx, size_t count, int batch);
+    lenet_status (*any)(void *ctx, bool mine, bool *any);
     void (*destroy)(void *ctx);
     void *ctx;
 } lenet_reducer;
@@ -128,6 +130,7 @@ struct lenet_model {
     float *bbuf[2];         /* batch-sized gradients at whole-batch layers' outputs (only when there are some) */
     const lenet_reducer *reducer; /* the engine's: in-process, or `comm` while the training loop runs */
     lenet_reducer *comm;          /* the training loop's communicator (lenet_model_set_comm), NULL for none */
+    const volatile sig_atomic_t *stop_flag; /* the caller's (lenet_model_set_stop_flag), NULL for none */
 
     /* Training buffers, grown to the largest batch seen.  A batch is cut into chunks of LENET_CHUNK samples that
      * run in parallel; each chunk owns the slices [start, start + n) of acts and its own gradient buffer, and the
@@ -191,6 +194,10 @@ void lenet__model_own_chunks(const lenet_model *m, int batch, int *first, int *c
 void lenet__model_own_samples(const lenet_model *m, int batch, int *begin, int *end);
 /* Checks that y is (batch, the model's output shape). */
 lenet_status lenet__model_check_output(const lenet_model *m, const lenet_tensor *y, int batch, const char *who);
+
+/* lenet_model_classify's rule on n rows of k outputs `y` of the built model m: the class and the softmax of each row,
+ * by the largest output, or the smallest when the last layer gives penalties.  classes and probs may be NULL. */
+void lenet__classify_rows(const lenet_model *m, const float *y, int n, int k, int32_t *classes, float *probs);
 /* Floats of scratch the layers need for n samples, rounded up to 64 bytes. */
 size_t lenet__model_max_workspace(const lenet_model *m, int n);
 /* Scratch for running one chunk through the model: two ping-pong activation buffers of *act floats and a

@@ -142,6 +142,14 @@ bool lenet_model_is_training(const lenet_model *m)
     return m && m->training;
 }
 
+lenet_status lenet_model_set_stop_flag(lenet_model *m, const volatile sig_atomic_t *flag)
+{
+    if (!m)
+        return lenet__fail(LENET_EINVAL, "model_set_stop_flag: model is NULL");
+    m->stop_flag = flag;
+    return LENET_OK;
+}
+
 lenet_status lenet_model_input_shape(const lenet_model *m, int *channels, int *height, int *width)
 {
     if (!m)

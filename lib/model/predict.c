@@ -112,11 +112,20 @@ lenet_status lenet_model_classify(const lenet_model *m, const lenet_tensor *x, i
     if (!y)
         return LENET_ENOMEM;
     st = lenet_model_predict(m, x, y);
+    if (st == LENET_OK)
+        lenet__classify_rows(m, y->data, n, k, classes, probs);
+    lenet_tensor_free(y);
+    return st;
+}
+
+void lenet__classify_rows(const lenet_model *m, const float *y, int n, int k, int32_t *classes, float *probs)
+{
     /* Scores: the class is the largest and probs their softmax; penalties: the smallest, and the softmax of -y. */
-    const double sign = last->ops->penalties ? -1.0 : 1.0;
-    for (int i = 0; st == LENET_OK && i < n; i++) {
-        const float *row = y->data + (size_t)i * k;
-        const int best = last->ops->penalties ? lenet__argmin(row, k) : lenet__argmax(row, k);
+    const bool penalties = m->layers[m->n_layers - 1]->ops->penalties;
+    const double sign = penalties ? -1.0 : 1.0;
+    for (int i = 0; i < n; i++) {
+        const float *row = y + (size_t)i * k;
+        const int best = penalties ? lenet__argmin(row, k) : lenet__argmax(row, k);
         if (classes)
             classes[i] = best;
         if (probs) {
@@ -127,6 +136,4 @@ lenet_status lenet_model_classify(const lenet_model *m, const lenet_tensor *x, i
                 probs[(size_t)i * k + j] = (float)(exp(sign * ((double)row[j] - row[best])) / sum);
         }
     }
-    lenet_tensor_free(y);
-    return st;
 }

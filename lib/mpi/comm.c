@@ -22,7 +22,8 @@
  *   sample order by every process; or, for a criterion, the batch's outputs (gather_samples), gathered in place.
  * Failures: agree is an Allreduce(MINLOC) of (key, rank) over the failing processes (agree_samples finds the same in
  * its records), then a broadcast of the winner's status and message.  A failed MPI call is recorded; later exchanges
- * are skipped and agree reports it. */
+ * are skipped and agree reports it.
+ * A stop (any) is an Allreduce(LOR) after each batch, made only when the processes installed stop flags. */
 #include <limits.h>
 #include <math.h>
 #include <mpi.h>
@@ -418,6 +419,18 @@ static void broadcast(void *ctx, void *buf, size_t bytes, int root)
     failed(b, MPI_Bcast(buf, (int)bytes, MPI_BYTE, root, b->comm), "MPI_Bcast");
 }
 
+static lenet_status any(void *ctx, bool mine, bool *any)
+{
+    mpi_backend *b = ctx;
+    int in = mine, out = 0;
+    if (b->broken == LENET_OK)
+        failed(b, MPI_Allreduce(&in, &out, 1, MPI_INT, MPI_LOR, b->comm), "MPI_Allreduce (agreeing on a stop)");
+    if (b->broken != LENET_OK)
+        return lenet__fail(b->broken, "%s", b->broken_message);
+    *any = out != 0;
+    return LENET_OK;
+}
+
 /* The status and message that travel from the failing process to all. */
 typedef struct verdict {
     int status;
@@ -549,7 +562,7 @@ static mpi_backend *backend_create(MPI_Comm comm, int rank, int size)
     b->reducer = (lenet_reducer){
         .rank = rank, .size = size, .sum_floats = sum_floats, .sum_doubles = sum_doubles,
         .gather_samples = gather_samples, .agree = agree, .broadcast = broadcast, .agree_samples = agree_samples,
-        .reserve = reserve,
+        .reserve = reserve, .any = any,
         .destroy = destroy, .ctx = b,
     };
     b->counts = lenet__calloc((size_t)size, sizeof *b->counts);

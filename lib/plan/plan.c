@@ -160,6 +160,20 @@ lenet_status lenet_plan_run(const lenet_plan *p, void *workspace, size_t workspa
     return LENET_OK;
 }
 
+lenet_status lenet_plan_classify(const lenet_plan *p, const lenet_tensor *y, int32_t *classes, float *probs)
+{
+    if (!p || !y)
+        return lenet__fail(LENET_EINVAL, "plan_classify: %s is NULL", !p ? "plan" : "outputs");
+    const int n = y->ndim > 0 ? y->shape[0] : 0;
+    if (n < 1)
+        return lenet__fail(LENET_ESHAPE, "plan_classify: the outputs must be (N, ...) with N >= 1");
+    lenet_status st = lenet__model_check_output(p->net, y, n, "plan_classify");
+    if (st != LENET_OK)
+        return st;
+    lenet__classify_rows(p->net, y->data, n, (int)lenet__model_out_size(p->net), classes, probs);
+    return LENET_OK;
+}
+
 void lenet_plan_free(lenet_plan *p)
 {
     if (!p)

@@ -330,7 +330,7 @@ static lenet_status run_batch(lenet_model *m, lenet_optimizer *o, const lenet_cr
 /* What the processes of a pass must hold alike, compared with rank 0's at the pass's first batch. */
 enum {
     FP_VALID, FP_BATCH, FP_EXAMPLES, FP_POSITION, FP_ITER_BATCH, FP_ITER_STATE, FP_LAYERS, FP_ARCH, FP_PARAMS,
-    FP_PARAM_VALUES, FP_BUFFER_VALUES, FP_STREAM, FP_OPTIMIZER, FP_OPTIM_STATE, FP_MODE, FP_COUNT
+    FP_PARAM_VALUES, FP_BUFFER_VALUES, FP_STREAM, FP_OPTIMIZER, FP_OPTIM_STATE, FP_MODE, FP_STOP, FP_COUNT
 };
 
 static const struct {
@@ -352,6 +352,7 @@ static const struct {
     [FP_OPTIMIZER] = {"the optimizer's kind, learning rate or step count", false},
     [FP_OPTIM_STATE] = {"the optimizer's state (momentum, moments)", false},
     [FP_MODE] = {"training or evaluating", true},
+    [FP_STOP] = {"whether a stop flag is installed (lenet_model_set_stop_flag on every process or on none)", true},
 };
 
 /* A running hash of bytes, 8 at a time: only compared between processes of one run. */
@@ -433,6 +434,7 @@ static void fingerprint(const lenet_model *m, const lenet_optimizer *o, const le
         }
     }
     fp[FP_MODE] = o != NULL;
+    fp[FP_STOP] = o && m->stop_flag;
 }
 
 /* Compares this process's fingerprint with rank 0's: LENET_ESTATE naming the first thing that differs. */
@@ -599,6 +601,22 @@ static lenet_status run_batch_shared(lenet_model *m, lenet_optimizer *o, const l
     return train_step_shared(m, o, s, local_loss, batch, who, seen, st, key, loss, correct);
 }
 
+/* After a training batch: LENET_STOPPED when the caller's stop flag asks for it and the pass has batches left.  The
+ * processes of a data-parallel pass agree, so that all stop at the same batch (each installed a flag: the pass's
+ * fingerprint compared that). */
+static lenet_status check_stop(const lenet_model *m, const lenet_iter *it, bool shared)
+{
+    if (lenet_iter_position(it) >= lenet_iter_total(it))
+        return LENET_OK;
+    bool stop = *m->stop_flag != 0;
+    if (shared) {
+        lenet_status st = m->reducer->any(m->reducer->ctx, stop, &stop);
+        if (st != LENET_OK)
+            return st;
+    }
+    return stop ? LENET_STOPPED : LENET_OK;
+}
+
 /* One pass over `it`, in training mode with `o`, in evaluation mode without; the model's mode is restored. */
 static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it, const lenet_criterion *crit,
                              lenet_progress_fn progress, void *user, lenet_metrics *out)
@@ -652,13 +670,15 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
         so_far = (lenet_metrics){loss_sum / (double)seen, (double)correct / (double)seen, now_seconds() - start, seen};
         if (progress)
             progress(user, seen, total, &so_far);
+        if (o && m->stop_flag && (st = check_stop(m, it, shared)) != LENET_OK)
+            break;
     }
     m->training = mode;
     m->reducer = engine;
     scratch_free(&scratch);
     if (st == LENET_OK && o)
         lenet__optimizer_end_epoch(o); /* a complete training pass: counts the epoch for per-epoch schedules */
-    if (st == LENET_OK && out)
+    if ((st == LENET_OK || st == LENET_STOPPED) && out)
         *out = so_far;
     return st;
 }
