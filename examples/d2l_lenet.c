@@ -9,6 +9,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -395,17 +396,53 @@ static void curves_free(curves *c)
     free(c->test_acc);
 }
 
+/* The part of an epoch trained before a stop (Ctrl-C), which the epoch's running metrics continue from. */
+typedef struct partial {
+    size_t examples;
+    double loss_sum; /* the mean loss times the examples */
+    size_t correct;
+} partial;
+
+/* The running metrics of an epoch that continues `before` with the pass `m`. */
+static lenet_metrics continued(const partial *before, const lenet_metrics *m)
+{
+    const size_t n = before->examples + m->examples;
+    if (before->examples == 0 || n == 0)
+        return *m;
+    const double correct = (double)before->correct + round(m->accuracy * (double)m->examples);
+    return (lenet_metrics){(before->loss_sum + m->loss * (double)m->examples) / (double)n, correct / (double)n,
+                           m->seconds, n};
+}
+
+static partial partial_of(const lenet_metrics *m)
+{
+    return (partial){m->examples, m->loss * (double)m->examples, (size_t)llround(m->accuracy * (double)m->examples)};
+}
+
 /* What the per-batch callback needs. */
 typedef struct run {
     cli_progress progress;
     curves *curves;
     int epoch, batch_size, next_point;
     size_t batches, epoch_first_point;
+    partial before; /* of this epoch, trained before the stop a resumed run continues */
 } run;
 
-static void on_batch(void *user, size_t done, size_t total, const lenet_metrics *so_far)
+/* The epoch's first curve point still to draw, after the batches trained before a stop. */
+static int first_point_after(size_t batches_done, size_t batches)
+{
+    int point = 1;
+    while (point <= POINTS_PER_EPOCH && (size_t)point * batches <= batches_done * POINTS_PER_EPOCH)
+        point++;
+    return point;
+}
+
+static void on_batch(void *user, size_t done, size_t total, const lenet_metrics *pass)
 {
     run *r = user;
+    const lenet_metrics epoch = continued(&r->before, pass);
+    const lenet_metrics *so_far = &epoch;
+    done = epoch.examples;
     cli_progress_update(&r->progress, done, total, so_far);
     size_t batch = (done + (size_t)r->batch_size - 1) / (size_t)r->batch_size;
     if (r->next_point > POINTS_PER_EPOCH || batch * POINTS_PER_EPOCH < (size_t)r->next_point * r->batches)
@@ -429,28 +466,46 @@ static void curves_add_test(curves *c, int epoch, double accuracy)
         c->test_at[c->n - 1] = accuracy;
 }
 
-/* A checkpoint's note: the number of epochs done (so atoi(note) gives it), then the curve points so far, one a
- * line "x loss acc test" ("nan" for no test), so that a resumed run's CSV and plot cover the whole run. */
-static char *curves_note(const curves *c, int epochs_done)
+/* A checkpoint's note: the number of epochs done (so atoi(note) gives it), after a stop within the next epoch also
+ * the examples, loss sum and hits of that epoch so far ("3 25600 9876.5 21000"), then the curve points so far, one
+ * a line "x loss acc test" ("nan" for no test), so that a resumed run's CSV and plot cover the whole run. */
+static char *curves_note(const curves *c, int epochs_done, const partial *p)
 {
-    size_t size = 32 + c->n * NOTE_LINE;
+    size_t size = 96 + c->n * NOTE_LINE;
     char *note = malloc(size);
     if (!note)
         return NULL;
-    size_t len = (size_t)snprintf(note, size, "%d\n", epochs_done);
+    size_t len = p->examples ? (size_t)snprintf(note, size, "%d %zu %.17g %zu\n", epochs_done, p->examples, p->loss_sum,
+                                                p->correct)
+                             : (size_t)snprintf(note, size, "%d\n", epochs_done);
     for (size_t i = 0; i < c->n && len < size; i++)
         len += (size_t)snprintf(note + len, size - len, "%.17g %.17g %.17g %.17g\n", c->x[i], c->loss[i], c->acc[i],
                                 c->test_at[i]);
     return note;
 }
 
-/* Reads a note of curves_note() into `c` (made for `epochs` epochs) and the epochs it counts.  Returns -1 if it
- * is not such a note, 1 if the saved run has `epochs` or more epochs already (c untouched), else 0. */
-static int curves_from_note(curves *c, const char *note, int epochs, int *epochs_done)
+/* Reads a note of curves_note() into `c` (made for `epochs` epochs), the epochs it counts and the part of the next
+ * one trained.  Returns -1 if it is not such a note, 1 if the saved run has `epochs` or more epochs already (c
+ * untouched), else 0. */
+static int curves_from_note(curves *c, const char *note, int epochs, int *epochs_done, partial *part)
 {
     char *end;
     long done = strtol(note, &end, 10);
-    if (end == note || done < 1 || done > MAX_EPOCHS)
+    if (end == note || done < 0 || done > MAX_EPOCHS)
+        return -1;
+    *part = (partial){0};
+    if (*end == ' ') {
+        char *after_examples, *after_loss, *after_correct;
+        unsigned long long examples = strtoull(end, &after_examples, 10);
+        double loss_sum = strtod(after_examples, &after_loss);
+        unsigned long long correct = strtoull(after_loss, &after_correct, 10);
+        if (after_examples == end || after_loss == after_examples || after_correct == after_loss || examples == 0 ||
+            examples > SIZE_MAX || correct > examples || !isfinite(loss_sum) || loss_sum < 0)
+            return -1;
+        *part = (partial){(size_t)examples, loss_sum, (size_t)correct};
+        end = after_correct;
+    }
+    if (done == 0 && part->examples == 0)
         return -1;
     *epochs_done = (int)done;
     if (done >= epochs)
@@ -737,6 +792,21 @@ static int print_summary(const options *o)
     return st == LENET_OK ? 0 : 1;
 }
 
+/* Saves the run to `path`: the model, optimizer and iterator, with a note of the epochs done, the part of the next
+ * one `p` (examples 0: none) and the curves.  Prints why and returns -1 on failure. */
+static int save_run(const lenet_model *net, const lenet_optimizer *opt, const lenet_iter *it, const curves *c,
+                    int epochs_done, const partial *p, const char *path)
+{
+    char *note = curves_note(c, epochs_done, p);
+    if (!note || lenet_checkpoint_save(net, opt, it, note, path) != LENET_OK) {
+        fprintf(stderr, PROG ": --save %s: %s\n", path, note ? lenet_last_error() : "out of memory");
+        free(note);
+        return -1;
+    }
+    free(note);
+    return 0;
+}
+
 static int mpi_rank, mpi_size = 1; /* this process among those of an mpirun (0 of 1 otherwise) */
 
 static int d2l_main(int argc, char **argv)
@@ -825,6 +895,7 @@ static int d2l_main(int argc, char **argv)
     }
 #endif
     int first_epoch = 1;
+    partial resumed = {0}; /* of the first epoch, trained before the stop a resumed run continues */
     if (o.resume) {
         /* The checkpoint restores the weights, the learning rate, and the shuffling generator, so the run
          * continues bit-identically; its note holds the epochs done and the curves so far. */
@@ -839,12 +910,14 @@ static int d2l_main(int argc, char **argv)
         lenet_status st = note ? lenet_checkpoint_load(net, opt, train_iter, o.resume, note, note_size) : LENET_ENOMEM;
         const char *why = note ? lenet_last_error() : "out of memory";
         if (st == LENET_OK)
-            parsed_note = curves_from_note(&c, note, o.epochs, &done_epochs);
+            parsed_note = curves_from_note(&c, note, o.epochs, &done_epochs, &resumed);
         free(note);
         if (st != LENET_OK) {
             fprintf(stderr, PROG ": --resume %s: %s\n", o.resume, why);
             goto done;
         }
+        if (parsed_note == 0 && resumed.examples && resumed.examples != lenet_iter_position(train_iter))
+            parsed_note = -1; /* the note's part of an epoch is not where the iterator stands */
         if (parsed_note < 0) {
             fprintf(stderr, PROG ": --resume %s: not a checkpoint of " PROG " (its note is not one)\n", o.resume);
             goto done;
@@ -869,7 +942,7 @@ static int d2l_main(int argc, char **argv)
     if (csv && (fprintf(csv, "epoch,train_loss,train_acc,test_acc\n") < 0 || write_csv_rows(csv, &c, 0) != 0))
         goto csv_fail;
 
-    run r = {.curves = &c, .batch_size = o.batch_size};
+    run r = {.curves = &c, .batch_size = o.batch_size, .before = resumed};
     cli_progress_init(&r.progress, stderr, o.quiet, o.epochs, o.batch_size);
     lenet_metrics fit = {0}, eval = {0};
     double train_seconds = 0;
@@ -880,20 +953,41 @@ static int d2l_main(int argc, char **argv)
     }
     printf("training on cpu\n");
     fflush(stdout);
-    /* Ctrl-C finishes the epoch under way (a second one quits at once), then saves and writes what was asked.
-     * Several MPI processes keep the default action: one that stopped alone would leave the others waiting. */
-    if (mpi_size == 1)
+    /* Ctrl-C stops training after the batch under way (a second one quits at once), then saves and writes what
+     * was asked.  Several MPI processes keep the default action: mpirun ends them all. */
+    if (mpi_size == 1) {
         tool_catch_interrupt();
+        lenet_model_set_stop_flag(net, tool_interrupt_flag());
+    }
     int last_epoch = first_epoch - 1;
+    partial stopped = {0}; /* of the epoch a Ctrl-C stopped */
+    bool saved = false;
     for (int epoch = first_epoch; epoch <= o.epochs && !tool_interrupted(); epoch++) {
         size_t examples = lenet_dataset_size(train);
         r.epoch = epoch;
         r.batches = (examples + (size_t)o.batch_size - 1) / (size_t)o.batch_size;
-        r.next_point = 1;
+        r.next_point = first_point_after(r.before.examples / (size_t)o.batch_size, r.batches);
         r.epoch_first_point = c.n;
         cli_progress_begin_epoch(&r.progress, epoch, examples);
-        lenet_status st = lenet_train_epoch(net, opt, train_iter, on_batch, &r, &fit);
+        lenet_metrics pass = {0};
+        lenet_status st = lenet_train_epoch(net, opt, train_iter, on_batch, &r, &pass);
         cli_progress_end_epoch(&r.progress);
+        if (st == LENET_OK || st == LENET_STOPPED) {
+            train_seconds += pass.seconds;
+            trained += pass.examples;
+            pass = continued(&r.before, &pass);
+            r.before = (partial){0};
+        }
+        if (st == LENET_STOPPED) {
+            stopped = partial_of(&pass);
+            if (csv && write_csv_rows(csv, &c, r.epoch_first_point) != 0)
+                goto csv_fail;
+            if (o.save && save_run(net, opt, train_iter, &c, epoch - 1, &stopped, o.save) != 0)
+                goto done;
+            saved = saved || o.save;
+            r.epoch = epoch;
+            break;
+        }
         if (st == LENET_OK)
             st = lenet_evaluate(net, test_iter, &eval);
         if (st != LENET_OK) {
@@ -901,39 +995,43 @@ static int d2l_main(int argc, char **argv)
                     st == LENET_ENUMERIC ? "; the learning rate is too large for this network, try a smaller --lr" : "");
             goto done;
         }
-        train_seconds += fit.seconds;
-        trained += fit.examples;
+        fit = pass;
         curves_add_test(&c, epoch, eval.accuracy);
         printf("epoch %d: loss %.3f, train acc %.3f, test acc %.3f\n", epoch, fit.loss, fit.accuracy, eval.accuracy);
         fflush(stdout);
         if (csv && write_csv_rows(csv, &c, r.epoch_first_point) != 0)
             goto csv_fail;
-        if (o.save) {
-            char *note = curves_note(&c, epoch);
-            if (!note || lenet_checkpoint_save(net, opt, train_iter, note, o.save) != LENET_OK) {
-                fprintf(stderr, PROG ": --save %s: %s\n", o.save, note ? lenet_last_error() : "out of memory");
-                free(note);
-                goto done;
-            }
-            free(note);
-        }
+        if (o.save && save_run(net, opt, train_iter, &c, epoch, &stopped, o.save) != 0)
+            goto done;
+        saved = saved || o.save;
         last_epoch = epoch;
     }
+    char held[96]; /* what the checkpoint holds */
+    if (stopped.examples)
+        snprintf(held, sizeof held, "%s%.0d%s%zu examples of epoch %d", last_epoch > 0 ? "epoch " : "", last_epoch,
+                 last_epoch > 0 ? " and " : "", stopped.examples, r.epoch);
+    else
+        snprintf(held, sizeof held, "epoch %d", last_epoch);
     if (tool_interrupted()) {
-        fprintf(stderr, PROG ": interrupted after epoch %d of %d\n", last_epoch, o.epochs);
-        if (o.save && last_epoch >= first_epoch)
-            fprintf(stderr, "%s holds epoch %d: continue with --resume %s and the same options\n", o.save,
-                    last_epoch, o.save);
+        if (stopped.examples)
+            fprintf(stderr, PROG ": interrupted in epoch %d of %d, after %zu of %zu examples\n", r.epoch, o.epochs,
+                    stopped.examples, lenet_dataset_size(train));
+        else
+            fprintf(stderr, PROG ": interrupted after epoch %d of %d\n", last_epoch, o.epochs);
+        if (saved)
+            fprintf(stderr, "%s holds %s: continue with --resume %s and the same options\n", o.save, held, o.save);
         else if (!o.save)
             fprintf(stderr, "nothing was saved to resume from: run with --save FILE to be able to continue\n");
     }
-    printf("loss %.3f, train acc %.3f, test acc %.3f\n", fit.loss, fit.accuracy, eval.accuracy);
+    /* The last whole epoch of this run, if any. */
+    if (last_epoch >= first_epoch)
+        printf("loss %.3f, train acc %.3f, test acc %.3f\n", fit.loss, fit.accuracy, eval.accuracy);
     printf("%.1f examples/sec on cpu (", train_seconds > 0 ? (double)trained / train_seconds : 0.0);
     if (mpi_size > 1)
         printf("%d processes x ", mpi_size);
     printf("%d thread%s)\n", threads, threads == 1 ? "" : "s");
     /* Three digits of accuracy cannot tell MNIST's records apart (0.40% from 0.45%): count the errors. */
-    if ((o.variant == VARIANT_BEST || o.dataset == DATASET_MNIST) && eval.examples > 0) {
+    if ((o.variant == VARIANT_BEST || o.dataset == DATASET_MNIST) && last_epoch >= first_epoch) {
         size_t wrong = (size_t)llround((1.0 - eval.accuracy) * (double)eval.examples);
         printf("test error %.2f%% (%zu of %zu wrong)\n", 100.0 * (double)wrong / (double)eval.examples, wrong,
                eval.examples);
@@ -947,9 +1045,9 @@ static int d2l_main(int argc, char **argv)
             goto csv_fail;
         tool_announce(o.quiet, o.csv, NULL);
     }
-    if (o.save && last_epoch >= first_epoch) {
-        char what[64];
-        snprintf(what, sizeof what, "checkpoint after epoch %d", last_epoch);
+    if (saved) {
+        char what[128];
+        snprintf(what, sizeof what, "checkpoint of %s", held);
         tool_announce(o.quiet, o.save, what);
     }
     status = tool_interrupted() ? TOOL_EXIT_INTERRUPTED : 0;

@@ -106,6 +106,11 @@ bool tool_interrupted(void)
     return interrupted != 0;
 }
 
+const volatile sig_atomic_t *tool_interrupt_flag(void)
+{
+    return &interrupted;
+}
+
 const char *tool_last_error(void)
 {
     const char *msg = lenet_last_error();

@@ -4,6 +4,7 @@
 #ifndef LENET_EXAMPLES_TOOL_H
 #define LENET_EXAMPLES_TOOL_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -29,6 +30,8 @@ void tool_announce(bool quiet, const char *path, const char *what);
  * the default action, so a second Ctrl-C ends the program at once. */
 void tool_catch_interrupt(void);
 bool tool_interrupted(void);
+/* The flag itself, for lenet_model_set_stop_flag(): a training pass then stops after the batch under way. */
+const volatile sig_atomic_t *tool_interrupt_flag(void);
 
 /* Returns liblenet's message for the last failure without the name of the internal function some messages
  * start with ("checkpoint_input_shape: x: ..." becomes "x: ..."), for messages meant for a program's user. */
