@@ -797,14 +797,7 @@ static int print_summary(const options *o)
 static int save_run(const lenet_model *net, const lenet_optimizer *opt, const lenet_iter *it, const curves *c,
                     int epochs_done, const partial *p, const char *path)
 {
-    char *note = curves_note(c, epochs_done, p);
-    if (!note || lenet_checkpoint_save(net, opt, it, note, path) != LENET_OK) {
-        fprintf(stderr, PROG ": --save %s: %s\n", path, note ? lenet_last_error() : "out of memory");
-        free(note);
-        return -1;
-    }
-    free(note);
-    return 0;
+    return tool_save_checkpoint(PROG, path, net, opt, it, curves_note(c, epochs_done, p));
 }
 
 static int mpi_rank, mpi_size = 1; /* this process among those of an mpirun (0 of 1 otherwise) */

@@ -695,14 +695,7 @@ done:
 static int save_checkpoint(const char *path, lenet_model *m, lenet_optimizer *opt, lenet_iter *it,
                            const settings *r, const run_state *s)
 {
-    char *note = note_write(r, s);
-    if (!note || lenet_checkpoint_save(m, opt, it, note, path) != LENET_OK) {
-        fprintf(stderr, PROG ": --save %s: %s\n", path, note ? tool_last_error() : "out of memory");
-        free(note);
-        return -1;
-    }
-    free(note);
-    return 0;
+    return tool_save_checkpoint(PROG, path, m, opt, it, note_write(r, s));
 }
 
 static void print_settings(const settings *r)

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -124,4 +125,14 @@ const char *tool_last_error(void)
     if (underscore && p[0] == ':' && p[1] == ' ')
         return p + 2;
     return msg;
+}
+
+int tool_save_checkpoint(const char *prog, const char *path, const lenet_model *m, const lenet_optimizer *o,
+                         const lenet_iter *it, char *note)
+{
+    const int status = note && lenet_checkpoint_save(m, o, it, note, path) == LENET_OK ? 0 : -1;
+    if (status != 0)
+        fprintf(stderr, "%s: --save %s: %s\n", prog, path, note ? tool_last_error() : "out of memory");
+    free(note);
+    return status;
 }

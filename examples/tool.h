@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include <lenet/lenet.h>
+
 /* The exit status of a program stopped by Ctrl-C, as a shell reports it (128 + SIGINT). */
 #define TOOL_EXIT_INTERRUPTED 130
 
@@ -32,6 +34,11 @@ void tool_catch_interrupt(void);
 bool tool_interrupted(void);
 /* The flag itself, for lenet_model_set_stop_flag(): a training pass then stops after the batch under way. */
 const volatile sig_atomic_t *tool_interrupt_flag(void);
+
+/* Saves a training checkpoint of m, o and it with `note` (taken over and freed; NULL when making it ran out of
+ * memory) to `path`.  On failure prints "prog: --save path: reason" and returns -1; 0 on success. */
+int tool_save_checkpoint(const char *prog, const char *path, const lenet_model *m, const lenet_optimizer *o,
+                         const lenet_iter *it, char *note);
 
 /* Returns liblenet's message for the last failure without the name of the internal function some messages
  * start with ("checkpoint_input_shape: x: ..." becomes "x: ..."), for messages meant for a program's user. */

@@ -318,6 +318,19 @@ START_TEST(test_every_rank_resumes_from_rank_0s_checkpoint_as_one_process_would)
 }
 END_TEST
 
+/* Every process holds rank 0's parameters, bit for bit. */
+static void assert_same_params_everywhere(lenet_model *m)
+{
+    size_t n;
+    float *params = copy_tensors(m, false, &n), *first = malloc(n * sizeof *first);
+    ck_assert_ptr_nonnull(first);
+    memcpy(first, params, n * sizeof *first);
+    MPI_Bcast(first, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD);
+    ck_assert_everywhere(memcmp(first, params, n * sizeof *params) == 0, "the ranks' parameters differ");
+    free(first);
+    free(params);
+}
+
 /* Every process holds the same message, and it names `failing`. */
 static bool same_message_naming(int failing)
 {
@@ -427,14 +440,7 @@ START_TEST(test_an_iterator_failing_on_one_rank_mid_pass_fails_every_rank_and_un
                          "the message is not the failing rank's");
     /* Every rank undid the second step: one step taken, the same parameters everywhere. */
     ck_assert_everywhere(lenet_optimizer_step_count(o) == 1, "the second step was kept somewhere");
-    size_t n;
-    float *params = copy_tensors(m, false, &n), *first = malloc(n * sizeof *first);
-    ck_assert_ptr_nonnull(first);
-    memcpy(first, params, n * sizeof *first);
-    MPI_Bcast(first, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD);
-    ck_assert_everywhere(memcmp(first, params, n * sizeof *params) == 0, "the ranks' parameters differ");
-    free(first);
-    free(params);
+    assert_same_params_everywhere(m);
     lenet_iter_free(it);
     lenet_optimizer_free(o);
     lenet_model_free(m);
@@ -616,14 +622,7 @@ START_TEST(test_a_stop_on_one_rank_stops_every_rank_at_the_same_batch)
     ck_assert_everywhere(st == LENET_STOPPED, "not every rank stopped");
     ck_assert_everywhere(lenet_iter_position(it) == 80 && mt.examples == 80 && lenet_optimizer_step_count(o) == 2,
                          "a rank stopped at another batch");
-    size_t n;
-    float *params = copy_tensors(m, false, &n), *first = malloc(n * sizeof *first);
-    ck_assert_ptr_nonnull(first);
-    memcpy(first, params, n * sizeof *first);
-    MPI_Bcast(first, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD);
-    ck_assert_everywhere(memcmp(first, params, n * sizeof *params) == 0, "the ranks' parameters differ");
-    free(first);
-    free(params);
+    assert_same_params_everywhere(m);
 
     /* Lowered everywhere: the pass ends. */
     stop_flag = 0;
