@@ -108,8 +108,9 @@ LENET_API bool lenet_model_is_training(const lenet_model *m);
  *
  * The flag is the caller's (borrowed; it must outlive its installation) and the library never writes it: a signal
  * handler may set it, since reading a `volatile sig_atomic_t` is all the library does with it, and the caller
- * clears it.  Install or remove it between passes, not from a progress callback.  With a communicator (lenet_model_set_comm()) every process must install a flag; after each batch the
- * processes then agree, and all of them stop at the same batch when any one's flag is set.
+ * clears it.  Install or remove it between passes, not from a progress callback.  With a communicator
+ * (lenet_model_set_comm()) every process must install a flag; after each batch the processes then agree, and all
+ * of them stop at the same batch when any one's flag is set.
  * @param flag the flag to read, or NULL to remove it.
  * @return LENET_OK; LENET_EINVAL for a NULL model.
  */
