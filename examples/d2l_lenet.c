@@ -51,6 +51,9 @@
  * augmented Fashion-MNIST it ended 1.5 points above SGD with momentum 0.9 (rate 0.05, weight decay 5e-4) and
  * dropout, which still underfitted (docs/accuracy.md). */
 #define BEST_LR 2e-3f
+/* ... for 20 epochs: the network underfits its augmented images, and 20 epochs on two threads fit in 10 minutes
+ * (Fashion-MNIST seed 0: 92.64% test accuracy after 10 epochs, 93.26% after 20). */
+#define BEST_EPOCHS 20
 #define POINTS_PER_EPOCH 5 /* d2l's Animator draws the train metrics 5 times an epoch */
 #define MAX_EPOCHS 10000
 #define NOTE_LINE 100      /* bytes of one curve point in a checkpoint's note, at most */
@@ -63,7 +66,8 @@ enum optimizer { OPTIMIZER_SGD, OPTIMIZER_ADAM, OPTIMIZER_ADAMW };
 typedef struct options {
     int epochs, batch_size, threads;
     float lr, momentum, weight_decay, dropout;
-    bool data_given, seed_given, lr_given, momentum_given, weight_decay_given, optimizer_given, cosine, schedule_given, summary, quiet;
+    bool data_given, seed_given, epochs_given, lr_given, momentum_given, weight_decay_given, optimizer_given, cosine,
+        schedule_given, summary, quiet;
     uint64_t seed;
     enum variant variant;
     enum optimizer optimizer;
@@ -79,7 +83,7 @@ static void usage(FILE *out)
             "Trains d2l.ai's LeNet on Fashion-MNIST and prints the metrics like d2l's train_ch6; --variant best\n"
             "trains the best network under 100,000 parameters instead, also on MNIST (--dataset mnist).\n"
             "\n"
-            "  --epochs N         passes over the training set (default 10)\n"
+            "  --epochs N         passes over the training set (default 10; 20 for --variant best)\n"
             "  --optimizer NAME   sgd (default), adam or adamw (default for --variant best), with PyTorch's betas\n"
             "                     0.9, 0.999 and eps 1e-8\n"
             "  --lr RATE          learning rate (default %g; %g for --variant modern, %g for bn; %g for adam\n"
@@ -146,7 +150,10 @@ static int parse_options(int argc, char **argv, options *o)
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         int bad = 0, choice = 0;
         switch (c) {
-        case EPOCHS: bad = cli_parse_int(PROG, "--epochs", optarg, 1, MAX_EPOCHS, &o->epochs); break;
+        case EPOCHS:
+            bad = cli_parse_int(PROG, "--epochs", optarg, 1, MAX_EPOCHS, &o->epochs);
+            o->epochs_given = true;
+            break;
         case LR:
             bad = cli_parse_float(PROG, "--lr", optarg, 0.0, 1000.0, &o->lr);
             o->lr_given = true;
@@ -233,6 +240,8 @@ static int parse_options(int argc, char **argv, options *o)
         fprintf(stderr, "usage: " PROG " [options]; " PROG " --help lists them\n");
         return 2;
     }
+    if (best && !o->epochs_given)
+        o->epochs = BEST_EPOCHS;
     if (!o->lr_given)
         o->lr = best && o->optimizer == OPTIMIZER_ADAMW ? BEST_LR
                 : o->optimizer != OPTIMIZER_SGD         ? ADAM_LR
