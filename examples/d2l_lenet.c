@@ -987,7 +987,6 @@ static int d2l_main(int argc, char **argv)
             if (o.save && save_run(net, opt, train_iter, &c, epoch - 1, &stopped, o.save) != 0)
                 goto done;
             saved = saved || o.save;
-            r.epoch = epoch;
             break;
         }
         if (st == LENET_OK)
@@ -1009,9 +1008,10 @@ static int d2l_main(int argc, char **argv)
         last_epoch = epoch;
     }
     char held[96]; /* what the checkpoint holds */
-    if (stopped.examples)
-        snprintf(held, sizeof held, "%s%.0d%s%zu examples of epoch %d", last_epoch > 0 ? "epoch " : "", last_epoch,
-                 last_epoch > 0 ? " and " : "", stopped.examples, r.epoch);
+    if (stopped.examples && last_epoch > 0)
+        snprintf(held, sizeof held, "epoch %d and %zu examples of epoch %d", last_epoch, stopped.examples, r.epoch);
+    else if (stopped.examples)
+        snprintf(held, sizeof held, "%zu examples of epoch %d", stopped.examples, r.epoch);
     else
         snprintf(held, sizeof held, "epoch %d", last_epoch);
     if (tool_interrupted()) {
