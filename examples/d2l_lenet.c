@@ -478,15 +478,14 @@ static void curves_add_test(curves *c, int epoch, double accuracy)
 /* A checkpoint's note: the number of epochs done (so atoi(note) gives it), after a stop within the next epoch also
  * the examples, loss sum and hits of that epoch so far ("3 25600 9876.5 21000"), then the curve points so far, one
  * a line "x loss acc test" ("nan" for no test), so that a resumed run's CSV and plot cover the whole run. */
-static char *curves_note(const curves *c, int epochs_done, const partial *p)
+static char *curves_note(const curves *c, int epochs_done, const partial *p /* NULL: none */)
 {
     size_t size = 96 + c->n * NOTE_LINE;
     char *note = malloc(size);
     if (!note)
         return NULL;
-    size_t len = p->examples ? (size_t)snprintf(note, size, "%d %zu %.17g %zu\n", epochs_done, p->examples, p->loss_sum,
-                                                p->correct)
-                             : (size_t)snprintf(note, size, "%d\n", epochs_done);
+    size_t len = p ? (size_t)snprintf(note, size, "%d %zu %.17g %zu\n", epochs_done, p->examples, p->loss_sum, p->correct)
+                   : (size_t)snprintf(note, size, "%d\n", epochs_done);
     for (size_t i = 0; i < c->n && len < size; i++)
         len += (size_t)snprintf(note + len, size - len, "%.17g %.17g %.17g %.17g\n", c->x[i], c->loss[i], c->acc[i],
                                 c->test_at[i]);
@@ -802,7 +801,7 @@ static int print_summary(const options *o)
 }
 
 /* Saves the run to `path`: the model, optimizer and iterator, with a note of the epochs done, the part of the next
- * one `p` (examples 0: none) and the curves.  Prints why and returns -1 on failure. */
+ * one `p` (NULL: none) and the curves.  Prints why and returns -1 on failure. */
 static int save_run(const lenet_model *net, const lenet_optimizer *opt, const lenet_iter *it, const curves *c,
                     int epochs_done, const partial *p, const char *path)
 {
@@ -1002,7 +1001,7 @@ static int d2l_main(int argc, char **argv)
         fflush(stdout);
         if (csv && write_csv_rows(csv, &c, r.epoch_first_point) != 0)
             goto csv_fail;
-        if (o.save && save_run(net, opt, train_iter, &c, epoch, &stopped, o.save) != 0)
+        if (o.save && save_run(net, opt, train_iter, &c, epoch, NULL, o.save) != 0)
             goto done;
         saved = saved || o.save;
         last_epoch = epoch;
