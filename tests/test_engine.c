@@ -73,11 +73,12 @@ static void center_forward(const lenet_layer *l, const lenet_pass *p, float *y)
         }
 }
 
-static void center_update_buffers(lenet_layer *l, const double *stats, int batch)
+static void center_update_buffers(lenet_layer *l, const double *stats, int batch, int average)
 {
     const int features = ((const batch_center *)l)->features;
+    const float factor = average > 0 ? 1.0f / (float)average : 0.5f;
     for (int f = 0; f < features; f++)
-        l->buffer[0][f] = 0.5f * l->buffer[0][f] + 0.5f * (float)(stats[f] / batch);
+        l->buffer[0][f] = (1.0f - factor) * l->buffer[0][f] + factor * (float)(stats[f] / batch);
     l->buffer[1][0] += 1.0f;
 }
 

@@ -134,6 +134,7 @@ typedef struct run_result {
     float *params, *buffers;
     size_t n_params, n_buffers;
     lenet_metrics train[EPOCHS], eval[EPOCHS];
+    lenet_metrics statistics; /* of lenet_update_statistics after the epochs */
 } run_result;
 
 static float *copy_tensors(lenet_model *m, bool buffers, size_t *total)
@@ -178,6 +179,11 @@ static void train_run(model_kind kind, int batch, int threads, bool shared, cons
         ck_assert_lenet_ok(lenet_train_epoch_with(m, o, train, criterion, NULL, NULL, &out->train[e]));
         ck_assert_lenet_ok(lenet_evaluate_with(m, test, criterion, &out->eval[e]));
     }
+    /* The running statistics recomputed over the training set in order: one more pass the processes share. */
+    lenet_iter *plain = lenet_iter_create(train_set, batch, false, 0);
+    ck_assert_ptr_nonnull(plain);
+    ck_assert_lenet_ok(lenet_update_statistics(m, plain, &out->statistics));
+    lenet_iter_free(plain);
     if (checkpoint)
         ck_assert_lenet_ok(lenet_checkpoint_save(m, o, train, "epoch 2", checkpoint));
     out->params = copy_tensors(m, false, &out->n_params);
@@ -231,6 +237,8 @@ static void check_bit_identity(model_kind kind, int batch, int threads)
     for (int e = 0; e < EPOCHS; e++)
         metrics = metrics && same_metrics(&ref.train[e], &dp.train[e]) && same_metrics(&ref.eval[e], &dp.eval[e]) &&
                   dp.train[e].examples == TRAIN && dp.eval[e].examples == TEST;
+    metrics = metrics && same_metrics(&ref.statistics, &dp.statistics) &&
+              dp.statistics.examples == (kind == BATCHNORM ? TRAIN : 0);
     snprintf(what, sizeof what, "%s, batch %d: losses, accuracies or example counts differ", kind_name(kind), batch);
     ck_assert_everywhere(metrics, what);
     /* Rank 0 wrote the checkpoint, byte for byte the reference's; the others wrote nothing. */

@@ -959,6 +959,179 @@ START_TEST(test_a_stop_flag_ends_only_passes_with_batches_left_and_evaluation_ig
 }
 END_TEST
 
+/* Conv2d(3, k3), BatchNorm2d, ReLU, Flatten, Dropout, Linear(8), BatchNorm1d, ReLU, Linear(2), over SIDE x SIDE. */
+static lenet_model *bn_model(float momentum, uint64_t seed)
+{
+    lenet_model *m = lenet_model_create();
+    ck_assert_ptr_nonnull(m);
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_conv2d(3, 3, 1, 0)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_batchnorm2d(1e-5f, momentum)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_relu()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_flatten()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_dropout(0.2f)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(8)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_batchnorm1d(1e-5f, momentum)));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_relu()));
+    ck_assert_lenet_ok(lenet_model_add(m, lenet_linear(2)));
+    ck_assert_lenet_ok(lenet_model_build(m, 1, SIDE, SIDE));
+    ck_assert_lenet_ok(lenet_model_init(m, LENET_INIT_PYTORCH, seed));
+    return m;
+}
+
+/* All buffers, in order, in one new array. */
+static float *buffers_of(lenet_model *m, size_t *count)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < lenet_model_buffer_count(m); i++)
+        total += lenet_tensor_numel(lenet_model_buffer(m, i));
+    float *copy = malloc(total * sizeof *copy);
+    ck_assert_ptr_nonnull(copy);
+    size_t at = 0;
+    for (size_t i = 0; i < lenet_model_buffer_count(m); i++) {
+        const lenet_tensor *b = lenet_model_buffer(m, i);
+        memcpy(copy + at, lenet_tensor_cdata(b), lenet_tensor_numel(b) * sizeof *copy);
+        at += lenet_tensor_numel(b);
+    }
+    *count = total;
+    return copy;
+}
+
+/* The model of a pass's checks: bn_model(0.1, 6) after one SGD step on `other` (statistics and a random stream of its
+ * own that the pass must forget and keep). */
+static lenet_model *stepped_bn_model(lenet_iter *other, lenet_optimizer **o)
+{
+    lenet_model *m = bn_model(0.1f, 6);
+    ck_assert_ptr_nonnull(*o = lenet_sgd_create(m, 0.5f, 0.0f, 0.0f));
+    ck_assert_lenet_ok(lenet_train_epoch(m, *o, other, NULL, NULL, NULL));
+    return m;
+}
+
+/* The statistics the pass must give come from a twin with momentum 1, whose running statistics after a training
+ * forward are that batch's own (the mean and PyTorch's unbiased variance).  Its forwards draw the same Dropout
+ * masks as the pass's, as its random stream stands where the pass's does after one forward of its own. */
+START_TEST(test_update_statistics_averages_the_batch_statistics_of_a_pass)
+{
+    lenet_dataset *d = halves("stats", 44, 5, NULL), *other = halves("other", 16, 9, NULL);
+    lenet_iter *it = lenet_iter_create(d, 16, false, 0), *twin_it = lenet_iter_create(d, 16, false, 0);
+    lenet_iter *other_it = lenet_iter_create(other, 16, false, 0);
+    ck_assert_ptr_nonnull(it);
+    ck_assert_ptr_nonnull(twin_it);
+    ck_assert_ptr_nonnull(other_it);
+    lenet_optimizer *o, *o_plain;
+    lenet_model *m = stepped_bn_model(other_it, &o), *plain = stepped_bn_model(other_it, &o_plain);
+    float *params = snapshot(m);
+    ck_assert_lenet_ok(lenet_model_set_training(m, false));
+    lenet_metrics mt;
+    ck_assert_lenet_ok(lenet_update_statistics(m, it, &mt));
+    ck_assert(!lenet_model_is_training(m));
+    ck_assert_uint_eq(mt.examples, 44);
+    assert_params_equal(m, params, "after update_statistics");
+
+    lenet_model *twin = bn_model(1.0f, 6);
+    size_t at = 0;
+    for (size_t i = 0; i < lenet_model_param_count(twin); i++) {
+        lenet_tensor *p = lenet_model_param(twin, i);
+        memcpy(lenet_tensor_data(p), params + at, lenet_tensor_numel(p) * sizeof(float));
+        at += lenet_tensor_numel(p);
+    }
+    const lenet_tensor *x, *y;
+    const int32_t *labels;
+    int n, batches = 0;
+    ck_assert_lenet_ok(lenet_iter_reset(other_it));
+    ck_assert_lenet_ok(lenet_iter_next(other_it, &x, &labels, &n));
+    ck_assert_lenet_ok(lenet_model_forward(twin, x, &y));
+    size_t count, twin_count;
+    float *got = buffers_of(m, &count);
+    double sum[64] = {0};
+    ck_assert_uint_le(count, 64);
+    while (lenet_iter_next(twin_it, &x, &labels, &n) == LENET_OK) {
+        ck_assert_lenet_ok(lenet_model_forward(twin, x, &y));
+        float *b = buffers_of(twin, &twin_count);
+        ck_assert_uint_eq(twin_count, count);
+        for (size_t i = 0; i < count; i++)
+            sum[i] += b[i];
+        free(b);
+        batches++;
+    }
+    ck_assert_int_eq(batches, 3);
+    /* 0.running_mean (3), 0.running_var (3), 0.num_batches_tracked, then the BatchNorm1d's (8, 8, 1): the counts
+     * are the pass's batches. */
+    const size_t counts[] = {6, 6 + 1 + 16};
+    for (size_t i = 0; i < count; i++) {
+        if (i == counts[0] || i == counts[1]) {
+            ck_assert_float_eq(got[i], 3.0f);
+            continue;
+        }
+        double want = sum[i] / batches;
+        ck_assert_msg(fabs(got[i] - want) <= 1e-5 * (1.0 + fabs(want)), "buffer scalar %zu: %.9g, expected %.9g", i,
+                      (double)got[i], want);
+    }
+    /* Training goes on as if the pass had not run (the same Dropout masks): the same parameters as a model that
+     * never made it. */
+    ck_assert_lenet_ok(lenet_train_epoch(m, o, it, NULL, NULL, NULL));
+    lenet_iter_reset(it);
+    ck_assert_lenet_ok(lenet_train_epoch(plain, o_plain, it, NULL, NULL, NULL));
+    free(params);
+    params = snapshot(plain);
+    assert_params_equal(m, params, "training after update_statistics");
+
+    free(got);
+    free(params);
+    lenet_optimizer_free(o_plain);
+    lenet_optimizer_free(o);
+    lenet_iter_free(other_it);
+    lenet_iter_free(twin_it);
+    lenet_iter_free(it);
+    lenet_dataset_free(other);
+    lenet_model_free(plain);
+    lenet_model_free(twin);
+    lenet_model_free(m);
+    lenet_dataset_free(d);
+}
+END_TEST
+
+START_TEST(test_update_statistics_is_the_same_for_any_thread_count_and_skips_models_without_statistics)
+{
+    lenet_dataset *d = halves("stats", 40, 5, NULL);
+    lenet_iter *it = lenet_iter_create(d, 20, false, 0);
+    ck_assert_ptr_nonnull(it);
+    float *first = NULL;
+    size_t first_count = 0;
+    for (int threads = 1; threads <= 4; threads *= 2) {
+        ck_assert_lenet_ok(lenet_threads_set(threads));
+        lenet_model *m = bn_model(0.1f, 8);
+        ck_assert_lenet_ok(lenet_update_statistics(m, it, NULL));
+        size_t count;
+        float *got = buffers_of(m, &count);
+        if (!first) {
+            first = got;
+            first_count = count;
+        } else {
+            ck_assert_uint_eq(count, first_count);
+            ck_assert_msg(memcmp(got, first, count * sizeof *got) == 0, "%d threads differ from 1", threads);
+            free(got);
+        }
+        lenet_model_free(m);
+    }
+    ck_assert_lenet_ok(lenet_threads_set(0));
+    free(first);
+
+    /* No running statistics: no pass (the iterator stays where it stood). */
+    lenet_model *plain = tiny_model(SIDE, 2, 3);
+    lenet_metrics mt = {.examples = 99};
+    lenet_iter_reset(it);
+    ck_assert_lenet_ok(lenet_update_statistics(plain, it, &mt));
+    ck_assert_uint_eq(mt.examples, 0);
+    ck_assert_uint_eq(lenet_iter_position(it), 0);
+    ck_assert_int_eq(lenet_update_statistics(NULL, it, NULL), LENET_EINVAL);
+    ck_assert_int_eq(lenet_update_statistics(plain, NULL, NULL), LENET_EINVAL);
+    ck_assert_ptr_nonnull(strstr(lenet_last_error(), "update_statistics"));
+    lenet_model_free(plain);
+    lenet_iter_free(it);
+    lenet_dataset_free(d);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("train");
@@ -981,6 +1154,8 @@ int main(void)
     tcase_add_test(tc, test_an_rbf_network_trains_with_the_map_criterion_and_is_scored_by_its_smallest_penalty);
     tcase_add_test(tc, test_a_custom_criterion_drives_training_and_its_failures_are_reported);
     tcase_add_test(tc, test_criterion_constructors_and_calls_reject_bad_arguments);
+    tcase_add_test(tc, test_update_statistics_averages_the_batch_statistics_of_a_pass);
+    tcase_add_test(tc, test_update_statistics_is_the_same_for_any_thread_count_and_skips_models_without_statistics);
     suite_add_tcase(s, tc);
     return lenet_test_run(s);
 }

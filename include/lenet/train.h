@@ -74,6 +74,25 @@ LENET_API lenet_status lenet_evaluate(lenet_model *m, lenet_iter *test, lenet_me
 LENET_API lenet_status lenet_evaluate_with(lenet_model *m, lenet_iter *test, const lenet_criterion *criterion,
                                            lenet_metrics *out);
 
+/**
+ * Recomputes the running statistics of every layer that keeps them (BatchNorm's running_mean and running_var) from
+ * a pass over @p data, as PyTorch's torch.optim.swa_utils.update_bn does: the pass runs in training mode and takes
+ * no step, and each such layer's statistics become the plain mean over the pass's batches of the batch means and
+ * unbiased variances (momentum=None), whatever they held before; num_batches_tracked becomes the number of batches.
+ * The parameters, the optimizer and the model's mode are unchanged, and so is the random stream later training
+ * draws from (Dropout is active in the pass, as in PyTorch's, with masks of its own).
+ *
+ * Use it after training on augmented images: the running statistics then describe the undistorted images that
+ * evaluation sees, not the distorted ones (give an iterator over the training set without augmentation).  The pass
+ * starts where @p data stands (reset first if exhausted), as lenet_evaluate()'s; with a communicator
+ * (lenet_model_set_comm()) every process makes it together and gets the same statistics.  A model without such
+ * layers returns LENET_OK at once, without a pass.
+ * @param out receives the pass's loss and accuracy, in training mode (NULL: not wanted; zeros when no pass ran).
+ * @return LENET_OK; LENET_EINVAL for NULL; the errors of lenet_evaluate(), with the statistics then partly
+ *         updated.
+ */
+LENET_API lenet_status lenet_update_statistics(lenet_model *m, lenet_iter *data, lenet_metrics *out);
+
 #ifdef __cplusplus
 }
 #endif

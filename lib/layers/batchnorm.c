@@ -5,6 +5,8 @@
  *                running_mean = (1 - momentum) running_mean + momentum mean
  *                running_var  = (1 - momentum) running_var  + momentum var * N / (N - 1)   (unbiased)
  *                num_batches_tracked += 1
+ *                (lenet_update_statistics: momentum 1/k at its pass's k-th batch, and num_batches_tracked = k, so the
+ *                running statistics become the mean over its batches, as PyTorch's momentum=None)
  *   evaluation:  xhat = (x - running_mean) / sqrt(running_var + eps)
  *   both:        y = weight xhat + bias
  * Training needs the whole batch's mean and variance, so the layer is a whole-batch layer: each chunk sums x and
@@ -153,17 +155,17 @@ static void batchnorm_forward(const lenet_layer *l, const lenet_pass *p, float *
     }
 }
 
-static void batchnorm_update_buffers(lenet_layer *l, const double *stats, int batch)
+static void batchnorm_update_buffers(lenet_layer *l, const double *stats, int batch, int average)
 {
     const batchnorm *b = (const batchnorm *)l;
-    const double n = count(b, batch), momentum = b->momentum;
+    const double n = count(b, batch), momentum = average > 0 ? 1.0 / average : b->momentum;
     for (int c = 0; c < b->channels; c++) {
         double mean, var;
         batch_moments(b, stats, batch, c, &mean, &var);
         l->buffer[0][c] = (float)((1.0 - momentum) * l->buffer[0][c] + momentum * mean);
         l->buffer[1][c] = (float)((1.0 - momentum) * l->buffer[1][c] + momentum * var * n / (n - 1.0));
     }
-    l->buffer[2][0] += 1.0f;
+    l->buffer[2][0] = average > 0 ? (float)average : l->buffer[2][0] + 1.0f;
 }
 
 /* xhat's mean and 1/sqrt(var + eps) for channel c in the pass's mode. */

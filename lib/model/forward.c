@@ -39,6 +39,14 @@ size_t lenet__model_out_size(const lenet_model *m)
     return m->layers[m->n_layers - 1]->out_size;
 }
 
+bool lenet__model_has_running_stats(const lenet_model *m)
+{
+    for (size_t i = 0; i < m->n_layers; i++)
+        if (m->layers[i]->ops->update_buffers)
+            return true;
+    return false;
+}
+
 size_t lenet__model_max_workspace(const lenet_model *m, int n)
 {
     size_t most = 0;
@@ -293,7 +301,7 @@ void lenet__model_forward_raw(lenet_model *m, int batch)
         lenet_layer *l = m->layers[job.cut];
         reduce_stats(m, job.cut, batch, m->fwd_stats);
         if (m->training && l->ops->update_buffers)
-            l->ops->update_buffers(l, m->fwd_stats + m->stats_offset[job.cut], batch);
+            l->ops->update_buffers(l, m->fwd_stats + m->stats_offset[job.cut], batch, m->average_batch);
         job.first = job.cut;
         job.cut = next_cut(m, job.cut + 1);
     }

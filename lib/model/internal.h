@@ -99,6 +99,7 @@ struct lenet_model {
     uint64_t seed;          /* of the last lenet_model_init: random layers (dropout) draw from it */
     uint64_t step;          /* training forwards so far: a new random stream for each */
     uint64_t last_seed;     /* the stream of the last forward, for its backward */
+    int average_batch;      /* in a pass of lenet_update_statistics, the batch under way (1, 2, ...); 0 otherwise */
 
     /* One arena of parameters and one of gradients: tensor i views [offset[i], offset[i] + numel). */
     size_t n_params;
@@ -181,6 +182,8 @@ void lenet__model_backward_raw(lenet_model *m, const float *dy);
 /* The same, also writing the gradient of the input (batch * input size floats) into dx unless it is NULL. */
 void lenet__model_backward_input(lenet_model *m, const float *dy, float *dx);
 size_t lenet__model_out_size(const lenet_model *m);
+/* Whether a layer keeps running statistics that training forwards update (BatchNorm's). */
+bool lenet__model_has_running_stats(const lenet_model *m);
 /* Checks that x is (N, C, H, W) of the built input shape and returns N (the model must be built). */
 lenet_status lenet__model_check_shape(const lenet_model *m, const lenet_tensor *x, const char *who, int *batch);
 

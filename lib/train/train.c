@@ -617,11 +617,15 @@ static lenet_status check_stop(const lenet_model *m, const lenet_iter *it, bool 
     return stop ? LENET_STOPPED : LENET_OK;
 }
 
-/* One pass over `it`, in training mode with `o`, in evaluation mode without; the model's mode is restored. */
+/* What a pass does: train (with an optimizer), evaluate, or gather running statistics (lenet_update_statistics). */
+typedef enum pass_kind { PASS_TRAIN, PASS_EVALUATE, PASS_STATISTICS } pass_kind;
+
+/* One pass over `it`: a training pass steps `o`, the others take no step; training and statistics passes run in
+ * training mode, evaluation in evaluation mode.  The model's mode is restored. */
 static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it, const lenet_criterion *crit,
-                             lenet_progress_fn progress, void *user, lenet_metrics *out)
+                             pass_kind kind, lenet_progress_fn progress, void *user, lenet_metrics *out)
 {
-    const char *who = o ? "train_epoch" : "evaluate";
+    const char *who = kind == PASS_TRAIN ? "train_epoch" : kind == PASS_EVALUATE ? "evaluate" : "update_statistics";
     if (!m || !it)
         return lenet__fail(LENET_EINVAL, "%s: %s is NULL", who, !m ? "model" : "iterator");
     size_t total = lenet_iter_total(it);
@@ -631,7 +635,8 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
             return st;
     }
     const bool mode = m->training;
-    m->training = o != NULL;
+    const uint64_t step = m->step;
+    m->training = kind != PASS_EVALUATE;
     /* With a communicator the engine shares each batch with the other processes for this pass. */
     const lenet_reducer *engine = m->reducer;
     if (m->comm)
@@ -658,6 +663,8 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
             break;
         }
         float loss;
+        if (kind == PASS_STATISTICS)
+            m->average_batch++;
         if (shared)
             st = run_batch_shared(m, o, crit, &scratch, it, first, expected, st, images, labels, who, seen, &loss,
                                   &correct);
@@ -675,6 +682,11 @@ static lenet_status run_pass(lenet_model *m, lenet_optimizer *o, lenet_iter *it,
     }
     m->training = mode;
     m->reducer = engine;
+    if (kind == PASS_STATISTICS) {
+        /* Training continues with the random streams it would have drawn had the pass not run. */
+        m->average_batch = 0;
+        m->step = step;
+    }
     scratch_free(&scratch);
     if (st == LENET_OK && o)
         lenet__optimizer_end_epoch(o); /* a complete training pass: counts the epoch for per-epoch schedules */
@@ -697,7 +709,7 @@ lenet_status lenet_train_epoch_with(lenet_model *m, lenet_optimizer *o, lenet_it
         return lenet__fail(LENET_EINVAL, "train_epoch: optimizer is NULL");
     if (m && o->model != m)
         return lenet__fail(LENET_EINVAL, "train_epoch: the optimizer was created for another model");
-    return run_pass(m, o, train, criterion, progress, user, out);
+    return run_pass(m, o, train, criterion, PASS_TRAIN, progress, user, out);
 }
 
 lenet_status lenet_evaluate(lenet_model *m, lenet_iter *test, lenet_metrics *out)
@@ -708,5 +720,15 @@ lenet_status lenet_evaluate(lenet_model *m, lenet_iter *test, lenet_metrics *out
 lenet_status lenet_evaluate_with(lenet_model *m, lenet_iter *test, const lenet_criterion *criterion,
                                  lenet_metrics *out)
 {
-    return run_pass(m, NULL, test, criterion, NULL, NULL, out);
+    return run_pass(m, NULL, test, criterion, PASS_EVALUATE, NULL, NULL, out);
+}
+
+lenet_status lenet_update_statistics(lenet_model *m, lenet_iter *data, lenet_metrics *out)
+{
+    if (m && data && m->sticky == LENET_OK && !lenet__model_has_running_stats(m)) {
+        if (out)
+            *out = (lenet_metrics){0};
+        return LENET_OK; /* nothing to gather: no pass */
+    }
+    return run_pass(m, NULL, data, NULL, PASS_STATISTICS, NULL, NULL, out);
 }
