@@ -73,7 +73,7 @@ static void center_forward(const lenet_layer *l, const lenet_pass *p, float *y)
         }
 }
 
-static void center_update_buffers(lenet_layer *l, const double *stats, int batch, int average)
+static void center_update_buffers(lenet_layer *l, const double *stats, int batch, size_t average)
 {
     const int features = ((const batch_center *)l)->features;
     const float factor = average > 0 ? 1.0f / (float)average : 0.5f;

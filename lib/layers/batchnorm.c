@@ -155,10 +155,10 @@ static void batchnorm_forward(const lenet_layer *l, const lenet_pass *p, float *
     }
 }
 
-static void batchnorm_update_buffers(lenet_layer *l, const double *stats, int batch, int average)
+static void batchnorm_update_buffers(lenet_layer *l, const double *stats, int batch, size_t average)
 {
     const batchnorm *b = (const batchnorm *)l;
-    const double n = count(b, batch), momentum = average > 0 ? 1.0 / average : b->momentum;
+    const double n = count(b, batch), momentum = average > 0 ? 1.0 / (double)average : b->momentum;
     for (int c = 0; c < b->channels; c++) {
         double mean, var;
         batch_moments(b, stats, batch, c, &mean, &var);

@@ -113,7 +113,7 @@ typedef struct lenet_layer_ops {
      * buffers (running statistics).  `average` 0: as the layer's momentum says.  `average` k >= 1: the forward is
      * the k-th batch of a pass of lenet_update_statistics(), and the buffers become the plain mean of the k batches'
      * statistics so far (factor 1/k, whatever they held before the first), PyTorch's momentum=None.  NULL if none. */
-    void (*update_buffers)(lenet_layer *l, const double *stats, int batch, int average);
+    void (*update_buffers)(lenet_layer *l, const double *stats, int batch, size_t average);
     /* Refuses a batch the layer cannot handle in a mode (BatchNorm in training: one value per channel), before
      * anything runs; sets the error.  NULL: any batch. */
     lenet_status (*check_batch)(const lenet_layer *l, int batch, bool training);

@@ -99,7 +99,7 @@ struct lenet_model {
     uint64_t seed;          /* of the last lenet_model_init: random layers (dropout) draw from it */
     uint64_t step;          /* training forwards so far: a new random stream for each */
     uint64_t last_seed;     /* the stream of the last forward, for its backward */
-    int average_batch;      /* in a pass of lenet_update_statistics, the batch under way (1, 2, ...); 0 otherwise */
+    size_t average_batch;   /* in a pass of lenet_update_statistics, the batch under way (1, 2, ...); 0 otherwise */
 
     /* One arena of parameters and one of gradients: tensor i views [offset[i], offset[i] + numel). */
     size_t n_params;
