@@ -130,6 +130,8 @@ typedef struct lenet_kernels {
                         float *y);
     void (*norm_backward)(size_t count, size_t stride, const float *x, const float *dy, double mean, double invstd,
                           double dmean, double dxhat_mean, float gain, float *dx, double *sum, double *dot);
+    /* dx = dy y (1 - y), the same bits on every table. */
+    void (*sigmoid_backward)(size_t count, const float *y, const float *dy, float *dx);
 } lenet_kernels;
 
 /* The table for this CPU (the widest supported, or LENET_ISA's), chosen once; thread-safe. */
