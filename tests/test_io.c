@@ -175,28 +175,10 @@ static lenet_model *d2l_model(uint64_t seed)
     return m;
 }
 
-/* All parameters, concatenated, in a new buffer. */
-static float *params_copy(lenet_model *m, size_t *count)
-{
-    size_t total = 0;
-    for (size_t i = 0; i < lenet_model_param_count(m); i++)
-        total += lenet_tensor_numel(lenet_model_param(m, i));
-    float *out = malloc((total ? total : 1) * sizeof *out);
-    ck_assert_ptr_nonnull(out);
-    size_t at = 0;
-    for (size_t i = 0; i < lenet_model_param_count(m); i++) {
-        const lenet_tensor *p = lenet_model_param(m, i);
-        memcpy(out + at, lenet_tensor_cdata(p), lenet_tensor_numel(p) * sizeof *out);
-        at += lenet_tensor_numel(p);
-    }
-    *count = total;
-    return out;
-}
-
 static void assert_params_equal(lenet_model *m, const float *expected, size_t count)
 {
     size_t n;
-    float *now = params_copy(m, &n);
+    float *now = lenet_test_copy_tensors(m, false, &n);
     ck_assert_uint_eq(n, count);
     ck_assert_msg(memcmp(now, expected, n * sizeof *now) == 0, "parameters differ");
     free(now);
@@ -224,7 +206,7 @@ static float *buffers_copy(lenet_model *m, size_t *count)
 static void assert_models_equal(lenet_model *a, lenet_model *b)
 {
     size_t n, nb;
-    float *pa = params_copy(a, &n);
+    float *pa = lenet_test_copy_tensors(a, false, &n);
     assert_params_equal(b, pa, n);
     free(pa);
     ck_assert_uint_eq(lenet_model_buffer_count(a), lenet_model_buffer_count(b));
@@ -423,9 +405,9 @@ START_TEST(test_loaded_model_trains_on_identically)
     }
     assert_models_equal(m, loaded);
     size_t n;
-    float *after = params_copy(m, &n);
+    float *after = lenet_test_copy_tensors(m, false, &n);
     lenet_model *fresh = d2l_model(4);
-    float *before = params_copy(fresh, &n);
+    float *before = lenet_test_copy_tensors(fresh, false, &n);
     ck_assert_msg(memcmp(before, after, n * sizeof *after) != 0, "training changed nothing");
     free(before);
     free(after);
@@ -488,7 +470,7 @@ typedef struct snapshot {
 static snapshot take_snapshot(lenet_model *m, lenet_optimizer *o, lenet_iter *it)
 {
     snapshot s = {0};
-    s.params = params_copy(m, &s.n_params);
+    s.params = lenet_test_copy_tensors(m, false, &s.n_params);
     s.buffers = buffers_copy(m, &s.n_buffer_values);
     if (o) {
         s.steps = o->steps;
@@ -1694,7 +1676,7 @@ START_TEST(test_resume_after_an_epoch_is_bit_identical)
     run_epoch(&straight);
     run_epoch(&straight);
     size_t n;
-    float *expected = params_copy(straight.model, &n);
+    float *expected = lenet_test_copy_tensors(straight.model, false, &n);
 
     run first = run_create(1, 7, 6, 0.9f);
     run_epoch(&first);

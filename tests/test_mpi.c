@@ -137,22 +137,6 @@ typedef struct run_result {
     lenet_metrics statistics; /* of lenet_update_statistics after the epochs */
 } run_result;
 
-static float *copy_tensors(lenet_model *m, bool buffers, size_t *total)
-{
-    size_t count = buffers ? lenet_model_buffer_count(m) : lenet_model_param_count(m), n = 0;
-    for (size_t i = 0; i < count; i++)
-        n += lenet_tensor_numel(buffers ? lenet_model_buffer(m, i) : lenet_model_param(m, i));
-    float *copy = malloc((n ? n : 1) * sizeof *copy), *at = copy;
-    ck_assert_ptr_nonnull(copy);
-    for (size_t i = 0; i < count; i++) {
-        const lenet_tensor *t = buffers ? lenet_model_buffer(m, i) : lenet_model_param(m, i);
-        memcpy(at, lenet_tensor_cdata(t), lenet_tensor_numel(t) * sizeof *at);
-        at += lenet_tensor_numel(t);
-    }
-    *total = n;
-    return copy;
-}
-
 static void result_free(run_result *r)
 {
     free(r->params);
@@ -186,8 +170,8 @@ static void train_run(model_kind kind, int batch, int threads, bool shared, cons
     lenet_iter_free(plain);
     if (checkpoint)
         ck_assert_lenet_ok(lenet_checkpoint_save(m, o, train, "epoch 2", checkpoint));
-    out->params = copy_tensors(m, false, &out->n_params);
-    out->buffers = copy_tensors(m, true, &out->n_buffers);
+    out->params = lenet_test_copy_tensors(m, false, &out->n_params);
+    out->buffers = lenet_test_copy_tensors(m, true, &out->n_buffers);
     lenet_iter_free(test);
     lenet_iter_free(train);
     lenet_optimizer_free(o);
@@ -312,7 +296,7 @@ START_TEST(test_every_rank_resumes_from_rank_0s_checkpoint_as_one_process_would)
     ck_assert_str_eq(note, "after one epoch");
     ck_assert_lenet_ok(lenet_train_epoch(m, o, train, NULL, NULL, &second));
     size_t n;
-    float *params = copy_tensors(m, false, &n);
+    float *params = lenet_test_copy_tensors(m, false, &n);
     ck_assert_everywhere(same_metrics(&first, &ref.train[0]) && same_metrics(&second, &ref.train[1]) &&
                              same_metrics(&eval, &ref.eval[0]),
                          "resumed metrics differ from one process's");
@@ -330,7 +314,7 @@ END_TEST
 static void assert_same_params_everywhere(lenet_model *m)
 {
     size_t n;
-    float *params = copy_tensors(m, false, &n), *first = malloc(n * sizeof *first);
+    float *params = lenet_test_copy_tensors(m, false, &n), *first = malloc(n * sizeof *first);
     ck_assert_ptr_nonnull(first);
     memcpy(first, params, n * sizeof *first);
     MPI_Bcast(first, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD);
@@ -370,18 +354,18 @@ START_TEST(test_a_bad_checkpoint_on_one_rank_fails_every_rank_with_its_message_a
     }
     ck_assert_lenet_ok(lenet_model_init(m, LENET_INIT_PYTORCH, 3)); /* other values than the files' */
     size_t n;
-    float *before = copy_tensors(m, false, &n);
+    float *before = lenet_test_copy_tensors(m, false, &n);
     ck_assert_lenet_ok(lenet_model_set_comm(m, MPI_COMM_WORLD));
     lenet_status st = lenet_checkpoint_load(m, o, NULL, path, NULL, 0);
     ck_assert_everywhere(st == LENET_EFORMAT, "checkpoint_load did not fail with LENET_EFORMAT");
     ck_assert_everywhere(same_message_naming(bad), "the ranks report different messages, or not the bad rank's");
-    float *after = copy_tensors(m, false, &n);
+    float *after = lenet_test_copy_tensors(m, false, &n);
     ck_assert_everywhere(memcmp(before, after, n * sizeof *after) == 0, "a failed load changed the parameters");
     free(after);
     st = lenet_model_load_weights(m, path);
     ck_assert_everywhere(st == LENET_EFORMAT, "model_load_weights did not fail with LENET_EFORMAT");
     ck_assert_everywhere(same_message_naming(bad), "model_load_weights: different messages");
-    after = copy_tensors(m, false, &n);
+    after = lenet_test_copy_tensors(m, false, &n);
     ck_assert_everywhere(memcmp(before, after, n * sizeof *after) == 0, "a failed load_weights changed the parameters");
     free(after);
 
@@ -405,7 +389,7 @@ START_TEST(test_a_non_finite_forward_on_one_rank_fails_every_rank_naming_the_lay
         ck_assert_lenet_ok(lenet_dataset_set_range(d, 0.0f, 3e38f));
     lenet_model *m = make_model(RELU);
     size_t n;
-    float *before = copy_tensors(m, false, &n);
+    float *before = lenet_test_copy_tensors(m, false, &n);
     ck_assert_lenet_ok(lenet_model_set_comm(m, MPI_COMM_WORLD));
     lenet_optimizer *o = make_optimizer(RELU, m);
     lenet_iter *it = lenet_iter_create(d, 16 * size, true, 1);
@@ -413,7 +397,7 @@ START_TEST(test_a_non_finite_forward_on_one_rank_fails_every_rank_naming_the_lay
     ck_assert_everywhere(st == LENET_ENUMERIC, "training on a poisoned rank did not fail with LENET_ENUMERIC");
     ck_assert_everywhere(same_message_naming(bad), "the ranks report different messages, or not the poisoned rank's");
     ck_assert_everywhere(strstr(lenet_last_error(), "layer 0 (Conv2d)") != NULL, "the message does not name the layer");
-    float *after = copy_tensors(m, false, &n);
+    float *after = lenet_test_copy_tensors(m, false, &n);
     ck_assert_everywhere(memcmp(before, after, n * sizeof *after) == 0, "a failed step changed the parameters");
     ck_assert_everywhere(lenet_optimizer_step_count(o) == 0, "a failed step counted");
     free(before);
@@ -461,7 +445,7 @@ START_TEST(test_ranks_with_other_batch_sizes_or_weights_are_refused_at_the_first
     /* The last rank iterates batches of 32 where the others take 40. */
     lenet_model *m = make_model(D2L);
     size_t n;
-    float *before = copy_tensors(m, false, &n);
+    float *before = lenet_test_copy_tensors(m, false, &n);
     ck_assert_lenet_ok(lenet_model_set_comm(m, MPI_COMM_WORLD));
     lenet_optimizer *o = make_optimizer(D2L, m);
     lenet_iter *it = lenet_iter_create(train_set, rank == size - 1 ? 32 : 40, true, 42);
@@ -469,7 +453,7 @@ START_TEST(test_ranks_with_other_batch_sizes_or_weights_are_refused_at_the_first
     ck_assert_everywhere(st == LENET_ESTATE, "different batch sizes did not fail with LENET_ESTATE");
     ck_assert_everywhere(same_message_naming(size - 1) && strstr(lenet_last_error(), "batch size") != NULL,
                          "the message does not name the rank and the batch size");
-    float *after = copy_tensors(m, false, &n);
+    float *after = lenet_test_copy_tensors(m, false, &n);
     ck_assert_everywhere(memcmp(before, after, n * sizeof *after) == 0, "a refused pass changed the parameters");
     free(after);
     lenet_iter_free(it);

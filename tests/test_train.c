@@ -71,15 +71,9 @@ static lenet_model *tiny_model(int side, int classes, uint64_t seed)
 /* All parameters, in order, in one new array of lenet_model_param_numel floats. */
 static float *snapshot(lenet_model *m)
 {
-    size_t total = lenet_model_param_numel(m), at = 0;
-    float *copy = malloc((total ? total : 1) * sizeof *copy);
-    ck_assert_ptr_nonnull(copy);
-    for (size_t i = 0; i < lenet_model_param_count(m); i++) {
-        const lenet_tensor *p = lenet_model_param(m, i);
-        memcpy(copy + at, lenet_tensor_cdata(p), lenet_tensor_numel(p) * sizeof *copy);
-        at += lenet_tensor_numel(p);
-    }
-    ck_assert_uint_eq(at, total);
+    size_t total;
+    float *copy = lenet_test_copy_tensors(m, false, &total);
+    ck_assert_uint_eq(total, lenet_model_param_numel(m));
     return copy;
 }
 
@@ -978,24 +972,6 @@ static lenet_model *bn_model(float momentum, uint64_t seed)
     return m;
 }
 
-/* All buffers, in order, in one new array. */
-static float *buffers_of(lenet_model *m, size_t *count)
-{
-    size_t total = 0;
-    for (size_t i = 0; i < lenet_model_buffer_count(m); i++)
-        total += lenet_tensor_numel(lenet_model_buffer(m, i));
-    float *copy = malloc(total * sizeof *copy);
-    ck_assert_ptr_nonnull(copy);
-    size_t at = 0;
-    for (size_t i = 0; i < lenet_model_buffer_count(m); i++) {
-        const lenet_tensor *b = lenet_model_buffer(m, i);
-        memcpy(copy + at, lenet_tensor_cdata(b), lenet_tensor_numel(b) * sizeof *copy);
-        at += lenet_tensor_numel(b);
-    }
-    *count = total;
-    return copy;
-}
-
 /* The model of a pass's checks: bn_model(0.1, 6) after one SGD step on `other` (statistics and a random stream of its
  * own that the pass must forget and keep). */
 static lenet_model *stepped_bn_model(lenet_iter *other, lenet_optimizer **o)
@@ -1041,12 +1017,12 @@ START_TEST(test_update_statistics_averages_the_batch_statistics_of_a_pass)
     ck_assert_lenet_ok(lenet_iter_next(other_it, &x, &labels, &n));
     ck_assert_lenet_ok(lenet_model_forward(twin, x, &y));
     size_t count, twin_count;
-    float *got = buffers_of(m, &count);
+    float *got = lenet_test_copy_tensors(m, true, &count);
     double sum[64] = {0};
     ck_assert_uint_le(count, 64);
     while (lenet_iter_next(twin_it, &x, &labels, &n) == LENET_OK) {
         ck_assert_lenet_ok(lenet_model_forward(twin, x, &y));
-        float *b = buffers_of(twin, &twin_count);
+        float *b = lenet_test_copy_tensors(twin, true, &twin_count);
         ck_assert_uint_eq(twin_count, count);
         for (size_t i = 0; i < count; i++)
             sum[i] += b[i];
@@ -1102,7 +1078,7 @@ START_TEST(test_update_statistics_is_the_same_for_any_thread_count_and_skips_mod
         lenet_model *m = bn_model(0.1f, 8);
         ck_assert_lenet_ok(lenet_update_statistics(m, it, NULL));
         size_t count;
-        float *got = buffers_of(m, &count);
+        float *got = lenet_test_copy_tensors(m, true, &count);
         if (!first) {
             first = got;
             first_count = count;

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int lenet_test_run(Suite *s)
 {
@@ -65,4 +66,22 @@ double lenet_test_max_rel_err(const float *a, const float *b, size_t n, double f
             worst = isnan(err) ? INFINITY : err;
     }
     return worst;
+}
+
+float *lenet_test_copy_tensors(lenet_model *m, bool buffers, size_t *count)
+{
+    const size_t tensors = buffers ? lenet_model_buffer_count(m) : lenet_model_param_count(m);
+    size_t total = 0;
+    for (size_t i = 0; i < tensors; i++)
+        total += lenet_tensor_numel(buffers ? lenet_model_buffer(m, i) : lenet_model_param(m, i));
+    float *copy = malloc((total ? total : 1) * sizeof *copy);
+    ck_assert_ptr_nonnull(copy);
+    size_t at = 0;
+    for (size_t i = 0; i < tensors; i++) {
+        const lenet_tensor *t = buffers ? lenet_model_buffer(m, i) : lenet_model_param(m, i);
+        memcpy(copy + at, lenet_tensor_cdata(t), lenet_tensor_numel(t) * sizeof *copy);
+        at += lenet_tensor_numel(t);
+    }
+    *count = total;
+    return copy;
 }

@@ -3,6 +3,7 @@
 #define LENET_TESTUTIL_H
 
 #include <check.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +23,10 @@ void lenet_test_fill(lenet_tensor *t, uint64_t seed, float lo, float hi);
 
 /* Path of a fixture file (LENET_TEST_FIXTURES or tests/fixtures) in a static buffer. */
 const char *lenet_test_fixture(const char *name);
+
+/* Every parameter (or, with `buffers`, every buffer) of m in order, concatenated in a new malloc'd array the caller
+ * frees; *count receives the number of floats.  Aborts the test when out of memory. */
+float *lenet_test_copy_tensors(lenet_model *m, bool buffers, size_t *count);
 
 /* Largest |a - b| / max(|b|, floor) over n values. */
 double lenet_test_max_rel_err(const float *a, const float *b, size_t n, double floor);
